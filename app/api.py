@@ -1,0 +1,234 @@
+"""The HTTP API: ``create_app(settings)`` builds the FastAPI application.
+
+Routes are thin: check the request, call one function, shape the answer. Model loading starts in the lifespan
+on a worker thread, so the port opens at once: ``/livez`` answers immediately (liveness) and ``/health``
+answers 503 with a reason until the model is loaded (readiness).
+
+``/predict`` reads its body itself (``app.parsing``) rather than through a pydantic model: that keeps a batch
+of readings one NumPy array from bytes to scores, and lets the error name the row and field. The request
+schema is still published in OpenAPI (``/docs``) from the pydantic models below, which exist for documentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from app import __version__
+from app.metrics import HTTPMetricsMiddleware
+from app.model import Detector, ensure_model
+from app.parsing import parse_readings
+from app.service import ModelHolder, ModelState, score_batch
+from app.settings import Settings
+from app.web import (
+    InternalErrorMiddleware,
+    JSONResponse,
+    install_error_handlers,
+    read_body,
+    require_json,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Reading(BaseModel):
+    """One sensor reading. Extra fields (``timestamp``, ``sensor_id``...) are accepted and ignored."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"voltage": 231.2, "current": 12.5, "frequency": 50.01}]},
+    )
+    voltage: float = Field(description="RMS voltage in volts; finite.")
+    current: float = Field(description="Current in amperes; finite.")
+    frequency: float = Field(description="Grid frequency in hertz; finite.")
+
+
+class Prediction(BaseModel):
+    anomaly: bool = Field(description="True when score > 0.")
+    score: float = Field(description="Negated IsolationForest decision function: higher is more anomalous.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="One per reading, in input order.")
+    anomalies: int = Field(description="How many readings were flagged.")
+    total: int = Field(description="How many readings were scored.")
+    served_by: str = Field(description="Instance (pod or host, and process id) that answered.")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    features: list[str]
+    model_version: str
+    instance: str
+    pod: str | None
+    node: str | None
+
+
+class NotReadyResponse(BaseModel):
+    status: str = Field(description="`loading` or `failed`.")
+    reason: str
+    instance: str
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="A message, or for 422 a list of {type, loc, msg} naming row and field.")
+
+
+def _predict_request_schema(max_batch: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["readings"],
+        "properties": {
+            "readings": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_batch,
+                "items": Reading.model_json_schema(),
+            }
+        },
+    }
+
+
+def _default_loader(settings: Settings) -> Callable[[], Detector]:
+    def load() -> Detector:
+        # Imported here: scikit-learn's metrics are only needed when a model is trained, not to serve one.
+        from app.evaluate import evaluation_for_metadata  # noqa: PLC0415
+
+        return ensure_model(
+            settings.model_path,
+            train_if_missing=settings.train_if_missing,
+            evaluate=evaluation_for_metadata,
+        )
+
+    return load
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    detector: Detector | None = None,
+    loader: Callable[[], Detector] | None = None,
+) -> FastAPI:
+    """Build the application.
+
+    ``detector`` makes it ready at once (tests); ``loader`` replaces how the model is obtained (default:
+    ``ensure_model`` on ``MODEL_DIR/MODEL_NAME``, training if allowed). Settings default to the environment.
+    """
+    settings = settings or Settings()
+    holder = ModelHolder(loader or _default_loader(settings), detector=detector)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Per worker process: the pid is only known here, after uvicorn started the worker.
+        app.state.instance = settings.instance_id()
+        threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
+        yield
+
+    app = FastAPI(
+        title="GridWatch",
+        version=__version__,
+        summary="Anomaly detection on electricity-grid readings (voltage, current, frequency).",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.state.model = holder
+    app.state.instance = settings.instance_id()
+    install_error_handlers(app)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(HTTPMetricsMiddleware)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        413: {
+            "model": ErrorResponse,
+            "description": "More than MAX_BATCH readings, or body over MAX_BODY_BYTES.",
+        },
+        415: {"model": ErrorResponse, "description": "Body not sent as application/json."},
+        422: {"model": ErrorResponse, "description": "Invalid batch; `detail` names each row and field."},
+        503: {"model": ErrorResponse, "description": "Model not loaded yet (see Retry-After)."},
+    }
+
+    @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/health",
+        summary="Readiness: 200 once the model is loaded, 503 with a reason before.",
+        response_model=HealthResponse,
+        responses={503: {"model": NotReadyResponse}},
+    )
+    async def health(request: Request) -> Response:
+        instance = request.app.state.instance
+        if holder.state is not ModelState.ready:
+            body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        model = holder.get()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": "isolation_forest",
+                "features": list(model.features),
+                "model_version": model.version,
+                "instance": instance,
+                "pod": settings.pod_name,
+                "node": settings.node_name,
+            }
+        )
+
+    @app.get(
+        "/model",
+        summary="Metadata of the loaded model: version, training, statistics, evaluation.",
+        responses={503: errors[503]},
+    )
+    async def model_metadata() -> Response:
+        return JSONResponse(holder.get().metadata)
+
+    @app.post(
+        "/predict",
+        summary="Score a batch of readings.",
+        response_model=PredictResponse,
+        responses=errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _predict_request_schema(settings.max_batch)}},
+            }
+        },
+    )
+    async def predict(request: Request) -> Response:
+        model = holder.get()
+        require_json(request)
+        body = await read_body(request, settings.max_body_bytes)
+        X = parse_readings(body, model.features, settings.max_batch)
+        scored = await run_in_threadpool(score_batch, model, X)
+        predictions = [
+            {"anomaly": flag, "score": score}
+            for flag, score in zip(scored.flags.tolist(), scored.scores.tolist(), strict=True)
+        ]
+        return JSONResponse(
+            {
+                "predictions": predictions,
+                "anomalies": scored.anomalies,
+                "total": len(predictions),
+                "served_by": request.app.state.instance,
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics (OpenMetrics when the scraper asks for it).")
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(REGISTRY), media_type=content_type)
+
+    return app

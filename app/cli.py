@@ -1,0 +1,249 @@
+"""The ``gridwatch`` command line.
+
+Each subcommand imports what it needs when it runs, so ``gridwatch simulate`` works without scikit-learn and
+``gridwatch --help`` is instant. Options override the environment variables of the same meaning (the README's
+configuration table); everything else is read by ``app.settings.Settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from app import __version__
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
+    return value
+
+
+def _kinds(text: str) -> list[str]:
+    from app.sim import AnomalyKind
+
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    valid = {kind.value for kind in AnomalyKind}
+    unknown = [kind for kind in kinds if kind not in valid]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {unknown}; choose from {sorted(valid)}")
+    return kinds
+
+
+def _export(**overrides: object) -> None:
+    """Make CLI options visible to ``Settings`` (and to uvicorn's worker processes, which inherit the env)."""
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name.upper()] = str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridwatch", description="Anomaly detection on electricity-grid readings.")
+    parser.add_argument("--version", action="version", version=f"gridwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", help="interface to bind (env HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (env PORT, default 8000)")
+    serve.add_argument("--workers", type=_positive_int, help="worker processes (env WORKERS, default 1)")
+    serve.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    serve.set_defaults(handler=_serve)
+
+    train = commands.add_parser("train", help="train a model on simulated data and save it atomically")
+    train.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    train.add_argument("--n-estimators", type=_positive_int)
+    train.add_argument("--max-samples", type=_positive_int)
+    train.add_argument("--contamination", type=float)
+    train.add_argument("--train-samples", type=_positive_int)
+    train.add_argument("--seed", type=int, help="random_state of the forest and the training data")
+    train.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="precision/recall/F1/ROC-AUC on labelled simulated data")
+    evaluate.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    evaluate.add_argument("--anomaly-rate", type=_rate, default=0.02)
+    evaluate.add_argument("-n", "--readings", type=_positive_int, default=20_000)
+    evaluate.add_argument("--seed", type=int, default=2026)
+    evaluate.add_argument("--kinds", type=_kinds, help="comma-separated anomaly kinds to inject")
+    evaluate.add_argument(
+        "--sweep",
+        nargs="*",
+        type=float,
+        metavar="CONTAMINATION",
+        help="also show what other contamination values would give (default: a standard set)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+    simulate = commands.add_parser("simulate", help="print simulated readings with ground truth")
+    simulate.add_argument("-n", "--readings", type=_positive_int, default=10)
+    simulate.add_argument("--anomaly-rate", type=_rate, default=0.0)
+    simulate.add_argument("--kinds", type=_kinds, help="comma-separated anomaly kinds to inject")
+    simulate.add_argument("--seed", type=int)
+    simulate.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    simulate.add_argument("--grid", choices=["eu", "na"], default="eu", help="230 V/50 Hz or 120 V/60 Hz")
+    simulate.add_argument(
+        "--format",
+        choices=["jsonl", "json", "request"],
+        default="jsonl",
+        help="one reading per line, a JSON array, or a /predict request body",
+    )
+    simulate.set_defaults(handler=_simulate)
+
+    up = commands.add_parser("up", help="start the local demo: API on :8000 and the Streamlit UI on :8501")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--ui-port", type=int, default=8501)
+    up.add_argument("--host", default="127.0.0.1", help="interface both servers bind")
+    up.set_defaults(handler=_up)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _export(host=args.host, port=args.port, workers=args.workers, model_dir=args.model_dir)
+    from app.server import run_server
+    from app.settings import Settings
+
+    run_server(Settings())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    _export(model_dir=args.model_dir)
+    from dataclasses import replace
+
+    from filelock import FileLock
+
+    from app.evaluate import evaluation_for_metadata
+    from app.logs import configure_logging
+    from app.model import LOCK_TIMEOUT_S, ModelConfig, train_model
+    from app.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    overrides = {
+        "n_estimators": args.n_estimators,
+        "max_samples": args.max_samples,
+        "contamination": args.contamination,
+        "train_samples": args.train_samples,
+        "random_state": args.seed,
+    }
+    config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    artifact = settings.model_path
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(artifact.parent / f".{artifact.name}.lock", timeout=LOCK_TIMEOUT_S):
+        detector = train_model(config, artifact, evaluate=evaluation_for_metadata)
+    if args.json:
+        print(json.dumps(detector.metadata, indent=2))
+    else:
+        from app.report import print_training
+
+        print_training(detector)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _export(model_dir=args.model_dir)
+    from app.evaluate import evaluate_detector, evaluation_for_metadata, sweep_contamination
+    from app.logs import configure_logging
+    from app.model import ensure_model
+    from app.report import print_evaluation, print_sweep
+    from app.settings import Settings
+    from app.sim import DEFAULT_ANOMALY_KINDS
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    detector = ensure_model(
+        settings.model_path, train_if_missing=settings.train_if_missing, evaluate=evaluation_for_metadata
+    )
+    report = evaluate_detector(
+        detector,
+        n=args.readings,
+        anomaly_rate=args.anomaly_rate,
+        seed=args.seed,
+        kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
+    )
+    sweep = None
+    if args.sweep is not None:
+        candidates = args.sweep or [0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
+        sweep = sweep_contamination(
+            detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed
+        )
+    if args.json:
+        document = {"model_version": detector.version, "report": report.to_dict()}
+        if sweep is not None:
+            document["sweep"] = [{"contamination": c, **r.to_dict()} for c, r in sweep]
+        print(json.dumps(document, indent=2))
+    else:
+        print_evaluation(detector, report)
+        if sweep is not None:
+            print_sweep(detector, sweep)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from app.sim import DEFAULT_ANOMALY_KINDS, GridProfile, GridSimulator
+
+    profile = GridProfile.north_american() if args.grid == "na" else GridProfile()
+    simulator = GridSimulator(
+        profile=profile,
+        anomaly_rate=args.anomaly_rate,
+        anomaly_kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
+        interval_s=args.interval,
+        seed=args.seed,
+    )
+    records = simulator.batch(args.readings).to_records()
+    if args.format == "jsonl":
+        sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
+    elif args.format == "json":
+        print(json.dumps(records, indent=2))
+    else:
+        print(json.dumps({"readings": records}))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(host=args.host, api_port=args.api_port, ui_port=args.ui_port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except _user_errors() as error:
+        print(f"gridwatch {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's or the environment's to fix: one line on stderr, not a traceback.
+
+    Invalid settings (pydantic's ValidationError) belong here too, but pydantic is only a backend dependency and
+    ``simulate`` must run without it.
+    """
+    from app.errors import GridWatchError
+
+    errors: tuple[type[BaseException], ...] = (GridWatchError, OSError)
+    try:
+        from pydantic import ValidationError
+    except ImportError:
+        return errors
+    return (*errors, ValidationError)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

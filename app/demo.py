@@ -1,0 +1,103 @@
+"""``gridwatch up``: the local demo without a cluster, the API and the Streamlit UI as two child processes.
+
+Both children run from this Python environment (``sys.executable``), so the demo uses exactly the installed
+project. The UI gets ``BACKEND_URL`` pointing at the API. Ctrl-C, SIGTERM or the exit of either child stops
+both; the demo's exit code is that of the child that failed first (0 on a clean stop).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx2
+
+UI_SCRIPT = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 10.0
+
+
+def _wait_until_ready(url: str, api: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll the API's readiness endpoint until 200, the API process exits, or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while time.monotonic() < deadline and api.poll() is None:
+        try:
+            if httpx2.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx2.TransportError:
+            pass
+        time.sleep(delay)  # back-off between readiness probes, like a kubelet's periodSeconds
+        delay = min(delay * 2, 1.0)
+    return False
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501) -> int:
+    if not UI_SCRIPT.is_file():
+        print(f"gridwatch up: the UI script {UI_SCRIPT} is missing", file=sys.stderr)
+        return 2
+    api_url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{api_port}"
+    env = {**os.environ, "HOST": host, "PORT": str(api_port), "BACKEND_URL": api_url}
+    api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
+    ui = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(UI_SCRIPT),
+            "--server.address",
+            host,
+            "--server.port",
+            str(ui_port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        env=env,
+    )
+    children = [api, ui]
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if _wait_until_ready(f"{api_url}/health", api, READY_TIMEOUT_S):
+            print(
+                f"\nGridWatch is up:\n  API  {api_url}  (docs: {api_url}/docs, metrics: {api_url}/metrics)\n"
+                f"  UI   http://{host}:{ui_port}\nPress Ctrl-C to stop.\n",
+                flush=True,
+            )
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+    except KeyboardInterrupt:
+        _stop(children)
+        return 0
+    failed = next(child for child in children if child.poll() is not None)
+    name = "API" if failed is api else "UI"
+    _stop(children)
+    print(f"gridwatch up: the {name} exited with code {failed.returncode}", file=sys.stderr)
+    return failed.returncode or 1

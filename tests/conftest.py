@@ -1,0 +1,59 @@
+"""Shared fixtures: one trained model per session, app clients, and real server processes on free ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.model import Detector, ModelConfig, load_model, metadata_path, train_model
+from app.settings import Settings
+from tests.support import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model, trained once per test session (with its evaluation, as `gridwatch train` does)."""
+    from app.evaluate import evaluation_for_metadata
+
+    artifact = tmp_path_factory.mktemp("trained") / "iso_forest.joblib"
+    train_model(ModelConfig(), artifact, evaluate=evaluation_for_metadata)
+    return artifact
+
+
+@pytest.fixture(scope="session")
+def detector(trained_artifact: Path) -> Detector:
+    return load_model(trained_artifact)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, trained_artifact: Path) -> Path:
+    """A private model folder holding a copy of the session's trained model, free to damage."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy2(trained_artifact, folder / trained_artifact.name)
+    shutil.copy2(metadata_path(trained_artifact), metadata_path(folder / trained_artifact.name))
+    return folder
+
+
+@pytest.fixture
+def settings(model_dir: Path) -> Settings:
+    return Settings(model_dir=model_dir, train_if_missing=False, pod_name="pod-a", node_name="node-1")
+
+
+@pytest.fixture
+def client(settings: Settings, detector: Detector) -> Iterator[TestClient]:
+    """A client of an app whose model is ready from the first request."""
+    with TestClient(create_app(settings, detector=detector), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def server(model_dir: Path) -> Iterator[ServerProcess]:
+    """A real `gridwatch serve` process on a free localhost port, ready (model loaded) when yielded."""
+    with ServerProcess(env={"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0"}) as process:
+        yield process

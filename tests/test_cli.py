@@ -1,0 +1,115 @@
+"""The `gridwatch` command line: simulate, train, evaluate, and clear errors for bad configuration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.model import load_model
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_simulate_prints_json_lines_with_ground_truth(capsys: pytest.CaptureFixture[str]):
+    assert main(["simulate", "-n", "5", "--seed", "3", "--anomaly-rate", "1", "--kinds", "voltage_sag"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 5
+    assert all(r["is_anomaly"] and r["anomaly_kind"] == "voltage_sag" for r in records)
+
+
+def test_simulate_is_reproducible_and_supports_sixty_hertz(capsys: pytest.CaptureFixture[str]):
+    main(["simulate", "-n", "200", "--seed", "1", "--grid", "na", "--format", "json"])
+    first = json.loads(capsys.readouterr().out)
+    main(["simulate", "-n", "200", "--seed", "1", "--grid", "na", "--format", "json"])
+    assert json.loads(capsys.readouterr().out) == first
+    assert abs(sum(r["frequency"] for r in first) / 200 - 60.0) < 0.05
+
+
+def test_simulate_request_format_is_a_predict_body(capsys: pytest.CaptureFixture[str], client):
+    main(["simulate", "-n", "20", "--format", "request", "--anomaly-rate", "0.5", "--seed", "2"])
+    body = json.loads(capsys.readouterr().out)
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    assert response.json()["total"] == 20
+
+
+def test_simulate_runs_without_scikit_learn():
+    code = (
+        "import sys; from app.cli import main; main(['simulate', '-n', '2']); "
+        "assert 'sklearn' not in sys.modules, 'simulate imported scikit-learn'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_unknown_anomaly_kind_is_a_usage_error():
+    result = run_cli("simulate", "--kinds", "voltage_sag,meteor_strike")
+    assert result.returncode == 2
+    assert "unknown kind(s) ['meteor_strike']" in result.stderr
+
+
+def test_train_then_evaluate(tmp_path: Path):
+    models = tmp_path / "models"
+    trained = run_cli(
+        "train", "--model-dir", str(models), "--n-estimators", "20", "--max-samples", "1024",
+        "--train-samples", "5000", "--json",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    metadata = json.loads(trained.stdout)
+    assert metadata["config"]["n_estimators"] == 20
+    assert load_model(models / "iso_forest.joblib").version == metadata["model_version"]
+
+    evaluated = run_cli(
+        "evaluate", "--model-dir", str(models), "-n", "3000", "--sweep", "0.001", "0.01", "--json",
+        env={"TRAIN_IF_MISSING": "0"},
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["model_version"] == metadata["model_version"]
+    assert report["report"]["readings"] == 3000
+    assert [row["contamination"] for row in report["sweep"]] == [0.001, 0.01]
+
+
+def test_evaluate_prints_tables(model_dir: Path):
+    result = run_cli("evaluate", "--model-dir", str(model_dir), "-n", "2000", env={"COLUMNS": "160"})
+    assert result.returncode == 0, result.stderr
+    for text in ("precision", "recall", "ROC-AUC", "voltage_spike", "current_surge"):
+        assert text in result.stdout
+
+
+def test_evaluate_without_a_model_and_without_training_explains(tmp_path: Path):
+    result = run_cli("evaluate", "--model-dir", str(tmp_path / "empty"), env={"TRAIN_IF_MISSING": "false"})
+    assert result.returncode == 2
+    assert "no model at" in result.stderr
+    assert "gridwatch train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("PORT", "eighty"), ("WORKERS", "0"), ("LOG_LEVEL", "loud"), ("MAX_BATCH", "-1")]
+)
+def test_invalid_environment_is_refused_naming_the_variable(variable: str, value: str):
+    result = run_cli("serve", env={variable: value})
+    assert result.returncode == 2
+    assert variable.lower() in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_python_dash_m_app_is_serve():
+    result = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: gridwatch serve" in result.stdout

@@ -1,0 +1,86 @@
+"""The project's promises about itself: CI runs the README's test command, config is documented, hooks valid."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+from app.settings import Settings
+from tests.support import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def quickstart_commands() -> list[str]:
+    section = README.split("## Quickstart", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "the Quickstart has a bash block"
+    return [line.split("#", 1)[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_quickstart_is_two_commands_demo_then_tests():
+    demo, tests = quickstart_commands()
+    assert demo == "make up"
+    assert tests == "make test"
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == quickstart_commands()[1]
+
+
+def test_make_targets_exist_and_bootstrap_uv():
+    dry_run = subprocess.run(
+        ["make", "-n", "up", "test", "fmt", "lint"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "python3 -m pip install --quiet uv" in dry_run.stdout
+    assert "pytest" in dry_run.stdout
+    assert "gridwatch up" in dry_run.stdout
+
+
+def test_every_setting_is_in_the_readme_table_and_nothing_else():
+    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {name for cell in first_cells for name in re.findall(r"`([A-Z_]+)`", cell)}
+    backend = {name.upper() for name in Settings.model_fields}
+    ui_only = {"BACKEND_URL"}
+    assert documented - ui_only == backend
+
+
+def test_ui_extra_has_no_scikit_learn():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ui = " ".join(project["optional-dependencies"]["ui"] + project["dependencies"])
+    assert "scikit-learn" not in ui
+    assert "scikit-learn" in " ".join(project["optional-dependencies"]["backend"])
+
+
+def test_gitignore_keeps_models_and_caches_out():
+    ignored = subprocess.run(
+        [
+            "git",
+            "check-ignore",
+            "--no-index",
+            "models/iso_forest.joblib",
+            ".pytest_cache/x",
+            "helm/gridwatch/charts/x.tgz",
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert len(ignored.stdout.splitlines()) == 3, ignored.stdout
+
+
+def test_pre_commit_config_is_valid():
+    result = subprocess.run(
+        [sys.executable, "-m", "pre_commit", "validate-config", ".pre-commit-config.yaml"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

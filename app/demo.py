@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -22,17 +23,17 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
 
 
-def _wait_until_ready(url: str, api: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Poll the API's readiness endpoint until 200, the API process exits, or the timeout passes."""
+def _wait_until_ready(url: str, api: subprocess.Popen[bytes], stop: threading.Event, timeout: float) -> bool:
+    """Poll the API's readiness endpoint until 200, the API exits, a stop is requested, or the timeout passes."""
     deadline = time.monotonic() + timeout
     delay = 0.1
-    while time.monotonic() < deadline and api.poll() is None:
+    while time.monotonic() < deadline and api.poll() is None and not stop.is_set():
         try:
             if httpx2.get(url, timeout=2.0).status_code == 200:
                 return True
         except httpx2.TransportError:
             pass
-        time.sleep(delay)  # back-off between readiness probes, like a kubelet's periodSeconds
+        stop.wait(delay)  # back-off between readiness probes, like a kubelet's periodSeconds
         delay = min(delay * 2, 1.0)
     return False
 
@@ -76,24 +77,24 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
         env=env,
     )
     children = [api, ui]
+    # Signals only set a flag, so a second Ctrl-C (a terminal signals the whole process group, and `uv run`
+    # forwards the signal again) can never interrupt the shutdown half-way and orphan the children.
+    stop = threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        if _wait_until_ready(f"{api_url}/health", api, READY_TIMEOUT_S):
-            print(
-                f"\nGridWatch is up:\n  API  {api_url}  (docs: {api_url}/docs, metrics: {api_url}/metrics)\n"
-                f"  UI   http://{host}:{ui_port}\nPress Ctrl-C to stop.\n",
-                flush=True,
-            )
-        while all(child.poll() is None for child in children):
-            try:
-                children[0].wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-    except KeyboardInterrupt:
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    if _wait_until_ready(f"{api_url}/health", api, stop, READY_TIMEOUT_S):
+        print(
+            f"\nGridWatch is up:\n  API  {api_url}  (docs: {api_url}/docs, metrics: {api_url}/metrics)\n"
+            f"  UI   http://{host}:{ui_port}\nPress Ctrl-C to stop.\n",
+            flush=True,
+        )
+    while not stop.is_set() and all(child.poll() is None for child in children):
+        stop.wait(0.5)
+    if stop.is_set():
         _stop(children)
         return 0
     failed = next(child for child in children if child.poll() is not None)

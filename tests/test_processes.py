@@ -51,8 +51,10 @@ def test_serve_trains_a_model_on_first_start(tmp_path: Path):
         assert httpx2.get(f"{again.url}/health").json()["model_version"] == version
 
 
-def test_up_starts_api_and_ui_and_stops_both(model_dir: Path):
-    """The quickstart's first command: API and Streamlit UI as children; SIGTERM stops everything."""
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT, signal.SIGTERM]])
+def test_up_starts_api_and_ui_and_stops_both(model_dir: Path, signals: list[int]):
+    """The quickstart's first command: API and Streamlit UI as children; a signal stops everything, and more
+    signals during the shutdown (Ctrl-C reaches the whole group, `uv run` forwards it again) do not orphan them."""
     api_port, ui_port = free_port(), free_port()
     log = ROOT / "test-artifacts" / f"up-{api_port}.log"
     log.parent.mkdir(exist_ok=True)
@@ -71,7 +73,8 @@ def test_up_starts_api_and_ui_and_stops_both(model_dir: Path):
         # Streamlit serves a client-rendered shell; what it renders is checked by the browser test of the UI.
         assert '<div id="root">' in httpx2.get(f"http://127.0.0.1:{ui_port}/").text
     finally:
-        up.send_signal(signal.SIGTERM)
+        for sig in signals:
+            up.send_signal(sig)
         code = up.wait(timeout=60)
     assert code == 0, log.read_text()
     for port in (api_port, ui_port):

@@ -109,11 +109,14 @@ def _default_loader(settings: Settings) -> Callable[[], Detector]:
         # Imported here: scikit-learn's metrics are only needed when a model is trained, not to serve one.
         from app.evaluate import evaluation_for_metadata  # noqa: PLC0415
 
-        return ensure_model(
+        detector = ensure_model(
             settings.model_path,
             train_if_missing=settings.train_if_missing,
             evaluate=evaluation_for_metadata,
         )
+        detector.use(settings.scorer)
+        detector.warm_up()
+        return detector
 
     return load
 
@@ -234,7 +237,10 @@ def create_app(
         require_json(request)
         body = await read_body(request, settings.max_body_bytes)
         X = parse_readings(body, model.detector.features, settings.max_batch)
-        scored = await run_in_threadpool(inference.score, model, X)
+        if model.scores_inline(X.shape[0]):
+            scored = inference.score(model, X)
+        else:
+            scored = await run_in_threadpool(inference.score, model, X)
         predictions = [
             {"anomaly": flag, "score": score}
             for flag, score in zip(scored.flags.tolist(), scored.scores.tolist(), strict=True)

@@ -47,7 +47,12 @@ class DriftSnapshot:
 
 
 class DriftMonitor:
-    """A ring buffer of the last ``window`` readings and flags; thread-safe (scoring runs in a thread pool)."""
+    """A ring buffer of the last ``window`` readings and flags; thread-safe (large batches score in a thread pool).
+
+    The window's sums are kept up to date incrementally (add the new rows, subtract the ones they overwrite), so
+    an update costs O(batch) rather than O(window); they are recomputed exactly each time the buffer wraps, so
+    floating-point error cannot accumulate over a long run.
+    """
 
     def __init__(
         self, features: Sequence[str], feature_stats: Mapping[str, Mapping[str, Any]], window: int = 1000
@@ -58,27 +63,42 @@ class DriftMonitor:
         self._train_std = np.array([feature_stats[name]["std"] for name in self.features], dtype=np.float64)
         self._values = np.zeros((window, len(self.features)), dtype=np.float64)
         self._flags = np.zeros(window, dtype=bool)
+        self._sums = np.zeros(len(self.features), dtype=np.float64)
+        self._flagged = 0
         self._next = 0
         self._count = 0
         self._lock = threading.Lock()
 
+    def _resum(self) -> None:
+        self._sums = self._values[: self._count].sum(axis=0)
+        self._flagged = int(np.count_nonzero(self._flags[: self._count]))
+
     def update(self, X: np.ndarray, flags: np.ndarray) -> DriftSnapshot:
         """Add a scored batch (rows in ``features`` order) and return the statistics of the new window."""
+        n = X.shape[0]
         with self._lock:
-            if X.shape[0] >= self.window:  # the batch alone fills the window: keep its newest rows
+            if n >= self.window:  # the batch alone fills the window: keep its newest rows
                 self._values[:] = X[-self.window :]
                 self._flags[:] = flags[-self.window :]
                 self._next, self._count = 0, self.window
+                self._resum()
             else:
-                positions = (self._next + np.arange(X.shape[0])) % self.window
+                positions = (self._next + np.arange(n)) % self.window
+                if self._count == self.window:  # full: the new rows overwrite the oldest
+                    self._sums -= self._values[positions].sum(axis=0)
+                    self._flagged -= int(np.count_nonzero(self._flags[positions]))
                 self._values[positions] = X
                 self._flags[positions] = flags
-                self._next = int((self._next + X.shape[0]) % self.window)
-                self._count = min(self.window, self._count + X.shape[0])
-            filled = self._values[: self._count]
-            means = filled.mean(axis=0)
-            ratio = float(self._flags[: self._count].mean())
+                self._sums += X.sum(axis=0)
+                self._flagged += int(np.count_nonzero(flags))
+                wrapped = self._next + n >= self.window
+                self._next = (self._next + n) % self.window
+                self._count = min(self.window, self._count + n)
+                if wrapped:
+                    self._resum()
             count = self._count
+            means = self._sums / count
+            ratio = self._flagged / count
         scores = np.abs(means - self._train_mean) / self._train_std
         return DriftSnapshot(
             readings=count,
@@ -88,10 +108,16 @@ class DriftMonitor:
         )
 
 
-def export(snapshot: DriftSnapshot) -> None:
-    """Publish a snapshot through the window gauges."""
-    for name, mean in snapshot.means.items():
-        FEATURE_WINDOW_MEAN.labels(name).set(mean)
-        FEATURE_DRIFT_SCORE.labels(name).set(snapshot.scores[name])
-    ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
-    DRIFT_WINDOW_READINGS.set(snapshot.readings)
+class DriftGauges:
+    """Publishes snapshots through the window gauges; the labelled children are resolved once, not per request."""
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self._means = {name: FEATURE_WINDOW_MEAN.labels(name) for name in features}
+        self._scores = {name: FEATURE_DRIFT_SCORE.labels(name) for name in features}
+
+    def export(self, snapshot: DriftSnapshot) -> None:
+        for name, mean in snapshot.means.items():
+            self._means[name].set(mean)
+            self._scores[name].set(snapshot.scores[name])
+        ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
+        DRIFT_WINDOW_READINGS.set(snapshot.readings)

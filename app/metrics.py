@@ -143,6 +143,21 @@ class HTTPMetricsMiddleware:
     def __init__(self, app: ASGIApp, *, exemplars: bool = True) -> None:
         self.app = app
         self.exemplars = exemplars
+        # Labelled children by label values: a dict lookup per request instead of prometheus-client's labels().
+        # Bounded like the labels themselves (routes x methods x statuses).
+        self._counters: dict[tuple[str, str, str], Counter] = {}
+        self._histograms: dict[tuple[str, str], Histogram] = {}
+
+    def _record(self, path: str, method: str, status: int, seconds: float, exemplar: dict[str, str] | None) -> None:
+        key = (path, method, str(status))
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REQUESTS.labels(*key)
+        counter.inc()
+        histogram = self._histograms.get(key[:2])
+        if histogram is None:
+            histogram = self._histograms[key[:2]] = REQUEST_LATENCY.labels(path, method)
+        histogram.observe(seconds, exemplar)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,11 +180,9 @@ class HTTPMetricsMiddleware:
         finally:
             if in_flight:
                 REQUESTS_IN_FLIGHT.dec()
-            path = route_label(scope)
-            method = method_label(scope["method"])
-            REQUESTS.labels(path, method, str(status)).inc()
             exemplar = trace_exemplar() if self.exemplars else None
-            REQUEST_LATENCY.labels(path, method).observe(time.perf_counter() - started, exemplar)
+            elapsed = time.perf_counter() - started
+            self._record(route_label(scope), method_label(scope["method"]), status, elapsed, exemplar)
 
 
 # --- exposition -------------------------------------------------------------------------------------------------

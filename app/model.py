@@ -35,6 +35,9 @@ from sklearn.ensemble import IsolationForest
 
 from app import FEATURES, __version__
 from app.errors import ModelArtifactError, ModelUnavailableError
+from app.forest import DEFAULT_BACKEND, Backend, CompiledForest
+from app.forest_jit import CHAINS
+from app.settings import Scorer
 from app.sim import GridProfile, GridSimulator
 
 logger = logging.getLogger(__name__)
@@ -150,17 +153,39 @@ def feature_statistics(X: np.ndarray, features: tuple[str, ...]) -> dict[str, di
 
 @dataclass
 class Detector:
-    """A loaded model ready to serve: the estimator plus the metadata stored beside it."""
+    """A loaded model ready to serve: the estimator, the metadata stored beside it, and its compiled form.
+
+    The compiled form (``app.forest``) is built once here, when the model is loaded or trained, and is what
+    ``predict_batch`` uses unless ``scorer`` says ``sklearn``.
+    """
 
     estimator: IsolationForest
     metadata: dict[str, Any]
     path: Path | None = None
     trained_now: bool = False
     load_seconds: float = 0.0
+    scorer: Scorer = Scorer.auto
     config: ModelConfig = field(init=False)
+    forest: CompiledForest = field(init=False)
 
     def __post_init__(self) -> None:
         self.config = ModelConfig.from_dict(self.metadata.get("config", {}))
+        self.forest = CompiledForest.from_sklearn(self.estimator)
+        self.use(self.scorer)
+
+    def use(self, scorer: Scorer) -> None:
+        """Switch the scoring path (``auto`` resolves to numba if installed, else numpy)."""
+        if scorer is Scorer.auto:
+            scorer = Scorer(DEFAULT_BACKEND.value)
+        if scorer is Scorer.numba and DEFAULT_BACKEND is not Backend.numba:
+            raise ValueError("SCORER=numba but numba is not installed; use auto, numpy or sklearn")
+        self.scorer = scorer
+
+    def warm_up(self) -> None:
+        """Score once per kernel so compilation (or loading numba's cache) happens now, not in a request."""
+        row = np.array([[self.metadata["feature_stats"][name]["mean"] for name in self.features]])
+        self.predict_batch(row)
+        self.predict_batch(np.repeat(row, CHAINS, axis=0))
 
     @property
     def version(self) -> str:
@@ -171,8 +196,11 @@ class Detector:
         return self.config.features
 
     def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(flags, scores)`` for an ``(n, len(features))`` float array; see ``predict_batch``."""
-        return predict_batch(self.estimator, X)
+        """``(flags, scores)`` for an ``(n, len(features))`` float array, equal to ``predict_batch``'s."""
+        if self.scorer is Scorer.sklearn:
+            return predict_batch(self.estimator, X)
+        scores = -self.forest.decision_function(X, Backend(self.scorer.value))
+        return scores > 0.0, scores
 
 
 def metadata_path(artifact: Path) -> Path:

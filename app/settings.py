@@ -35,6 +35,19 @@ class TracesExporter(StrEnum):
     otlp = "otlp"
 
 
+class Scorer(StrEnum):
+    """What scores a batch. All give the same flags and scores; they differ in speed (docs/benchmarks.md)."""
+
+    auto = "auto"
+    """numba when it is installed, else numpy."""
+    numba = "numba"
+    """The compiled forest walked by numba kernels: the fast path."""
+    numpy = "numpy"
+    """The compiled forest walked level by level in NumPy: the fallback without numba."""
+    sklearn = "sklearn"
+    """scikit-learn's own ``decision_function``: the reference, and the baseline of the benchmark."""
+
+
 class Settings(BaseSettings):
     """Backend settings. Field names are the environment variable names (case-insensitive)."""
 
@@ -50,6 +63,9 @@ class Settings(BaseSettings):
     train_if_missing: bool = Field(
         True,
         description="Train (and save) a model at start-up when none exists or the existing one is unusable.",
+    )
+    scorer: Scorer = Field(
+        Scorer.auto, description="What scores batches: auto (numba if installed, else numpy), numba, numpy, sklearn."
     )
     max_batch: int = Field(10_000, ge=1, description="Most readings accepted in one /predict request (else 413).")
     max_body_bytes: int = Field(

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from app import __version__
 
@@ -52,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description="Anomaly detection on electricity-grid readings.")
     parser.add_argument("--version", action="version", version=f"gridwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_train, _add_evaluate, _add_simulate, _add_load, _add_bench, _add_up):
+        add(commands)
+    return parser
 
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the HTTP API (uvicorn)")
     serve.add_argument("--host", help="interface to bind (env HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env PORT, default 8000)")
@@ -60,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
     serve.set_defaults(handler=_serve)
 
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model on simulated data and save it atomically")
     train.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
     train.add_argument("--n-estimators", type=_positive_int)
@@ -70,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the metadata as JSON")
     train.set_defaults(handler=_train)
 
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="precision/recall/F1/ROC-AUC on labelled simulated data")
     evaluate.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
     evaluate.add_argument("--anomaly-rate", type=_rate, default=0.02)
@@ -86,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate = commands.add_parser("simulate", help="print simulated readings with ground truth")
     simulate.add_argument("-n", "--readings", type=_positive_int, default=10)
     simulate.add_argument("--anomaly-rate", type=_rate, default=0.0)
@@ -101,12 +113,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.set_defaults(handler=_simulate)
 
+
+def _add_load(commands: argparse._SubParsersAction) -> None:
+    load = commands.add_parser("load", help="open-loop load test of /predict (loopback only unless --allow-remote)")
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="the API (its /predict is loaded)")
+    load.add_argument("--rps", type=float, default=50.0, help="requests per second to schedule")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds; stops by itself")
+    load.add_argument("--batch-size", type=_positive_int, default=64, help="readings per request")
+    load.add_argument("--workers", type=_positive_int, default=32, help="most requests in flight at once")
+    load.add_argument("--anomaly-rate", type=_rate, default=0.01)
+    load.add_argument("--no-keepalive", action="store_true", help="a new connection per request (spreads over pods)")
+    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    load.add_argument("--seed", type=int)
+    load.add_argument("--allow-remote", action="store_true", help="allow a target that is not this machine")
+    load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.set_defaults(handler=_load)
+
+
+def _sizes(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",") if part.strip()]
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure the scorer and the HTTP path against scikit-learn")
+    bench.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    bench.add_argument("--sizes", type=_sizes, default=[1, 64, 1024, 65536], help="batch sizes, comma-separated")
+    bench.add_argument("--min-seconds", type=float, default=0.5, help="time spent per scorer measurement")
+    bench.add_argument("--http-duration", type=float, default=10.0, help="seconds per HTTP measurement")
+    bench.add_argument("--connections", type=_positive_int, default=32)
+    bench.add_argument("--fixed-rps", type=float, default=150.0, help="request rate of the latency measurement")
+    bench.add_argument("--no-http", action="store_true", help="only the scorer table")
+    bench.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.set_defaults(handler=_bench)
+
+
+def _add_up(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="start the local demo: API on :8000 and the Streamlit UI on :8501")
     up.add_argument("--api-port", type=int, default=8000)
     up.add_argument("--ui-port", type=int, default=8501)
     up.add_argument("--host", default="127.0.0.1", help="interface both servers bind")
     up.set_defaults(handler=_up)
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -212,6 +259,66 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from app.loadgen import LoadConfig, run_load
+    from app.report import LoadProgress, print_load_report
+
+    config = LoadConfig(
+        url=args.url,
+        rps=args.rps,
+        duration=args.duration,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        anomaly_rate=args.anomaly_rate,
+        keepalive=not args.no_keepalive,
+        timeout=args.timeout,
+        allow_remote=args.allow_remote,
+        seed=args.seed,
+    )
+    if args.json:
+        report = run_load(config)
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        with LoadProgress(config.duration) as progress:
+            report = run_load(config, progress.update)
+        print_load_report(report)
+    return 0 if report.succeeded else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    _export(model_dir=args.model_dir)
+    from app.bench import BenchConfig, render_markdown, run_bench
+    from app.evaluate import evaluation_for_metadata
+    from app.logs import configure_logging
+    from app.model import ensure_model
+    from app.report import print_bench
+    from app.settings import Settings
+
+    settings = Settings()
+    configure_logging("warning")
+    detector = ensure_model(
+        settings.model_path, train_if_missing=settings.train_if_missing, evaluate=evaluation_for_metadata
+    )
+    config = BenchConfig(
+        sizes=tuple(args.sizes),
+        min_seconds=args.min_seconds,
+        http=not args.no_http,
+        http_duration=args.http_duration,
+        connections=args.connections,
+        fixed_rps=args.fixed_rps,
+    )
+    result = run_bench(detector, config)
+    if args.write:
+        command = "gridwatch bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gridwatch bench"
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(render_markdown(result, command))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_bench(result)
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -237,7 +344,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """
     from app.errors import GridWatchError
 
-    errors: tuple[type[BaseException], ...] = (GridWatchError, OSError)
+    errors: tuple[type[BaseException], ...] = (GridWatchError, OSError, ValueError)
     try:
         from pydantic import ValidationError
     except ImportError:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from app.evaluate import EvaluationReport
-from app.model import Detector
+if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
+    from app.bench import BenchResult
+    from app.evaluate import EvaluationReport
+    from app.loadgen import LoadReport
+    from app.model import Detector
 
 
 def _console() -> Console:
@@ -76,3 +83,82 @@ def print_sweep(detector: Detector, sweep: Sequence[tuple[float, EvaluationRepor
             f"{report.false_positive_rate:.4f}",
         )
     _console().print(table)
+
+
+class LoadProgress:
+    """A live one-line status of a running load test (rich), refreshed by the generator's progress callback."""
+
+    def __init__(self, duration: float) -> None:
+        self.duration = duration
+        self._live = Live(Text("starting..."), console=Console(stderr=True), refresh_per_second=4, transient=False)
+
+    def update(self, status: dict[str, float]) -> None:
+        self._live.update(
+            Text(
+                f"{min(status['elapsed'], self.duration):5.1f}/{self.duration:.0f}s  sent {status['sent']:.0f}  "
+                f"ok {status['ok']:.0f}  errors {status['errors']:.0f}  p99 {status['p99_ms']:.1f} ms"
+            )
+        )
+
+    def __enter__(self) -> LoadProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._live.__exit__(exc_type, exc, tb)
+
+
+def print_load_report(report: LoadReport) -> None:
+    console = _console()
+    console.print(
+        f"{report.target}: {report.sent} sent of {report.scheduled} scheduled in {report.duration_s:.1f}s, "
+        f"{report.succeeded} ok, {report.failed} failed"
+    )
+    if report.unsent:
+        console.print(
+            f"[yellow]{report.unsent} scheduled requests never got a free connection: the target (or this "
+            "generator) could not keep up with the rate; their wait is not in the latencies below[/]"
+        )
+    table = Table("achieved rps", "rows/s", "avg ms", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    latency = report.latency_ms
+    table.add_row(
+        f"{report.achieved_rps:.1f}",
+        f"{report.rows_per_s:,.0f}",
+        *(f"{latency[key]:.2f}" for key in ("avg", "p50", "p95", "p99", "max")),
+    )
+    console.print(table)
+    if report.failures:
+        console.print("failures: " + ", ".join(f"{kind} x{count}" for kind, count in report.failures.items()))
+    if report.served_by:
+        console.print("served by: " + ", ".join(f"{name} x{count}" for name, count in report.served_by.items()))
+
+
+def print_bench(result: BenchResult) -> None:
+    console = _console()
+    scorer = Table("batch", "scikit-learn ms", "numba ms", "numpy ms", "numba x", "numpy x", title="scorer")
+    for row in result.scorer:
+        scorer.add_row(
+            f"{row.batch:,}",
+            f"{row.sklearn_ms:.3f}",
+            f"{row.numba_ms:.4f}" if row.numba_ms is not None else "n/a",
+            f"{row.numpy_ms:.3f}",
+            f"{row.speedup_numba:,.1f}" if row.speedup_numba is not None else "n/a",
+            f"{row.speedup_numpy:,.1f}",
+        )
+    console.print(scorer)
+    if result.http:
+        http = Table("server", "rows/s", "req/s", "p99 ms", "fixed: req/s", "p50 ms", "p99 ms", "failed", title="HTTP")
+        for row in result.http:
+            http.add_row(
+                row.server,
+                f"{row.max_rows_per_s:,.0f}",
+                f"{row.max_requests_per_s:,.1f}",
+                f"{row.max_p99_ms:.1f}",
+                f"{row.fixed_achieved_rps:.1f}",
+                f"{row.fixed_p50_ms:.1f}",
+                f"{row.fixed_p99_ms:.1f}",
+                str(row.fixed_failed + row.fixed_unsent),
+            )
+        console.print(http)

@@ -136,8 +136,10 @@ class HTTPMetricsMiddleware:
     """Counts every HTTP response exactly once, times it, and tracks requests in flight.
 
     It wraps the application below the error handling, so 404s, 405s, 413s, 422s and 500s are all counted. The
-    route template is read after the inner app ran, from the scope the router filled in. If the inner app raises
-    before sending a response, the request is counted as a 500 (that is what the client gets from the server).
+    route template is read from the scope the router filled in. A response is recorded just before its last body
+    chunk is handed to the server, so a client never holds a response that is not counted yet (even if the worker
+    is killed right after); the latency therefore ends there. If the app raises before a response is complete,
+    the request is recorded as a 500 (or the status already sent).
     """
 
     def __init__(self, app: ASGIApp, *, exemplars: bool = True) -> None:
@@ -148,7 +150,8 @@ class HTTPMetricsMiddleware:
         self._counters: dict[tuple[str, str, str], Counter] = {}
         self._histograms: dict[tuple[str, str], Histogram] = {}
 
-    def _record(self, path: str, method: str, status: int, seconds: float, exemplar: dict[str, str] | None) -> None:
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        path, method = route_label(scope), method_label(scope["method"])
         key = (path, method, str(status))
         counter = self._counters.get(key)
         if counter is None:
@@ -157,7 +160,7 @@ class HTTPMetricsMiddleware:
         histogram = self._histograms.get(key[:2])
         if histogram is None:
             histogram = self._histograms[key[:2]] = REQUEST_LATENCY.labels(path, method)
-        histogram.observe(seconds, exemplar)
+        histogram.observe(seconds, trace_exemplar() if self.exemplars else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,24 +168,27 @@ class HTTPMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        recorded = False
         in_flight = scope["path"] != METRICS_PATH
 
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
+        async def send_and_record(message: Message) -> None:
+            nonlocal status, recorded
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not recorded:
+                recorded = True
+                self._record(scope, status, time.perf_counter() - started)
             await send(message)
 
         if in_flight:
             REQUESTS_IN_FLIGHT.inc()
         try:
-            await self.app(scope, receive, send_and_record_status)
+            await self.app(scope, receive, send_and_record)
         finally:
             if in_flight:
                 REQUESTS_IN_FLIGHT.dec()
-            exemplar = trace_exemplar() if self.exemplars else None
-            elapsed = time.perf_counter() - started
-            self._record(route_label(scope), method_label(scope["method"]), status, elapsed, exemplar)
+            if not recorded:
+                self._record(scope, status, time.perf_counter() - started)
 
 
 # --- exposition -------------------------------------------------------------------------------------------------

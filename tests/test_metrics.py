@@ -49,6 +49,7 @@ def test_model_info_and_load_duration(client: TestClient, detector: Detector):
 
 
 def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, detector: Detector):
+    """A large batch is scored in the thread pool, so other requests (the scrape, the probes) are served meanwhile."""
     entered, release = threading.Event(), threading.Event()
 
     class Blocking(Detector):
@@ -58,12 +59,15 @@ def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, d
             return super().predict_batch(X)
 
     blocking = Blocking(detector.estimator, detector.metadata)
+    large = {"readings": [NORMAL] * 1000}  # above INLINE_BUDGET_STEPS for the default model
     with TestClient(create_app(settings, detector=blocking)) as client:
         idle = sample("requests_in_flight")
-        worker = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"readings": [NORMAL]}})
+        worker = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": large})
         worker.start()
         assert entered.wait(timeout=30)
         assert sample("requests_in_flight") == idle + 1
+        assert client.get("/health").status_code == 200  # not held up by the batch being scored
+        assert client.get("/livez").status_code == 200
         scrape = client.get("/metrics").text  # the scrape itself is not in flight
         assert f"requests_in_flight {idle + 1}" in scrape
         release.set()

@@ -5,7 +5,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 
 .DEFAULT_GOAL := help
-.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools clean
+.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools clean prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,8 +44,14 @@ fmt: sync ## format and auto-fix
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+PROMETHEUS_PORT ?= 9090
+prometheus: ## Prometheus with prometheus-rules/ on :9090, scraping the API of `make up` (needs Debian's prometheus)
+	@command -v prometheus >/dev/null || { echo "prometheus is not installed: sudo apt-get install prometheus"; exit 1; }
+	prometheus --config.file=docker/prometheus-local.yml --storage.tsdb.path=.prometheus \
+		--web.listen-address=127.0.0.1:$(PROMETHEUS_PORT)
+
 tools: ## download helm into .tools/bin (promtool and chromium come from apt, see .ci/run)
 	.ci/install-helm.sh .tools/bin
 
 clean: ## remove caches and test artifacts (not models/)
-	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus

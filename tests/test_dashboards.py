@@ -1,0 +1,170 @@
+"""The Grafana dashboards: valid for the Grafana of kube-prometheus-stack, navigable, and built on real metrics.
+
+Whether each expression parses and returns data is proven against a real Prometheus in test_monitoring_e2e.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.monitoring import (
+    KUBERNETES_METRICS,
+    PROMETHEUS_METRICS,
+    all_queries,
+    dashboards,
+    metric_names,
+    panels,
+    queries,
+    recording_rules,
+    rules,
+)
+
+DASHBOARDS = dashboards()
+EXPECTED = {
+    "gridwatch-service.json": ("gridwatch-service", "GridWatch / Service"),
+    "gridwatch-detector.json": ("gridwatch-detector", "GridWatch / Detector"),
+    "gridwatch-capacity.json": ("gridwatch-capacity", "GridWatch / Capacity"),
+}
+# Classic JSON model. Grafana 12 (kube-prometheus-stack 88.x ships Grafana chart 12.x) and 13 migrate an older
+# schemaVersion on load; 39 is Grafana 11.0's, old enough for every Grafana still supported.
+SCHEMA_VERSION = 39
+
+
+def test_the_three_dashboards_exist_with_fixed_uid_and_title():
+    assert {name: (board["uid"], board["title"]) for name, board in DASHBOARDS.items()} == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dashboard_is_provisionable(name: str):
+    """What Grafana's sidecar provisioning needs: no import-time inputs, no fixed id, a known schema."""
+    board = DASHBOARDS[name]
+    assert "__inputs" not in board
+    assert "__requires" not in board
+    assert board["id"] is None
+    assert board["schemaVersion"] == SCHEMA_VERSION
+    assert "gridwatch" in board["tags"]
+    ids = [panel["id"] for panel in board["panels"]] + [
+        p["id"] for row in board["panels"] for p in row.get("panels", [])
+    ]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_variables_for_datasource_namespace_and_pod(name: str):
+    variables = {variable["name"]: variable for variable in DASHBOARDS[name]["templating"]["list"]}
+    datasource = variables["datasource"]
+    assert datasource["type"] == "datasource"
+    assert datasource["query"] == "prometheus"
+    assert datasource["current"]["value"] == "prometheus", "kube-prometheus-stack's Prometheus datasource uid"
+    for scoped in ("namespace", "pod"):
+        variable = variables[scoped]
+        assert variable["type"] == "query"
+        assert variable["datasource"]["uid"] == "${datasource}"
+        assert variable["includeAll"] is True
+        assert variable["allValue"] == ".*", "All must also match series without the label (compose, laptop)"
+        assert 'job="gridwatch"' in variable["definition"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_panel_queries_the_datasource_variable_and_sets_a_unit(name: str):
+    for panel in panels(DASHBOARDS[name]):
+        title = panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
+        assert panel.get("description"), f"{title}: say what it shows and what to look for"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title} has no unit"
+        assert panel["targets"], title
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", title
+            assert target["expr"].strip(), title
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_panels_fit_the_grid_without_overlapping(name: str):
+    occupied: dict[tuple[int, int], str] = {}
+    for panel in DASHBOARDS[name]["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in occupied, f"{panel['title']} overlaps {occupied[(x, y)]}"
+                occupied[(x, y)] = panel["title"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_links_to_the_other_dashboards_and_alert_annotations(name: str):
+    board = DASHBOARDS[name]
+    links = [link for link in board["links"] if link["type"] == "dashboards"]
+    assert links, "a links row to the other GridWatch dashboards"
+    assert all("gridwatch" in link["tags"] and link["includeVars"] and link["keepTime"] for link in links)
+    alerts = [a for a in board["annotations"]["list"] if "ALERTS{" in a.get("expr", "")]
+    assert alerts, "firing alerts are marked on the graphs"
+    assert alerts[0]["enable"]
+    assert 'alertname=~"GridWatch.*"' in alerts[0]["expr"]
+
+
+def test_each_dashboard_has_its_subject():
+    """Guards against a panel quietly dropped: each dashboard shows what the issue asks of it."""
+    metrics = {
+        name: set().union(*(metric_names(q.expr) for q in queries(name, board))) for name, board in DASHBOARDS.items()
+    }
+    assert {
+        "requests_total",
+        "request_latency_seconds_bucket",
+        "requests_in_flight",
+        "inference_latency_seconds_bucket",
+        "batch_size_readings_bucket",
+        "readings_scored_total",
+    } <= metrics["gridwatch-service.json"]
+    assert {
+        "anomalies_total",
+        "anomaly_ratio_window",
+        "feature_drift_score",
+        "feature_window_mean",
+        "model_info",
+    } <= metrics["gridwatch-detector.json"]
+    assert {
+        "kube_deployment_spec_replicas",
+        "kube_horizontalpodautoscaler_status_desired_replicas",
+        "kube_horizontalpodautoscaler_status_current_replicas",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "kube_pod_container_resource_requests",
+        "kube_pod_container_resource_limits",
+        "readings_scored_total",
+    } <= metrics["gridwatch-capacity.json"]
+
+
+def exported_metric_names(client: TestClient) -> set[str]:
+    """Sample names of a real /metrics answer, after traffic that touches every labelled series."""
+    client.post("/predict", json={"readings": [{"voltage": 231.0, "current": 12.0, "frequency": 50.0}]})
+    client.post("/predict", json={"readings": [{"voltage": "x"}]})
+    client.get("/health")
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {sample.name for family in families for sample in family.samples}
+
+
+def test_dashboards_and_rules_use_only_exported_metrics(client: TestClient):
+    """Every metric a dashboard or rule names is one the service exports, a recording rule, Prometheus' own
+    (`up`, `ALERTS`), or a Kubernetes metric from the explicit list."""
+    exported = exported_metric_names(client)
+    assert {"requests_total", "request_latency_seconds_bucket", "feature_drift_score"} <= exported
+    recorded = {rule["record"] for rule in recording_rules()}
+    allowed = exported | recorded | PROMETHEUS_METRICS | KUBERNETES_METRICS
+    used = {str(query): metric_names(query.expr) for query in all_queries()}
+    used |= {rule.get("alert") or rule["record"]: metric_names(rule["expr"]) for rule in rules()}
+    unknown = {where: names - allowed for where, names in used.items() if names - allowed}
+    assert not unknown, f"metrics the service does not export: {unknown}"
+    # the allowlist of Kubernetes metrics carries no GridWatch name by mistake
+    assert not (KUBERNETES_METRICS & exported)
+
+
+def test_metric_names_come_from_every_selector():
+    """The extraction the check above relies on sees selectors inside functions, subqueries, joins and __name__."""
+    expr = (
+        'sum(rate(a_total{job="gridwatch"}[5m])) / on (namespace) group_left () max_over_time(b[$__range:1m]) '
+        'and {__name__="c"} or label_replace(d, "x", "$1", "y", "(.*)") unless absent(e)'
+    )
+    assert metric_names(expr) == {"a_total", "b", "c", "d", "e"}

@@ -1,0 +1,253 @@
+"""The monitoring proven against a real Prometheus scraping a real `gridwatch serve`.
+
+One module-scoped setup starts the backend and Debian's Prometheus (scrape and rule evaluation every second, the
+repository's rule files, the scrape job of docker/prometheus-local.yml) on free localhost ports, and streams
+batches with a huge anomaly rate (plus some invalid ones, for 4xx) through the API until the module ends. Every
+assertion polls Prometheus' HTTP API for its condition with a deadline; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import yaml
+
+from app.sim import GridSimulator
+from tests.monitoring import (
+    KUBERNETES_METRICS,
+    Query,
+    all_queries,
+    is_gridwatch_only,
+    metric_names,
+    recording_rules,
+    rule_files,
+    substitute,
+)
+from tests.support import ROOT, ServerProcess, free_port, require_tool, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+LOCAL_CONFIG = ROOT / "docker" / "prometheus-local.yml"
+DEADLINE_S = 60.0
+ANOMALY_RATE = 0.4  # 20x the alert's 5 % threshold
+BATCH = 100
+
+
+class Prometheus:
+    """Debian's `prometheus` on a free port with its own TSDB folder; stopped with SIGTERM."""
+
+    def __init__(self, binary: str, config: Path, data: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with log.open("wb") as sink:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={data}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=60)
+
+    def api(self, path: str, **params: str) -> httpx2.Response:
+        return httpx2.get(f"{self.url}/api/v1/{path}", params=params, timeout=10.0)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = self.api("query", query=expr)
+        assert response.status_code == 200, f"{expr}: {response.text}"
+        return response.json()["data"]["result"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Traffic(threading.Thread):
+    """Posts simulated batches (a 40 % anomaly rate) and an invalid batch now and then until stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stopped = threading.Event()
+        self.started_at = datetime.now(UTC)
+        self.batches = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        simulator = GridSimulator(anomaly_rate=ANOMALY_RATE, seed=6)
+        with httpx2.Client(base_url=self.url, timeout=30.0) as client:
+            while not self.stopped.is_set():
+                records = simulator.batch(BATCH).to_records(ground_truth=False)
+                answer = client.post("/predict", json={"readings": records})
+                if answer.status_code != 200:
+                    self.errors.append(f"{answer.status_code} {answer.text[:200]}")
+                if self.batches % 10 == 0:
+                    client.post("/predict", json={"readings": [{"voltage": "not a number"}]})  # a 422
+                self.batches += 1
+                self.stopped.wait(0.02)  # pacing of the load, not synchronisation
+
+
+def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    """The condition's first truthy result, polled until a deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.25)  # poll interval, not synchronisation: the loop waits for the condition itself
+    raise AssertionError(f"{what}: not true after {timeout}s (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Path) -> Path:
+    import shutil
+
+    from app.model import metadata_path
+
+    folder = tmp_path_factory.mktemp("e2e-models")
+    shutil.copy2(trained_artifact, folder / trained_artifact.name)
+    shutil.copy2(metadata_path(trained_artifact), metadata_path(folder / trained_artifact.name))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[tuple[Prometheus, Traffic]]:
+    binary = require_tool("prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    with ServerProcess(env={"MODEL_DIR": str(model_folder), "TRAIN_IF_MISSING": "0"}) as server:
+        config = yaml.safe_load(LOCAL_CONFIG.read_text())
+        config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(path) for path in rule_files()]
+        (job,) = config["scrape_configs"]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        log = ROOT / "test-artifacts" / f"prometheus-{server.port}.log"
+        prometheus = Prometheus(binary, workdir / "prometheus.yml", workdir / "data", log)
+        traffic = Traffic(server.url)
+        traffic.start()
+        try:
+            yield prometheus, traffic
+        finally:
+            traffic.stopped.set()
+            traffic.join(timeout=30)
+            prometheus.stop()
+    assert not traffic.errors, traffic.errors[:5]
+
+
+def test_local_config_is_what_the_test_runs():
+    """docker/prometheus-local.yml (used by `make prometheus`) is valid and scrapes the `gridwatch` job."""
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", str(LOCAL_CONFIG)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rule_files())} rule files found" in result.stdout
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["gridwatch"]
+
+
+def test_backend_target_is_up(stack: tuple[Prometheus, Traffic]):
+    prometheus, _ = stack
+
+    def gridwatch_targets() -> list[dict[str, Any]]:
+        targets = prometheus.api("targets").json()["data"]["activeTargets"]
+        return [t for t in targets if t["labels"]["job"] == "gridwatch" and t["health"] == "up"]
+
+    assert len(poll(gridwatch_targets, "the gridwatch target is up")) == 1
+    assert poll(lambda: prometheus.query('up{job="gridwatch"} == 1'), "up == 1")
+
+
+def test_rules_load_and_evaluate_without_errors(stack: tuple[Prometheus, Traffic]):
+    prometheus, _ = stack
+
+    def evaluated_rules() -> list[dict[str, Any]]:
+        groups = prometheus.api("rules").json()["data"]["groups"]
+        found = [rule for group in groups for rule in group["rules"]]
+        return found if found and all(rule.get("lastEvaluation", "").startswith("20") for rule in found) else []
+
+    loaded = poll(evaluated_rules, "every rule evaluated once")
+    recorded = {rule["record"] for rule in recording_rules()}
+    assert {rule["name"] for rule in loaded} >= recorded
+    assert [(rule["name"], rule.get("lastError")) for rule in loaded if rule["health"] != "ok"] == []
+
+
+@pytest.mark.parametrize("rule", [rule["record"] for rule in recording_rules()])
+def test_recording_rule_yields_data(stack: tuple[Prometheus, Traffic], rule: str):
+    prometheus, _ = stack
+    poll(lambda: prometheus.query(rule), f"{rule} has data")
+
+
+QUERIES = all_queries()
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_dashboard_expression_parses_and_returns_data(stack: tuple[Prometheus, Traffic], query: Query):
+    """Every dashboard expression, variables set to All and Grafana's ranges to short windows: Prometheus parses
+    it, and it returns data unless it needs Kubernetes metrics (listed, syntax only) or is an event annotation
+    (alerts firing, restarts: empty on a healthy run)."""
+    prometheus, _ = stack
+    expr = substitute(query.expr)
+    response = prometheus.api("query", query=expr)
+    assert response.status_code == 200, f"Prometheus rejects {expr}: {response.text}"
+    if query.where.startswith("annotation") or not is_gridwatch_only(query.expr):
+        return
+    poll(lambda: prometheus.query(expr), f"{query} returns data")
+
+
+def test_kubernetes_expressions_are_listed_and_only_on_capacity():
+    """The expressions checked for syntax only: each names a Kubernetes metric, all on GridWatch / Capacity."""
+    kubernetes = [query for query in QUERIES if not is_gridwatch_only(query.expr)]
+    assert kubernetes, "the Capacity dashboard reads kube-state-metrics and cAdvisor"
+    for query in kubernetes:
+        assert metric_names(query.expr) & KUBERNETES_METRICS
+        assert query.dashboard == "gridwatch-capacity.json", query
+    gridwatch_only = [query for query in QUERIES if is_gridwatch_only(query.expr)]
+    assert any(query.dashboard == "gridwatch-capacity.json" for query in gridwatch_only), "throughput per replica"
+
+
+def test_anomaly_alert_goes_pending_and_availability_alerts_stay_silent(stack: tuple[Prometheus, Traffic]):
+    prometheus, traffic = stack
+
+    def anomaly_alert() -> list[dict[str, Any]]:
+        alerts = prometheus.api("alerts").json()["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "GridWatchAnomalyRateHigh"]
+
+    (alert,) = poll(anomaly_alert, "GridWatchAnomalyRateHigh pending or firing")
+    assert alert["state"] in {"pending", "firing"}
+    assert alert["labels"]["severity"] == "warning"
+    assert float(alert["value"]) > 0.05
+    assert "of the readings scored" in alert["annotations"]["description"]
+    active_at = datetime.fromisoformat(alert["activeAt"][:26].rstrip("Z") + "+00:00")
+    print(
+        f"GridWatchAnomalyRateHigh active {(active_at - traffic.started_at).total_seconds():.1f}s after traffic began"
+    )
+
+    alerts = {a["labels"]["alertname"] for a in prometheus.api("alerts").json()["data"]["alerts"]}
+    healthy = {
+        "GridWatchBackendAbsent",
+        "GridWatchBackendDown",
+        "GridWatchTargetDown",
+        "GridWatchModelNotLoaded",
+        "GridWatchHighErrorRatio",
+        "GridWatchDetectorSilent",
+    }
+    assert not (alerts & healthy), f"a healthy backend raised {alerts & healthy}"

@@ -1,0 +1,108 @@
+"""The Prometheus rule files: promtool accepts them, their unit tests pass, and each alert is complete and tested."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from tests.monitoring import (
+    RULE_TESTS_DIR,
+    RULES_DIR,
+    RUNBOOK_URL_BASE,
+    alerting_rules,
+    recording_rules,
+    rule_files,
+    runbook_anchors,
+)
+from tests.support import require_tool
+
+ALERTS = alerting_rules()
+ALERT_NAMES = [rule["alert"] for rule in ALERTS]
+
+
+def unit_tests() -> list[dict]:
+    return [
+        test for path in sorted(RULE_TESTS_DIR.glob("*.yaml")) for test in yaml.safe_load(path.read_text())["tests"]
+    ]
+
+
+def test_promtool_accepts_the_rule_files():
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", *map(str, rule_files())], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", result.stdout))
+    assert found == len(ALERTS) + len(recording_rules())
+
+
+def test_promtool_unit_tests_pass():
+    promtool = require_tool("promtool")
+    files = sorted(RULE_TESTS_DIR.glob("*.yaml"))
+    assert files
+    result = subprocess.run(
+        [promtool, "test", "rules", *map(str, files)], capture_output=True, text=True, check=False, cwd=RULES_DIR
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(files), result.stdout
+
+
+def test_rule_folder_holds_rule_files_only():
+    """The chart and compose load prometheus-rules/*.yaml as rule files: unit tests must stay in tests/."""
+    for path in rule_files():
+        content = yaml.safe_load(path.read_text())
+        assert set(content) == {"groups"}, f"{path.name} is not a plain rule file"
+    for path in RULE_TESTS_DIR.glob("*.yaml"):
+        assert "rule_files" in yaml.safe_load(path.read_text()), f"{path.name} is not a promtool test file"
+    assert not list(RULES_DIR.glob("*.yml")), "use .yaml, which is what the chart globs"
+
+
+def test_recording_rules_are_named_level_metric_operations():
+    names = [rule["record"] for rule in recording_rules()]
+    assert len(names) == len(set(names))
+    for name in names:
+        level, metric, operations = name.split(":")
+        assert re.fullmatch(r"[a-z_]+", level), name
+        assert re.fullmatch(r"[a-z_]+", metric), name
+        assert re.fullmatch(r"[a-z0-9_]+", operations), name
+
+
+def test_every_rule_selects_the_gridwatch_job():
+    """The scrape job is `gridwatch` everywhere (chart ServiceMonitor, compose, tests): an unscoped selector
+    would mix in another application's `requests_total`."""
+    recorded = {rule["record"] for rule in recording_rules()}
+    for rule in [*recording_rules(), *ALERTS]:
+        for selector in re.findall(r"\b([a-z_]+)\{([^}]*)\}", rule["expr"]):
+            name, matchers = selector
+            if name not in recorded:
+                assert 'job="gridwatch"' in matchers, f"{name}{{{matchers}}} in {rule.get('alert') or rule['record']}"
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=ALERT_NAMES)
+def test_alert_has_severity_value_and_runbook(rule: dict):
+    assert rule["labels"]["severity"] in {"critical", "warning"}
+    annotations = rule["annotations"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert "$value" in annotations["description"], "the description carries the measured value"
+    assert rule.get("for"), "every alert waits a justified `for:` before firing"
+    url = annotations["runbook_url"]
+    assert url == f"{RUNBOOK_URL_BASE}#{rule['alert'].lower()}"
+    assert url.split("#", 1)[1] in runbook_anchors(), f"docs/runbook.md has no heading for {rule['alert']}"
+
+
+@pytest.mark.parametrize("alert", ALERT_NAMES)
+def test_alert_is_unit_tested_firing_and_silent(alert: str):
+    """Each alert has a promtool case where it fires and one where it stays silent (a healthy or boundary series)."""
+    cases = [case for test in unit_tests() for case in test.get("alert_rule_test", []) if case["alertname"] == alert]
+    assert any(case.get("exp_alerts") for case in cases), f"no unit test shows {alert} firing"
+    assert any(not case.get("exp_alerts") for case in cases), f"no unit test shows {alert} silent"
+
+
+def test_runbook_documents_the_slo_and_idle_traffic():
+    anchors = runbook_anchors()
+    assert "the-latency-slo" in anchors
+    text = (RULES_DIR.parent / "docs" / "runbook.md").read_text()
+    assert "Idle traffic is not an alert" in text

@@ -12,24 +12,28 @@ schema is still published in OpenAPI (``/docs``) from the pydantic models below,
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import REGISTRY
-from prometheus_client.exposition import choose_encoder
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client.multiprocess import mark_process_dead
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
-from app.metrics import HTTPMetricsMiddleware
+from app.logs import AccessLogMiddleware
+from app.metrics import HTTPMetricsMiddleware, render_metrics
 from app.model import Detector, ensure_model
 from app.parsing import parse_readings
-from app.service import ModelHolder, ModelState, score_batch
+from app.service import Inference, ModelHolder, ModelState
 from app.settings import Settings
+from app.tracing import build_tracing, instrument
 from app.web import (
     InternalErrorMiddleware,
     JSONResponse,
@@ -119,21 +123,35 @@ def create_app(
     *,
     detector: Detector | None = None,
     loader: Callable[[], Detector] | None = None,
+    span_exporters: Sequence[SpanExporter] | None = None,
 ) -> FastAPI:
     """Build the application.
 
     ``detector`` makes it ready at once (tests); ``loader`` replaces how the model is obtained (default:
-    ``ensure_model`` on ``MODEL_DIR/MODEL_NAME``, training if allowed). Settings default to the environment.
+    ``ensure_model`` on ``MODEL_DIR/MODEL_NAME``, training if allowed); ``span_exporters`` turns tracing on with
+    these exporters, each span exported as it ends (tests). Settings default to the environment.
     """
     settings = settings or Settings()
-    holder = ModelHolder(loader or _default_loader(settings), detector=detector)
+    holder = ModelHolder(loader or _default_loader(settings), drift_window=settings.drift_window, detector=detector)
+    multiprocess_dir = settings.prometheus_multiproc_dir
+    tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
+    exemplars = tracing is not None and multiprocess_dir is None
+    inference = Inference(tracing.tracer if tracing else trace.NoOpTracer(), exemplars=exemplars)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Per worker process: the pid is only known here, after uvicorn started the worker.
+        # Everything here runs in the worker process, after uvicorn started it: its pid, the exporters' threads.
         app.state.instance = settings.instance_id()
+        if tracing is not None:
+            tracing.start()
         threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
-        yield
+        try:
+            yield
+        finally:
+            if tracing is not None:
+                tracing.shutdown()
+            if multiprocess_dir is not None:  # this worker's live gauges leave with it
+                mark_process_dead(os.getpid(), str(multiprocess_dir))
 
     app = FastAPI(
         title="GridWatch",
@@ -146,8 +164,12 @@ def create_app(
     app.state.model = holder
     app.state.instance = settings.instance_id()
     install_error_handlers(app)
+    # Outermost last: access log > metrics > error guard > routes. The tracing middleware wraps them all.
     app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(HTTPMetricsMiddleware)
+    app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
+    app.add_middleware(AccessLogMiddleware)
+    if tracing is not None:
+        instrument(app, tracing)
 
     errors: dict[int | str, dict[str, Any]] = {
         413: {
@@ -174,7 +196,7 @@ def create_app(
         if holder.state is not ModelState.ready:
             body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        model = holder.get()
+        model = holder.get().detector
         return JSONResponse(
             {
                 "status": "ok",
@@ -193,7 +215,7 @@ def create_app(
         responses={503: errors[503]},
     )
     async def model_metadata() -> Response:
-        return JSONResponse(holder.get().metadata)
+        return JSONResponse(holder.get().detector.metadata)
 
     @app.post(
         "/predict",
@@ -211,8 +233,8 @@ def create_app(
         model = holder.get()
         require_json(request)
         body = await read_body(request, settings.max_body_bytes)
-        X = parse_readings(body, model.features, settings.max_batch)
-        scored = await run_in_threadpool(score_batch, model, X)
+        X = parse_readings(body, model.detector.features, settings.max_batch)
+        scored = await run_in_threadpool(inference.score, model, X)
         predictions = [
             {"anomaly": flag, "score": score}
             for flag, score in zip(scored.flags.tolist(), scored.scores.tolist(), strict=True)
@@ -228,7 +250,7 @@ def create_app(
 
     @app.get("/metrics", summary="Prometheus metrics (OpenMetrics when the scraper asks for it).")
     async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(REGISTRY), media_type=content_type)
+        content, content_type = render_metrics(request.headers.get("accept", ""), multiprocess_dir)
+        return Response(content, media_type=content_type)
 
     return app

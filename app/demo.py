@@ -56,7 +56,13 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
         print(f"gridwatch up: the UI script {UI_SCRIPT} is missing", file=sys.stderr)
         return 2
     api_url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{api_port}"
-    env = {**os.environ, "HOST": host, "PORT": str(api_port), "BACKEND_URL": api_url}
+    env = {
+        **os.environ,
+        "HOST": host,
+        "PORT": str(api_port),
+        "BACKEND_URL": api_url,
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),  # a terminal, not a log collector, reads the demo
+    }
     api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
     ui = subprocess.Popen(
         [

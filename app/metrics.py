@@ -1,43 +1,59 @@
-"""Prometheus metrics of the service and the ASGI middleware that records the HTTP ones.
+"""Prometheus metrics of the service, their exposition, and the ASGI middleware that records the HTTP ones.
 
-Names and labels are a contract with the dashboards and alert rules in ``grafana-dashboards/`` and
-``prometheus-rules/``; tests fail if those use a metric that is not defined here. Conventions: base units
-(seconds), ``_total`` counters, and bounded labels only: ``path`` is the route template (``/predict``), never the
-raw URL, with every unknown URL collapsed into ``UNMATCHED_PATH``; ``method`` is one of the standard methods or
-``other``.
+Names and labels are a contract with ``grafana-dashboards/`` and ``prometheus-rules/``; tests fail if those use a
+metric that is not defined here. Conventions: base units (seconds), ``_total`` counters, and bounded labels only:
+``path`` is the route template (``/predict``), never the raw URL, with every unknown URL collapsed into
+``app.asgi.UNMATCHED_PATH``; ``method`` is a standard method or ``other``; ``feature`` is one of the model's
+three features.
+
+**Several worker processes.** With ``WORKERS>1`` each uvicorn worker is its own process with its own counters, and
+a scrape reaches only one of them. ``gridwatch serve`` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start (so prometheus-client keeps every value in a shared memory-mapped file), and ``/metrics`` merges all files
+into one answer. Every gauge declares how to merge: ``livesum`` for in-flight requests, ``livemax`` for facts that
+are the same in every worker (model info), ``livemostrecent`` for the sliding-window statistics (the window of the
+worker that scored last). ``live*`` modes drop a worker's gauges once it is dead, so no per-pid series leak;
+counters and histograms of dead workers stay, because a count must never go down.
+
+**Exemplars.** When a request is traced, its latency observation carries the trace id as an exemplar, visible in
+the OpenMetrics exposition. prometheus-client's multiprocess files cannot store exemplars, so they are off with
+``WORKERS>1``; the chart runs one worker per pod (scale with replicas) and keeps them.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from pathlib import Path
 
-from prometheus_client import Counter, Histogram
-
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
+from opentelemetry import trace
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    disable_created_metrics,
 )
-"""Half a millisecond to ten seconds: a small batch scores in well under a millisecond, a 10,000-row batch or
-an overloaded worker takes seconds. 0.1 s is a bucket edge because the latency SLO is "99 % under 100 ms"."""
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-UNMATCHED_PATH = "unmatched"
-"""The ``path`` label of every request that matched no route, so a URL scan adds one series, not thousands."""
+from app.asgi import ASGIApp, Message, Receive, Scope, Send, route_label
+from app.process_metrics import ServerProcessCollector, pid_alive
+
+# `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
+# also absent in multiprocess mode, so disabling them keeps both modes' exposition identical.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Half a millisecond to ten seconds: a small batch scores in well under a millisecond, a 10,000-row batch or an
+overloaded worker takes seconds. 0.1 s is a bucket edge because the latency SLO is "99 % under 100 ms"."""
+
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+"""Readings per request, up to the default MAX_BATCH."""
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+METRICS_PATH = "/metrics"
 
 REQUESTS = Counter(
     "requests",
@@ -50,41 +66,83 @@ REQUEST_LATENCY = Histogram(
     ["path", "method"],
     buckets=LATENCY_BUCKETS,
 )
+REQUESTS_IN_FLIGHT = Gauge(
+    "requests_in_flight",
+    "HTTP requests being handled right now (scrapes of /metrics excluded).",
+    multiprocess_mode="livesum",
+)
 INFERENCE_LATENCY = Histogram(
     "inference_latency_seconds",
     "Time spent scoring one batch with the model (excludes parsing and serialisation).",
     buckets=LATENCY_BUCKETS,
 )
 ANOMALIES = Counter("anomalies", "Readings the model flagged as anomalous.")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def route_label(scope: Scope) -> str:
-    """The route template that handled the request (set by the router in the shared scope), or UNMATCHED_PATH."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_PATH
+READINGS_SCORED = Counter("readings_scored", "Readings scored by the model.")
+BATCH_SIZE = Histogram(
+    "batch_size_readings",
+    "Readings per scored /predict request.",
+    buckets=BATCH_SIZE_BUCKETS,
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "Always 1; labels name the loaded model version and the scikit-learn version it runs on.",
+    ["model_version", "sklearn_version"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOAD_DURATION = Gauge(
+    "model_load_duration_seconds",
+    "How long obtaining the model took at start-up: loading the artifact, or training it (source label).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+FEATURE_WINDOW_MEAN = Gauge(
+    "feature_window_mean",
+    "Mean of each input feature over the sliding window of recent readings, in the feature's unit (V, A, Hz).",
+    ["feature"],
+    multiprocess_mode="livemostrecent",
+)
+FEATURE_DRIFT_SCORE = Gauge(
+    "feature_drift_score",
+    "Standardised shift of the window mean from the training mean (|window mean - training mean| / training "
+    "std). Normal traffic stays below 2.2 at any hour of the day; above 3 means the input has drifted.",
+    ["feature"],
+    multiprocess_mode="livemostrecent",
+)
+ANOMALY_RATIO_WINDOW = Gauge(
+    "anomaly_ratio_window",
+    "Fraction of the readings in the sliding window that were flagged.",
+    multiprocess_mode="livemostrecent",
+)
+DRIFT_WINDOW_READINGS = Gauge(
+    "drift_window_readings",
+    "Readings currently in the sliding window (it fills up to DRIFT_WINDOW after a start).",
+    multiprocess_mode="livemostrecent",
+)
 
 
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
-class HTTPMetricsMiddleware:
-    """Counts every HTTP response exactly once and times it, whatever the status.
+def trace_exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ...}`` of the current sampled span, for attaching to an observation; None when untraced."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return {"trace_id": format(context.trace_id, "032x")}
 
-    It wraps the whole application, so 404s, 405s, 413s, 422s and 500s are all counted. The route template is
-    read after the inner app ran, from the scope the router filled in. If the inner app raises before sending a
-    response, the request is counted as a 500 (that is what the client gets from the server).
+
+class HTTPMetricsMiddleware:
+    """Counts every HTTP response exactly once, times it, and tracks requests in flight.
+
+    It wraps the application below the error handling, so 404s, 405s, 413s, 422s and 500s are all counted. The
+    route template is read after the inner app ran, from the scope the router filled in. If the inner app raises
+    before sending a response, the request is counted as a 500 (that is what the client gets from the server).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, exemplars: bool = True) -> None:
         self.app = app
+        self.exemplars = exemplars
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +150,7 @@ class HTTPMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        in_flight = scope["path"] != METRICS_PATH
 
         async def send_and_record_status(message: Message) -> None:
             nonlocal status
@@ -99,10 +158,53 @@ class HTTPMetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        if in_flight:
+            REQUESTS_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
+            if in_flight:
+                REQUESTS_IN_FLIGHT.dec()
             path = route_label(scope)
             method = method_label(scope["method"])
             REQUESTS.labels(path, method, str(status)).inc()
-            REQUEST_LATENCY.labels(path, method).observe(time.perf_counter() - started)
+            exemplar = trace_exemplar() if self.exemplars else None
+            REQUEST_LATENCY.labels(path, method).observe(time.perf_counter() - started, exemplar)
+
+
+# --- exposition -------------------------------------------------------------------------------------------------
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def mark_dead_workers(directory: Path) -> list[int]:
+    """Drop the live gauges of worker processes that no longer exist (crashed or restarted); returns their pids.
+
+    Uvicorn has no hook for a dying worker, so the scrape does it: a ``live*`` gauge file whose pid is gone is
+    removed through prometheus-client's ``mark_process_dead``.
+    """
+    dead = set()
+    for entry in directory.glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(entry.name)
+        if match and not pid_alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        mark_process_dead(pid, str(directory))
+    return sorted(dead)
+
+
+def render_metrics(accept: str, multiprocess_dir: Path | None) -> tuple[bytes, str]:
+    """The exposition for a scrape: Prometheus text, or OpenMetrics if ``accept`` asks for it.
+
+    In multiprocess mode a fresh registry merges every worker's files (plus Python platform info and the process
+    metrics of the whole server, which prometheus-client cannot collect across processes by itself).
+    """
+    encoder, content_type = choose_encoder(accept)
+    if multiprocess_dir is None:
+        return encoder(REGISTRY), content_type
+    mark_dead_workers(multiprocess_dir)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiprocess_dir))
+    PlatformCollector(registry=registry)
+    ServerProcessCollector(multiprocess_dir, registry=registry)
+    return encoder(registry), content_type

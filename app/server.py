@@ -2,37 +2,77 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.logs import configure_logging
 from app.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def run_server(settings: Settings) -> None:
-    """Serve ``app.api:create_app`` until interrupted; SIGTERM after a graceful shutdown exits 0.
+def worker_app() -> FastAPI:
+    """The application of one worker process (uvicorn's factory): settings from the environment, logging set up.
 
-    Uvicorn imports the factory in each worker process, so every worker builds its settings from the
-    environment (the CLI exports its options there first) and loads the model itself.
+    Uvicorn imports this in every worker it starts, so each worker configures its own logging (uvicorn is told to
+    leave logging alone) and builds its own app, model and tracer.
+    """
+    from app.api import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def prepare_metrics_directory(settings: Settings) -> Path | None:
+    """Choose and empty the multiprocess metrics folder, and export it, before any worker starts.
+
+    Needed only with several workers; prometheus-client reads ``PROMETHEUS_MULTIPROC_DIR`` when it is first
+    imported, which in the workers happens after this. This (supervisor) process never imports prometheus-client,
+    so it writes no metric files of its own. With one worker and no folder configured, metrics stay in process
+    memory, which keeps exemplars possible.
+    """
+    directory = settings.prometheus_multiproc_dir
+    if directory is None and settings.workers > 1:
+        directory = Path(tempfile.mkdtemp(prefix="gridwatch-metrics-"))
+    if directory is None:
+        return None
+    # Stale files would add a previous run's counts to this one's (prometheus-client: wipe between runs).
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.glob("*.db"):
+        entry.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until interrupted; SIGTERM after a graceful shutdown exits 0.
 
     On SIGTERM uvicorn stops accepting, drains in-flight requests, then restores the previous handler and
     re-raises the signal. With the default handler that makes the exit status "killed by SIGTERM", so a rolling
     update looks like a crash; the handler installed here turns the re-raised signal into a clean exit 0.
     """
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    prepare_metrics_directory(settings)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
-        "app.api:create_app",
+        "app.server:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.value,
+        log_config=None,
+        access_log=False,
         server_header=False,
     )

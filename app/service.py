@@ -1,4 +1,4 @@
-"""The serving side of the model: loading it off the event loop, and scoring a batch with its metrics.
+"""The serving side of the model: loading it off the event loop, and scoring a batch with its side effects.
 
 Readiness means "the model is loaded": until then ``ModelHolder.get`` raises ``ModelNotReadyError`` (503 with a
 reason) while the process is alive and answers ``/livez``.
@@ -14,9 +14,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+import sklearn
+from opentelemetry import trace
 
+from app.drift import DriftMonitor, export
 from app.errors import GridWatchError, ModelNotReadyError
-from app.metrics import ANOMALIES, INFERENCE_LATENCY
+from app.metrics import (
+    ANOMALIES,
+    BATCH_SIZE,
+    INFERENCE_LATENCY,
+    MODEL_INFO,
+    MODEL_LOAD_DURATION,
+    READINGS_SCORED,
+    trace_exemplar,
+)
 from app.model import Detector
 
 logger = logging.getLogger(__name__)
@@ -28,20 +39,29 @@ class ModelState(StrEnum):
     failed = "failed"
 
 
-class ModelHolder:
-    """Holds the detector once ``load`` has produced it; thread-safe, loaded exactly once."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """What serving needs once the model is there: the detector and the drift window fed by its traffic."""
 
-    def __init__(self, loader: Callable[[], Detector], detector: Detector | None = None) -> None:
+    detector: Detector
+    drift: DriftMonitor
+
+
+class ModelHolder:
+    """Holds the model once ``load`` has produced it; thread-safe, loaded exactly once."""
+
+    def __init__(self, loader: Callable[[], Detector], *, drift_window: int, detector: Detector | None = None) -> None:
         self._loader = loader
-        self._detector = detector
+        self._drift_window = drift_window
+        self._loaded: LoadedModel | None = None
         self._error: str | None = None
         self._done = threading.Event()
         if detector is not None:
-            self._done.set()
+            self._ready(detector)
 
     @property
     def state(self) -> ModelState:
-        if self._detector is not None:
+        if self._loaded is not None:
             return ModelState.ready
         return ModelState.failed if self._error is not None else ModelState.loading
 
@@ -50,7 +70,7 @@ class ModelHolder:
         """Why the model is not ready, for the 503 answers and the logs."""
         if self._error is not None:
             return f"model failed to load: {self._error}"
-        return "model is loading" if self._detector is None else "ready"
+        return "model is loading" if self._loaded is None else "ready"
 
     def load(self) -> None:
         """Run the loader (load or train); blocking, meant for a worker thread. Failures are kept, not raised.
@@ -61,8 +81,7 @@ class ModelHolder:
         if self._done.is_set():
             return
         try:
-            self._detector = self._loader()
-            logger.info("model %s ready", self._detector.version)
+            self._ready(self._loader())
         except GridWatchError as error:
             self._error = str(error)
             logger.error("model unavailable: %s", error)
@@ -72,14 +91,23 @@ class ModelHolder:
         finally:
             self._done.set()
 
+    def _ready(self, detector: Detector) -> None:
+        MODEL_INFO.labels(detector.version, sklearn.__version__).set(1)
+        source = "trained" if detector.trained_now else "loaded"
+        MODEL_LOAD_DURATION.labels(source).set(detector.load_seconds)
+        drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
+        self._loaded = LoadedModel(detector, drift)
+        self._done.set()
+        logger.info("model %s ready (%s in %.2fs)", detector.version, source, detector.load_seconds)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading has finished (ready or failed); True if it finished in time."""
         return self._done.wait(timeout)
 
-    def get(self) -> Detector:
-        if self._detector is None:
+    def get(self) -> LoadedModel:
+        if self._loaded is None:
             raise ModelNotReadyError(self.reason)
-        return self._detector
+        return self._loaded
 
 
 @dataclass(frozen=True)
@@ -92,11 +120,26 @@ class ScoredBatch:
         return int(np.count_nonzero(self.flags))
 
 
-def score_batch(detector: Detector, X: np.ndarray) -> ScoredBatch:
-    """Score ``X`` and record the inference metrics (latency, flagged readings)."""
-    started = time.perf_counter()
-    flags, scores = detector.predict_batch(X)
-    INFERENCE_LATENCY.observe(time.perf_counter() - started)
-    batch = ScoredBatch(flags, scores)
-    ANOMALIES.inc(batch.anomalies)
-    return batch
+class Inference:
+    """Scores a batch and records what operators watch: latency, counts, batch size, the drift window, a span."""
+
+    def __init__(self, tracer: trace.Tracer, *, exemplars: bool) -> None:
+        self.tracer = tracer
+        self.exemplars = exemplars
+
+    def score(self, model: LoadedModel, X: np.ndarray) -> ScoredBatch:
+        """Runs in a worker thread; the request's trace context is carried over, so the span is its child."""
+        with self.tracer.start_as_current_span("score_batch") as span:
+            started = time.perf_counter()
+            flags, scores = model.detector.predict_batch(X)
+            elapsed = time.perf_counter() - started
+            batch = ScoredBatch(flags, scores)
+            span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
+            span.set_attribute("gridwatch.anomalies", batch.anomalies)
+            span.set_attribute("gridwatch.model_version", model.detector.version)
+            INFERENCE_LATENCY.observe(elapsed, trace_exemplar() if self.exemplars else None)
+        ANOMALIES.inc(batch.anomalies)
+        READINGS_SCORED.inc(X.shape[0])
+        BATCH_SIZE.observe(X.shape[0])
+        export(model.drift.update(X, flags))
+        return batch

@@ -12,7 +12,7 @@ import socket
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,17 @@ class LogLevel(StrEnum):
     warning = "warning"
     info = "info"
     debug = "debug"
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    text = "text"
+
+
+class TracesExporter(StrEnum):
+    none = "none"
+    console = "console"
+    otlp = "otlp"
 
 
 class Settings(BaseSettings):
@@ -47,12 +58,69 @@ class Settings(BaseSettings):
         description="Largest request body accepted, checked before parsing (else 413).",
     )
     log_level: LogLevel = Field(LogLevel.info, description="Log level of the service and its access log.")
+    log_format: LogFormat = Field(
+        LogFormat.json, description="`json` (one object per line, for log collectors) or `text` (for a terminal)."
+    )
+    drift_window: int = Field(
+        1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        description="prometheus-client's multiprocess folder. Chosen and emptied by `gridwatch serve` when WORKERS>1.",
+    )
+    otel_traces_exporter: str | None = Field(
+        None,
+        description="Standard OpenTelemetry variable: none, console, otlp (comma-separated). Default: otlp when an "
+        "OTLP endpoint is set, else none (tracing off).",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(None, description="Standard OpenTelemetry OTLP endpoint.")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, description="Standard OpenTelemetry OTLP endpoint for traces only."
+    )
+    otel_exporter_otlp_protocol: str | None = Field(
+        None, description="Standard OpenTelemetry OTLP protocol; only http/protobuf is shipped."
+    )
+    otel_service_name: str | None = Field(None, description="Standard OpenTelemetry service name (default gridwatch).")
+    otel_sdk_disabled: bool = Field(False, description="Standard OpenTelemetry switch: true turns tracing off.")
     pod_name: str | None = Field(None, description="Set by the chart through the downward API.")
     node_name: str | None = Field(None, description="Set by the chart through the downward API.")
+
+    @model_validator(mode="after")
+    def _check_traces_exporter(self) -> Settings:
+        self.traces_exporters()  # raises naming OTEL_TRACES_EXPORTER if it holds an unknown exporter
+        return self
 
     @property
     def model_path(self) -> Path:
         return self.model_dir / self.model_name
+
+    @property
+    def multiprocess_metrics(self) -> bool:
+        """Whether metrics are shared between worker processes through PROMETHEUS_MULTIPROC_DIR.
+
+        prometheus-client decides this from the same variable when it is imported, so both always agree.
+        """
+        return self.prometheus_multiproc_dir is not None
+
+    def traces_exporters(self) -> tuple[TracesExporter, ...]:
+        """Which span exporters to run, following the OpenTelemetry environment conventions.
+
+        ``OTEL_TRACES_EXPORTER`` decides when set; otherwise traces go to OTLP when an OTLP endpoint is configured
+        and nowhere (tracing off, no overhead) when not. ``OTEL_SDK_DISABLED=true`` turns everything off.
+        """
+        if self.otel_sdk_disabled:
+            return ()
+        if self.otel_traces_exporter is None:
+            endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+            return (TracesExporter.otlp,) if endpoint else ()
+        names = [name.strip().lower() for name in self.otel_traces_exporter.split(",") if name.strip()]
+        try:
+            exporters = tuple(TracesExporter(name) for name in names)
+        except ValueError:
+            raise ValueError(
+                f"OTEL_TRACES_EXPORTER={self.otel_traces_exporter!r}: supported exporters are none, console, otlp"
+            ) from None
+        return tuple(exporter for exporter in exporters if exporter is not TracesExporter.none)
 
     def instance_id(self) -> str:
         """Who answered: the pod (or host) name plus the process id, unique per worker process.

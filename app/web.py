@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.asgi import ASGIApp, Message, Receive, Scope, Send
 from app.errors import (
     BatchTooLargeError,
     GridWatchError,
@@ -28,7 +29,6 @@ from app.errors import (
     RequestError,
     UnsupportedMediaTypeError,
 )
-from app.metrics import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

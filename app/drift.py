@@ -1,0 +1,97 @@
+"""Input drift and data quality: statistics of the recent readings compared with the training data.
+
+The monitor keeps the last ``window`` readings (``DRIFT_WINDOW``, default 1,000) and their flags in a ring buffer
+and exports, per feature, the window mean and a drift score, plus the rolling anomaly ratio.
+
+**The drift score** is the standardised mean shift ``|mean(window) - mean(training)| / std(training)``: how many
+training standard deviations the recent average has moved. Two textbook alternatives were measured and rejected,
+because the window covers minutes of a daily cycle that the training set covers whole:
+
+* the z-score of the window mean against its *standard error* (``std / sqrt(n)``) reached 68 for current on normal
+  readings at the evening peak: with 1,000 readings any time-of-day difference is "significant";
+* PSI over training deciles reached 7.8 on normal readings (0.25 is the usual alarm level) for the same reason.
+
+The standardised shift stays below ``NORMAL_MAX_SCORE`` (2.2, current at the evening peak; voltage 1.1, frequency
+0.8) on normal simulated traffic at every hour of the day, hence ``DRIFT_THRESHOLD = 3``, which the alert rules
+use. Measured on 1,000-reading windows over a whole simulated day (``tests/test_drift.py``), it catches at every
+hour: a voltage offset of +2.5 % or -3 % (a mis-calibrated sensor, a tap changer stuck off position), a frequency
+offset of 0.075 Hz, a 60 Hz feed into a 50 Hz model (score ~500). A +2 % voltage offset is caught in 91 % of the
+hours (not at the evening peak, where the load's voltage drop hides it). Blind spot, by construction: a change
+that keeps the mean inside the daily range, such as current scaled by 1.5 (caught in 15 % of the hours), is not
+drift by this measure; the detector's anomaly ratio is the signal for that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.metrics import ANOMALY_RATIO_WINDOW, DRIFT_WINDOW_READINGS, FEATURE_DRIFT_SCORE, FEATURE_WINDOW_MEAN
+
+DRIFT_THRESHOLD = 3.0
+"""Drift score above which the input is considered drifted (used by the alert rule ``GridWatchInputDrift``)."""
+NORMAL_MAX_SCORE = 2.2
+"""Highest drift score measured on normal simulated readings over a whole day (1,000-reading windows)."""
+
+
+@dataclass(frozen=True)
+class DriftSnapshot:
+    readings: int
+    means: dict[str, float]
+    scores: dict[str, float]
+    anomaly_ratio: float
+
+
+class DriftMonitor:
+    """A ring buffer of the last ``window`` readings and flags; thread-safe (scoring runs in a thread pool)."""
+
+    def __init__(
+        self, features: Sequence[str], feature_stats: Mapping[str, Mapping[str, Any]], window: int = 1000
+    ) -> None:
+        self.features = tuple(features)
+        self.window = window
+        self._train_mean = np.array([feature_stats[name]["mean"] for name in self.features], dtype=np.float64)
+        self._train_std = np.array([feature_stats[name]["std"] for name in self.features], dtype=np.float64)
+        self._values = np.zeros((window, len(self.features)), dtype=np.float64)
+        self._flags = np.zeros(window, dtype=bool)
+        self._next = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def update(self, X: np.ndarray, flags: np.ndarray) -> DriftSnapshot:
+        """Add a scored batch (rows in ``features`` order) and return the statistics of the new window."""
+        with self._lock:
+            if X.shape[0] >= self.window:  # the batch alone fills the window: keep its newest rows
+                self._values[:] = X[-self.window :]
+                self._flags[:] = flags[-self.window :]
+                self._next, self._count = 0, self.window
+            else:
+                positions = (self._next + np.arange(X.shape[0])) % self.window
+                self._values[positions] = X
+                self._flags[positions] = flags
+                self._next = int((self._next + X.shape[0]) % self.window)
+                self._count = min(self.window, self._count + X.shape[0])
+            filled = self._values[: self._count]
+            means = filled.mean(axis=0)
+            ratio = float(self._flags[: self._count].mean())
+            count = self._count
+        scores = np.abs(means - self._train_mean) / self._train_std
+        return DriftSnapshot(
+            readings=count,
+            means=dict(zip(self.features, means.tolist(), strict=True)),
+            scores=dict(zip(self.features, scores.tolist(), strict=True)),
+            anomaly_ratio=ratio,
+        )
+
+
+def export(snapshot: DriftSnapshot) -> None:
+    """Publish a snapshot through the window gauges."""
+    for name, mean in snapshot.means.items():
+        FEATURE_WINDOW_MEAN.labels(name).set(mean)
+        FEATURE_DRIFT_SCORE.labels(name).set(snapshot.scores[name])
+    ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
+    DRIFT_WINDOW_READINGS.set(snapshot.readings)

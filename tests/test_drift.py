@@ -1,0 +1,141 @@
+"""Drift and data quality: the sliding window, the drift score on normal and shifted data, the gauges."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+
+from app import FEATURES
+from app.drift import DRIFT_THRESHOLD, NORMAL_MAX_SCORE, DriftMonitor
+from app.model import Detector
+from app.sim import GridProfile, GridSimulator
+
+
+def monitor(detector: Detector, window: int = 1000) -> DriftMonitor:
+    return DriftMonitor(FEATURES, detector.metadata["feature_stats"], window=window)
+
+
+def day_of_windows(profile: GridProfile | None = None, seed: int = 0):
+    """Consecutive 1,000-reading windows (one reading a second) covering a whole simulated day."""
+    simulator = GridSimulator(profile=profile or GridProfile(), seed=seed, start=datetime(2026, 9, 1, tzinfo=UTC))
+    return [simulator.batch(1000) for _ in range(87)]
+
+
+def test_window_keeps_exactly_the_newest_readings_across_wrap_around(detector: Detector):
+    drift = monitor(detector, window=100)
+    rows = np.arange(0, 3 * 257, dtype=np.float64).reshape(-1, 3)  # 257 rows, fed in odd-sized batches
+    flags = np.arange(257) % 4 == 0
+    position = 0
+    for size in (7, 93, 1, 60, 96):
+        snapshot = drift.update(rows[position : position + size], flags[position : position + size])
+        position += size
+    newest = rows[position - 100 : position]
+    assert snapshot.readings == 100
+    assert snapshot.means == dict(zip(FEATURES, newest.mean(axis=0).tolist(), strict=True))
+    assert snapshot.anomaly_ratio == pytest.approx(flags[position - 100 : position].mean())
+
+
+def test_window_fills_up_then_a_big_batch_replaces_it(detector: Detector):
+    drift = monitor(detector, window=100)
+    assert drift.update(np.ones((30, 3)), np.zeros(30, dtype=bool)).readings == 30
+    big = np.arange(3 * 500, dtype=np.float64).reshape(-1, 3)
+    snapshot = drift.update(big, np.ones(500, dtype=bool))
+    assert snapshot.readings == 100
+    assert snapshot.means["voltage"] == pytest.approx(big[-100:, 0].mean())
+    assert snapshot.anomaly_ratio == 1.0
+
+
+def test_normal_traffic_stays_below_the_threshold_at_every_hour(detector: Detector):
+    drift = monitor(detector)
+    worst = dict.fromkeys(FEATURES, 0.0)
+    for batch in day_of_windows():
+        snapshot = drift.update(batch.features(), batch.is_anomaly)
+        worst = {name: max(worst[name], snapshot.scores[name]) for name in FEATURES}
+    assert max(worst.values()) < DRIFT_THRESHOLD
+    assert worst["current"] <= NORMAL_MAX_SCORE  # the documented figure: current at the evening peak
+    assert worst["current"] > 1.5  # the daily cycle is visible, which is why a stricter score would false-alarm
+
+
+@pytest.mark.parametrize(
+    ("feature", "factor", "floor"),
+    [
+        ("voltage", 1.025, DRIFT_THRESHOLD),  # a sensor reading 2.5 % high
+        ("voltage", 0.97, DRIFT_THRESHOLD),  # 3 % low
+        ("voltage", 0.95, 8.0),  # the whole feeder 5 % low
+        ("frequency", 1.0015, DRIFT_THRESHOLD),  # a 0.075 Hz offset in the meter
+    ],
+)
+def test_shifted_inputs_cross_the_threshold_at_every_hour(detector: Detector, feature: str, factor: float, floor):
+    """The shifts app/drift.py promises to catch, in every 1,000-reading window of a day, not a convenient one."""
+    column = FEATURES.index(feature)
+    for batch in day_of_windows(seed=3):
+        X = batch.features()
+        X[:, column] *= factor
+        snapshot = monitor(detector).update(X, np.zeros(len(X), dtype=bool))
+        assert snapshot.scores[feature] > floor
+        others = [name for name in FEATURES if name != feature]
+        assert all(snapshot.scores[name] < DRIFT_THRESHOLD for name in others)
+
+
+def test_documented_blind_spot_a_two_percent_voltage_offset_hides_at_the_evening_peak(detector: Detector):
+    """+2 % is caught most of the day but not everywhere (the docstring says 91 % of the hours)."""
+    column = FEATURES.index("voltage")
+    caught = []
+    for batch in day_of_windows(seed=3):
+        X = batch.features()
+        X[:, column] *= 1.02
+        caught.append(monitor(detector).update(X, np.zeros(len(X), dtype=bool)).scores["voltage"] > DRIFT_THRESHOLD)
+    assert 0.8 < np.mean(caught) < 1.0
+
+
+def test_a_sixty_hertz_feed_is_massive_drift(detector: Detector):
+    batch = day_of_windows(profile=GridProfile.north_american())[0]
+    snapshot = monitor(detector).update(batch.features(), batch.is_anomaly)
+    assert snapshot.scores["frequency"] > 100
+    assert snapshot.scores["voltage"] > 50
+
+
+def test_concurrent_updates_are_consistent(detector: Detector):
+    drift = monitor(detector, window=500)
+    ones = np.ones((10, 3))
+
+    def feed() -> None:
+        for _ in range(100):
+            drift.update(ones, np.ones(10, dtype=bool))
+
+    threads = [threading.Thread(target=feed) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = drift.update(ones, np.ones(10, dtype=bool))
+    assert final.readings == 500
+    assert final.means == dict.fromkeys(FEATURES, 1.0)
+    assert final.anomaly_ratio == 1.0
+
+
+def gauge(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_gauges_follow_the_traffic_through_the_api(client: TestClient, detector: Detector):
+    stats = detector.metadata["feature_stats"]
+    shifted = [
+        {"voltage": stats["voltage"]["mean"] * 1.05, "current": stats["current"]["mean"], "frequency": 50.0}
+        for _ in range(1000)
+    ]
+    client.post("/predict", json={"readings": shifted})
+    assert gauge("feature_drift_score", feature="voltage") > DRIFT_THRESHOLD
+    assert gauge("feature_drift_score", feature="current") < 0.01
+    assert gauge("feature_window_mean", feature="voltage") == pytest.approx(stats["voltage"]["mean"] * 1.05)
+    assert gauge("drift_window_readings") == 1000
+
+    normal = GridSimulator(seed=4, start=datetime(2026, 9, 1, 12, tzinfo=UTC)).batch(1000).to_records()
+    answer = client.post("/predict", json={"readings": normal}).json()
+    assert gauge("feature_drift_score", feature="voltage") < DRIFT_THRESHOLD
+    assert gauge("anomaly_ratio_window") == pytest.approx(answer["anomalies"] / 1000)

@@ -1,0 +1,150 @@
+"""What /metrics exports in a single process: the full metric set, in-flight tracking, exemplars."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import sklearn
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from app.api import create_app
+from app.metrics import LATENCY_BUCKETS
+from app.model import Detector
+from app.settings import Settings
+
+NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
+EXTREME = {"voltage": 410.0, "current": 200.0, "frequency": 45.0}
+OPENMETRICS = {"accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_scoring_metrics_follow_each_batch(client: TestClient):
+    readings_before = sample("readings_scored_total")
+    batches_before = sample("batch_size_readings_count")
+    small_bucket_before = sample("batch_size_readings_bucket", le="5.0")
+    client.post("/predict", json={"readings": [NORMAL] * 3 + [EXTREME]})
+    client.post("/predict", json={"readings": [NORMAL] * 40})
+    assert sample("readings_scored_total") == readings_before + 44
+    assert sample("batch_size_readings_count") == batches_before + 2
+    assert sample("batch_size_readings_bucket", le="5.0") == small_bucket_before + 1
+
+
+def test_rejected_batches_are_not_counted_as_scored(client: TestClient):
+    before = sample("readings_scored_total")
+    client.post("/predict", json={"readings": [NORMAL, {"voltage": "x"}]})
+    assert sample("readings_scored_total") == before
+
+
+def test_model_info_and_load_duration(client: TestClient, detector: Detector):
+    assert sample("model_info", model_version=detector.version, sklearn_version=sklearn.__version__) == 1.0
+    assert sample("model_load_duration_seconds", source="loaded") > 0
+
+
+def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, detector: Detector):
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(Detector):
+        def predict_batch(self, X):
+            entered.set()
+            release.wait(timeout=30)
+            return super().predict_batch(X)
+
+    blocking = Blocking(detector.estimator, detector.metadata)
+    with TestClient(create_app(settings, detector=blocking)) as client:
+        idle = sample("requests_in_flight")
+        worker = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"readings": [NORMAL]}})
+        worker.start()
+        assert entered.wait(timeout=30)
+        assert sample("requests_in_flight") == idle + 1
+        scrape = client.get("/metrics").text  # the scrape itself is not in flight
+        assert f"requests_in_flight {idle + 1}" in scrape
+        release.set()
+        worker.join(timeout=30)
+        assert sample("requests_in_flight") == idle
+
+
+def test_latency_histograms_cover_sub_millisecond_to_seconds(client: TestClient):
+    client.post("/predict", json={"readings": [NORMAL]})
+    text = client.get("/metrics").text
+    edges = re.findall(r'request_latency_seconds_bucket\{le="([^"]+)",method="POST",path="/predict"\}', text)
+    assert [float(edge) for edge in edges[:-1]] == list(LATENCY_BUCKETS)
+    assert edges[-1] == "+Inf"
+    assert LATENCY_BUCKETS[0] <= 0.0005 and LATENCY_BUCKETS[-1] >= 10  # noqa: PT018 - one statement of range
+
+
+def test_process_and_platform_collectors_are_exported(client: TestClient):
+    text = client.get("/metrics").text
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_info", "python_gc_"):
+        assert name in text
+
+
+def test_no_created_series(client: TestClient):
+    client.post("/predict", json={"readings": [NORMAL]})
+    assert "_created" not in client.get("/metrics").text
+
+
+def test_every_series_has_bounded_labels_after_hostile_traffic(client: TestClient):
+    for i in range(20):
+        client.get(f"/x/{i}")
+        client.request("PROPFIND", f"/y/{i}")
+    families = text_string_to_metric_families(client.get("/metrics", headers=OPENMETRICS).text)
+    for family in families:
+        for s in family.samples:
+            assert set(s.labels) <= {"path", "method", "status", "le", "feature", "model_version",
+                                     "sklearn_version", "source", "implementation", "major", "minor",
+                                     "patchlevel", "version", "generation"}, s  # fmt: skip
+            if "path" in s.labels:
+                assert s.labels["path"] in {"/predict", "/health", "/livez", "/model", "/metrics", "unmatched",
+                                            "/docs", "/openapi.json"}, s  # fmt: skip
+
+
+def exemplars_of(text: str, metric: str) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """(sample labels, exemplar labels) for every sample of ``metric`` that carries an exemplar."""
+    found = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == metric and s.exemplar is not None:
+                found.append((s.labels, s.exemplar.labels))
+    return found
+
+
+def test_traced_requests_leave_their_trace_id_as_exemplar(settings: Settings, detector: Detector):
+    exporter = InMemorySpanExporter()
+    with TestClient(create_app(settings, detector=detector, span_exporters=[exporter])) as client:
+        client.post("/predict", json={"readings": [NORMAL, EXTREME]})
+        text = client.get("/metrics", headers=OPENMETRICS).text
+    (server_span,) = [s for s in exporter.get_finished_spans() if s.name == "POST /predict"]
+    trace_id = format(server_span.context.trace_id, "032x")
+    request_exemplars = exemplars_of(text, "request_latency_seconds_bucket")
+    assert ({"path": "/predict", "method": "POST"}, {"trace_id": trace_id}) in [
+        ({k: v for k, v in labels.items() if k != "le"}, exemplar) for labels, exemplar in request_exemplars
+    ]
+    assert ({"trace_id": trace_id}) in [e for _, e in exemplars_of(text, "inference_latency_seconds_bucket")]
+
+
+def test_untraced_service_adds_no_exemplars(client: TestClient):
+    """The registry is process-wide, so exemplars of earlier traced tests may remain; none may be added."""
+
+    def trace_ids() -> set[str]:
+        text = client.get("/metrics", headers=OPENMETRICS).text
+        assert text.rstrip().endswith("# EOF")
+        return {e["trace_id"] for _, e in exemplars_of(text, "request_latency_seconds_bucket")}
+
+    before = trace_ids()
+    for _ in range(5):
+        client.post("/predict", json={"readings": [NORMAL]})
+    assert trace_ids() <= before
+
+
+@pytest.mark.parametrize("accept", ["", "text/plain", "*/*"])
+def test_plain_text_format_by_default(client: TestClient, accept: str):
+    response = client.get("/metrics", headers={"accept": accept} if accept else {})
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -337,7 +337,7 @@ def test_backend_probes_and_graceful_rollout(default: Rendered):
     assert ui["livenessProbe"]["httpGet"]["path"] == "/_stcore/health"
 
 
-def test_backend_environment_is_the_readme_table_and_valid_settings(default: Rendered):
+def test_backend_environment_mirrors_the_readme_table_and_is_valid(chart: Path, default: Rendered):
     table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = {
         name
@@ -345,29 +345,46 @@ def test_backend_environment_is_the_readme_table_and_valid_settings(default: Ren
         if line.startswith("| `")
         for name in re.findall(r"`([A-Z_]+)`", line.split("|")[1])
     }
-    downward = {"POD_NAME", "NODE_NAME"}
-    assert documented - downward - {"BACKEND_URL"} == set(VALUES["backend"]["config"])
-    assert "BACKEND_URL" in VALUES["ui"]["config"]
+    downward, ui_only = {"POD_NAME", "NODE_NAME"}, {"BACKEND_URL"}
+    set_by_tracing = set(render(chart, TRACED).get("ConfigMap", BACKEND)["data"]) - set(VALUES["backend"]["config"])
+    assert set_by_tracing == {"OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+    typed = set(VALUES["backend"]["config"])
+    assert typed <= documented, "backend.config holds only documented variables"
+    values_text = (CHART_DIR / "values.yaml").read_text()
+    for name in documented - downward - ui_only - typed - set_by_tracing:
+        assert name in values_text, f"{name} is not mentioned in values.yaml"
+    assert ui_only <= set(VALUES["ui"]["config"])
     container = pod_spec(default.get("Deployment", BACKEND))["containers"][0]
     field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
     assert field_refs["POD_NAME"] == "metadata.name"
     assert field_refs["NODE_NAME"] == "spec.nodeName"
     environment = default.get("ConfigMap", BACKEND)["data"]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in environment, "empty values leave the variable unset"
     settings = Settings(**{k.lower(): v for k, v in environment.items() if k.lower() in Settings.model_fields})
     assert settings.host == "0.0.0.0"
     assert str(settings.model_dir) == container["volumeMounts"][0]["mountPath"] == "/models"
     assert settings.port == container["ports"][0]["containerPort"]
     assert settings.max_body_bytes == 4 * 1024 * 1024
     assert settings.train_if_missing is True
-    assert environment["OTEL_TRACES_EXPORTER"] == "none"
+    assert settings.workers == 1, "one worker per pod keeps exemplars; the HPA scales"
+    assert settings.traces_exporters() == (), "tracing off by default"
+
+
+TRACED = {"tracing": {"enabled": True, "otlpEndpoint": "http://collector.obs.svc:4318"}}
 
 
 def test_tracing_values_become_otel_variables(chart: Path):
-    traced = render(chart, {"tracing": {"enabled": True, "otlpEndpoint": "http://collector.obs.svc:4318"}})
-    environment = traced.get("ConfigMap", BACKEND)["data"]
+    environment = render(chart, TRACED).get("ConfigMap", BACKEND)["data"]
     assert environment["OTEL_TRACES_EXPORTER"] == "otlp"
     assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.obs.svc:4318"
     assert environment["OTEL_SERVICE_NAME"] == "gridwatch-backend"
+    settings = Settings(**{k.lower(): v for k, v in environment.items() if k.lower() in Settings.model_fields})
+    assert [exporter.value for exporter in settings.traces_exporters()] == ["otlp"]
+    overridden = render(
+        chart, {**TRACED, "backend": {"config": {"OTEL_SERVICE_NAME": "grid", "OTEL_SDK_DISABLED": True}}}
+    )
+    environment = overridden.get("ConfigMap", BACKEND)["data"]
+    assert (environment["OTEL_SERVICE_NAME"], environment["OTEL_SDK_DISABLED"]) == ("grid", "true")
     missing = helm(*template_args(chart, None, extra=["--set", "tracing.enabled=true"]), check=False)
     assert missing.returncode != 0
     assert "tracing.otlpEndpoint is required" in missing.stderr

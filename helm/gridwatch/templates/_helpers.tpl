@@ -1,0 +1,131 @@
+{{/*
+Names and labels shared by every object, in the style of `helm create` and the Bitnami charts.
+*/}}
+
+{{- define "gridwatch.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release-scoped base name: "gridwatch" for a release called gridwatch, else "<release>-gridwatch". */}}
+{{- define "gridwatch.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gridwatch.backend.fullname" -}}
+{{- printf "%s-backend" (include "gridwatch.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gridwatch.ui.fullname" -}}
+{{- printf "%s-ui" (include "gridwatch.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gridwatch.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "gridwatch.labels" -}}
+helm.sh/chart: {{ include "gridwatch.chart" . }}
+app.kubernetes.io/name: {{ include "gridwatch.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gridwatch
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component ("backend" or "ui"): immutable once a Deployment exists, so kept minimal. */}}
+{{- define "gridwatch.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gridwatch.name" .context }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gridwatch.componentLabels" -}}
+{{ include "gridwatch.labels" .context }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Label of the pods allowed through the backend's NetworkPolicy besides the UI and Prometheus (helm test pods). */}}
+{{- define "gridwatch.clientLabel" -}}
+{{ include "gridwatch.fullname" . }}-backend-client: "true"
+{{- end -}}
+
+{{- define "gridwatch.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gridwatch.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag, or repository:tag@digest when a digest is given (pinned, as a registry release should be). */}}
+{{- define "gridwatch.image" -}}
+{{- $ref := printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) -}}
+{{- if .image.digest -}}
+{{- $ref = printf "%s@%s" $ref .image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/* The checkov suppression of an image without a digest, with its reason; nothing once a digest is set. */}}
+{{- define "gridwatch.imageDigestCheckovSkip" -}}
+{{- if not .image.digest -}}
+checkov.io/skip{{ .index }}: CKV_K8S_43=Images built locally and pushed to the kind registry by tag; set image.digest for a registry release
+{{- end -}}
+{{- end -}}
+
+{{/* The in-cluster URL of the API, which the UI and the test pods call. */}}
+{{- define "gridwatch.backend.url" -}}
+{{- printf "http://%s.%s.svc:%v" (include "gridwatch.backend.fullname" .) .Release.Namespace .Values.backend.service.port -}}
+{{- end -}}
+
+{{/* Where kube-prometheus-stack's Prometheus answers: its Service is "<fullnameOverride>-prometheus". */}}
+{{- define "gridwatch.prometheus.url" -}}
+{{- if .Values.tests.prometheusUrl -}}
+{{- .Values.tests.prometheusUrl -}}
+{{- else -}}
+{{- $stack := index .Values "kube-prometheus-stack" -}}
+{{- printf "http://%s-prometheus.%s.svc:9090" $stack.fullnameOverride .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod and container security settings shared by every pod of the chart (restricted Pod Security Standard). */}}
+{{- define "gridwatch.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.runAsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gridwatch.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* checkov suppressions of the helm test pods, each with its reason (see the README's security scan section). */}}
+{{- define "gridwatch.testPodCheckovSkips" -}}
+checkov.io/skip1: CKV_K8S_8=A helm test pod runs one check to completion; a liveness probe has nothing to guard
+checkov.io/skip2: CKV_K8S_9=A helm test pod serves nothing, so there is no readiness to probe
+{{- end -}}

@@ -1,0 +1,131 @@
+"""Rendering the Helm chart in tests, with the real helm binary.
+
+The upstream charts (kube-prometheus-stack, metrics-server) cannot be downloaded here (no chart repositories on
+the network), and `helm template` refuses a chart whose declared dependencies are missing from charts/. So every
+render works on a temporary copy of helm/gridwatch with the `dependencies:` section taken out of Chart.yaml: what
+is rendered and checked is the umbrella's own templates, exactly as they are, with the subcharts' values sections
+still in values.yaml (so the templates that read `kube-prometheus-stack.enabled` and friends see the real values).
+The copy resolves the chart's `dashboards` and `rules` symlinks into real folders, as `helm package` does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import ROOT, require_tool
+
+CHART_DIR = ROOT / "helm" / "gridwatch"
+KUBERNETES_VERSION = "1.37.0"
+"""The Kubernetes version of kind's default node image (kind v0.33.0: kindest/node:v1.37.0), which ctlptl.yaml uses
+because it pins no version. Rendering (`--kube-version`) and schema validation both target it."""
+
+RELEASE = "gridwatch"
+NAMESPACE = "gridwatch"
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "monitoring-disabled": {
+        "kube-prometheus-stack": {"enabled": False},
+        "metrics-server": {"enabled": False},
+        "monitoring": {
+            "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "dashboards": {"enabled": False},
+        },
+    },
+    "models-on-pvc": {"backend": {"modelStorage": {"persistence": {"enabled": True, "size": "2Gi"}}}},
+    "three-fixed-replicas": {"backend": {"autoscaling": {"enabled": False}, "replicaCount": 3}},
+}
+"""The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
+a PersistentVolumeClaim, and a fixed replica count without the HPA."""
+
+
+def chart_copy(destination: Path, *, dashboards: Path | None = None, rules: Path | None = None) -> Path:
+    """A renderable copy of the chart under ``destination``: dependencies removed, symlinks resolved.
+
+    ``dashboards`` / ``rules`` replace the contents of the top-level folders (for tests of the wiring itself).
+    """
+    chart = destination / "gridwatch"
+    shutil.copytree(CHART_DIR, chart, symlinks=False, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    chart_yaml = chart / "Chart.yaml"
+    metadata = yaml.safe_load(chart_yaml.read_text())
+    metadata.pop("dependencies", None)
+    chart_yaml.write_text(yaml.safe_dump(metadata, sort_keys=False))
+    for name, source in (("dashboards", dashboards), ("rules", rules)):
+        if source is not None:
+            shutil.rmtree(chart / name)
+            shutil.copytree(source, chart / name)
+    return chart
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [require_tool("helm"), *args], capture_output=True, text=True, check=False, cwd=ROOT, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def values_file(directory: Path, values: dict[str, Any], name: str = "values") -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def template_args(chart: Path, values: Path | None, *, release: str = RELEASE, extra: Iterable[str] = ()) -> list[str]:
+    args = ["template", release, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBERNETES_VERSION]
+    if values is not None:
+        args += ["--values", str(values)]
+    return [*args, *extra]
+
+
+@dataclass
+class Rendered:
+    """The objects of one `helm template`, with lookups by kind and name."""
+
+    objects: list[dict[str, Any]]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for obj in self.objects if obj["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        matches = [obj for obj in self.of_kind(kind) if obj["metadata"]["name"] == name]
+        assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+        return matches[0]
+
+    def names(self, kind: str) -> set[str]:
+        return {obj["metadata"]["name"] for obj in self.of_kind(kind)}
+
+    def kinds(self) -> set[str]:
+        return {obj["kind"] for obj in self.objects}
+
+
+def render(
+    chart: Path, values: dict[str, Any] | None = None, *, release: str = RELEASE, extra: Iterable[str] = ()
+) -> Rendered:
+    values_path = values_file(chart.parent, values, name=f"values-{release}") if values else None
+    output = helm(*template_args(chart, values_path, release=release, extra=extra)).stdout
+    return Rendered([doc for doc in yaml.safe_load_all(output) if doc])
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment or a Pod."""
+    return obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    return obj["spec"]["template"]["metadata"]["labels"] if obj["kind"] == "Deployment" else obj["metadata"]["labels"]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """A matchLabels selector matches these labels (and is not empty, which would match everything)."""
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())

@@ -1,0 +1,131 @@
+"""ctlptl.yaml and the Makefile's kind workflow. No Docker, kind or cluster here: the declaration is checked against
+ctlptl's API (pkg/api/types.go), and the targets' commands with `make -n`, against the names the chart really
+renders and the registry the cluster really uses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.chart_support import CHART_DIR, RELEASE, chart_copy, render
+from tests.support import ROOT
+
+CTLPTL = list(yaml.safe_load_all((ROOT / "ctlptl.yaml").read_text()))
+VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+APP_VERSION = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+README = (ROOT / "README.md").read_text()
+CLUSTER_FIELDS = {
+    "apiVersion",
+    "kind",
+    "name",
+    "product",
+    "minCPUs",
+    "registry",
+    "kubernetesVersion",
+    "kindV1Alpha4Cluster",
+}
+REGISTRY_FIELDS = {"apiVersion", "kind", "name", "port", "listenAddress"}
+
+
+def by_kind(kind: str) -> dict:
+    (obj,) = [doc for doc in CTLPTL if doc["kind"] == kind]
+    return obj
+
+
+def make_n(*targets: str, **variables: str) -> str:
+    result = subprocess.run(
+        ["make", "-n", *targets, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def service_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    return render(chart_copy(tmp_path_factory.mktemp("chart"))).names("Service")
+
+
+def test_ctlptl_declares_a_registry_and_a_kind_cluster_using_it():
+    assert {doc["apiVersion"] for doc in CTLPTL} == {"ctlptl.dev/v1alpha1"}
+    registry, cluster = by_kind("Registry"), by_kind("Cluster")
+    assert set(registry) <= REGISTRY_FIELDS
+    assert set(cluster) <= CLUSTER_FIELDS
+    assert cluster["product"] == "kind"
+    assert cluster["name"] == "kind-gridwatch", "ctlptl names kind clusters kind-<name>"
+    assert cluster["registry"] == registry["name"]
+    assert "kubernetesVersion" not in cluster, "the kind release's default node image"
+    roles = [node["role"] for node in cluster["kindV1Alpha4Cluster"]["nodes"]]
+    assert roles == ["control-plane", "worker"]
+
+
+def test_chart_pulls_from_the_clusters_registry():
+    port = by_kind("Registry")["port"]
+    for component in ("backend", "ui"):
+        repository = VALUES[component]["image"]["repository"]
+        assert repository == f"localhost:{port}/gridwatch-{component}"
+
+
+def test_make_kind_runs_the_whole_path_in_order():
+    port = by_kind("Registry")["port"]
+    commands = make_n("kind")
+    steps = [
+        "ctlptl apply -f ctlptl.yaml",
+        "docker build -f docker/Dockerfile.backend",
+        f"-t localhost:{port}/gridwatch-backend:{APP_VERSION} .",
+        f"-t localhost:{port}/gridwatch-ui:{APP_VERSION} .",
+        f"docker push localhost:{port}/gridwatch-backend:{APP_VERSION}",
+        f"docker push localhost:{port}/gridwatch-ui:{APP_VERSION}",
+        "dependency build helm/gridwatch",
+        f"--kube-context {by_kind('Cluster')['name']} -n gridwatch upgrade --install {RELEASE} helm/gridwatch",
+    ]
+    positions = [commands.find(step) for step in steps]
+    assert -1 not in positions, dict(zip(steps, positions, strict=True))
+    assert positions == sorted(positions)
+    assert "--create-namespace" in commands
+    assert "--wait" in commands
+    for dockerfile in re.findall(r"docker build -f (\S+)", commands):
+        assert (ROOT / dockerfile).is_file()
+
+
+def test_redeploy_rebuilds_pushes_and_restarts_the_rendered_deployments(service_names: set[str]):
+    commands = make_n("kind-redeploy")
+    assert commands.index("docker build") < commands.index("docker push") < commands.index("rollout restart")
+    restarted = set(re.findall(r"deployment/(\S+)", commands))
+    assert restarted == {f"{RELEASE}-backend", f"{RELEASE}-ui"} <= service_names
+
+
+@pytest.mark.parametrize("release", [RELEASE, "demo"])
+def test_port_forwards_and_load_use_the_services_the_chart_renders(tmp_path: Path, release: str):
+    services = render(chart_copy(tmp_path), release=release).names("Service")
+    commands = make_n("kind-forward", "kind-load", RELEASE=release)
+    forwarded = set(re.findall(r"port-forward svc/(\S+)", commands))
+    stack = VALUES["kube-prometheus-stack"]["fullnameOverride"]
+    assert forwarded - services == {f"{release}-grafana", f"{stack}-prometheus"}
+    assert len(forwarded & services) == 2
+    assert "--url http://127.0.0.1:" in commands, "the load test targets the loopback port-forward only"
+    assert "scripts/loadtest.py" in commands
+
+
+def test_test_and_down_targets():
+    assert f"test {RELEASE} --logs" in make_n("kind-test")
+    assert "ctlptl delete -f ctlptl.yaml" in make_n("kind-down")
+    assert "docker compose -f docker/compose.yaml up --build" in make_n("compose-up")
+
+
+def test_readme_walkthrough_uses_only_existing_targets():
+    section = README.split("## Running it in a local cluster", 1)[1].split("\n## ", 1)[0]
+    targets = set(re.findall(r"make ([a-z][a-z-]+)", section))
+    assert {"kind", "kind-test", "kind-forward", "kind-load", "kind-redeploy", "kind-down"} <= targets
+    make_n(*targets)
+    assert 'no matches for kind "ServiceMonitor"' in section, "the CRD trap and its recipe"
+    assert "helm show crds" in section
+    secret = VALUES["grafanaAdmin"]["secretName"]
+    assert f"get secret {secret} -o jsonpath='{{.data.admin-password}}' | base64 -d" in section, "how to log in"

@@ -219,7 +219,7 @@ def test_servicemonitor_targets_the_backend_service_port(default: Rendered):
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     job = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}["job"]
-    assert job == VALUES["monitoring"]["serviceMonitor"]["jobName"] == "gridwatch-backend"
+    assert job == VALUES["monitoring"]["serviceMonitor"]["jobName"] == "gridwatch"
 
 
 @pytest.mark.parametrize("release", [RELEASE, "demo"])

@@ -9,6 +9,7 @@ rules pass `promtool check rules`.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,15 @@ def test_real_rule_files_pass_promtool_as_they_are():
         [require_tool("promtool"), "check", "rules", *map(str, files)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_backend_job_name_everywhere():
+    """Rules and dashboards select the backend by job; the chart, compose and local Prometheus must all name it so."""
+    job = VALUES["monitoring"]["serviceMonitor"]["jobName"]
+    selected = set()
+    for path in [*RULES.glob("*.yaml"), *DASHBOARDS.glob("*.json")]:
+        selected |= set(re.findall(r'job\s*=\s*\\?"([^"\\]+)\\?"', path.read_text()))
+    assert selected == {job}
+    for config in (ROOT / "docker" / "prometheus" / "prometheus.yml", ROOT / "docker" / "prometheus-local.yml"):
+        jobs = {entry["job_name"] for entry in yaml.safe_load(config.read_text())["scrape_configs"]}
+        assert job in jobs, config

@@ -60,6 +60,12 @@ def test_rule_folder_holds_rule_files_only():
     assert not list(RULES_DIR.glob("*.yml")), "use .yaml, which is what the chart globs"
 
 
+def test_group_names_are_unique_across_files():
+    """The chart puts every file's groups into one PrometheusRule, where a repeated group name is an error."""
+    names = [group["name"] for path in rule_files() for group in yaml.safe_load(path.read_text())["groups"]]
+    assert len(names) == len(set(names)), sorted(names)
+
+
 def test_recording_rules_are_named_level_metric_operations():
     names = [rule["record"] for rule in recording_rules()]
     assert len(names) == len(set(names))

@@ -16,10 +16,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI, Request, Security
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.multiprocess import mark_process_dead
@@ -35,10 +38,13 @@ from app.service import Inference, ModelHolder, ModelState
 from app.settings import Settings
 from app.tracing import build_tracing, instrument
 from app.web import (
+    InflightLimit,
     InternalErrorMiddleware,
     JSONResponse,
+    SecurityHeadersMiddleware,
     install_error_handlers,
     read_body,
+    require_api_key,
     require_json,
 )
 
@@ -121,6 +127,79 @@ def _default_loader(settings: Settings) -> Callable[[], Detector]:
     return load
 
 
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "Body not received within BODY_TIMEOUT seconds."},
+    413: {"model": ErrorResponse, "description": "More than MAX_BATCH readings, or body over MAX_BODY_BYTES."},
+    415: {"model": ErrorResponse, "description": "Body not sent as application/json."},
+    422: {"model": ErrorResponse, "description": "Invalid batch; `detail` names each row and field."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Model not loaded yet, or MAX_INFLIGHT requests already in flight (see Retry-After).",
+    },
+}
+"""The documented error answers of /predict (OpenAPI), besides 401 when an API key is required."""
+
+
+def _install_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> None:
+    """Added innermost first: security headers > access log > metrics > CORS > error guard > routes, so CORS
+    answers (preflights) are counted and logged too. The tracing middleware, when on, wraps them all."""
+    app.add_middleware(InternalErrorMiddleware)
+    if origins := settings.allowed_origins():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
+
+
+def _add_probes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+    """/livez (liveness) and /health (readiness): always open, never behind the API key or the in-flight limit."""
+
+    @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/health",
+        summary="Readiness: 200 once the model is loaded, 503 with a reason before.",
+        response_model=HealthResponse,
+        responses={503: {"model": NotReadyResponse}},
+    )
+    async def health(request: Request) -> Response:
+        instance = request.app.state.instance
+        if holder.state is not ModelState.ready:
+            body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        model = holder.get().detector
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": "isolation_forest",
+                "features": list(model.features),
+                "model_version": model.version,
+                "instance": instance,
+                "pod": settings.pod_name,
+                "node": settings.node_name,
+            }
+        )
+
+
+def _add_metrics(app: FastAPI, multiprocess_dir: Path | None) -> None:
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (OpenMetrics when the scraper asks for it).",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        content, content_type = render_metrics(request.headers.get("accept", ""), multiprocess_dir)
+        return Response(content, media_type=content_type)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -167,57 +246,28 @@ def create_app(
     app.state.model = holder
     app.state.instance = settings.instance_id()
     install_error_handlers(app)
-    # Outermost last: access log > metrics > error guard > routes. The tracing middleware wraps them all.
-    app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
-    app.add_middleware(AccessLogMiddleware)
+    _install_middleware(app, settings, exemplars=exemplars)
     if tracing is not None:
         instrument(app, tracing)
 
-    errors: dict[int | str, dict[str, Any]] = {
-        413: {
-            "model": ErrorResponse,
-            "description": "More than MAX_BATCH readings, or body over MAX_BODY_BYTES.",
-        },
-        415: {"model": ErrorResponse, "description": "Body not sent as application/json."},
-        422: {"model": ErrorResponse, "description": "Invalid batch; `detail` names each row and field."},
-        503: {"model": ErrorResponse, "description": "Model not loaded yet (see Retry-After)."},
-    }
+    api_key = settings.required_api_key()
+    inflight = InflightLimit(settings.max_inflight)
+    # Declared only when a key is required, so /docs shows the scheme (and an Authorize button) exactly then; the
+    # check itself is require_api_key, in constant time.
+    keyed = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if api_key else []
+    unauthorized = {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}} if api_key else {}
+    errors = {**unauthorized, **PREDICT_ERRORS}
 
-    @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
-    async def livez() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.get(
-        "/health",
-        summary="Readiness: 200 once the model is loaded, 503 with a reason before.",
-        response_model=HealthResponse,
-        responses={503: {"model": NotReadyResponse}},
-    )
-    async def health(request: Request) -> Response:
-        instance = request.app.state.instance
-        if holder.state is not ModelState.ready:
-            body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        model = holder.get().detector
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": "isolation_forest",
-                "features": list(model.features),
-                "model_version": model.version,
-                "instance": instance,
-                "pod": settings.pod_name,
-                "node": settings.node_name,
-            }
-        )
+    _add_probes(app, holder, settings)
 
     @app.get(
         "/model",
         summary="Metadata of the loaded model: version, training, statistics, evaluation.",
-        responses={503: errors[503]},
+        responses={**unauthorized, 503: {"model": ErrorResponse, "description": "Model not loaded yet."}},
+        dependencies=keyed,
     )
-    async def model_metadata() -> Response:
+    async def model_metadata(request: Request) -> Response:
+        require_api_key(request, api_key)
         return JSONResponse(holder.get().detector.metadata)
 
     @app.post(
@@ -225,6 +275,7 @@ def create_app(
         summary="Score a batch of readings.",
         response_model=PredictResponse,
         responses=errors,
+        dependencies=keyed,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -233,14 +284,16 @@ def create_app(
         },
     )
     async def predict(request: Request) -> Response:
-        model = holder.get()
-        require_json(request)
-        body = await read_body(request, settings.max_body_bytes)
-        X = parse_readings(body, model.detector.features, settings.max_batch)
-        if model.scores_inline(X.shape[0]):
-            scored = inference.score(model, X)
-        else:
-            scored = await run_in_threadpool(inference.score, model, X)
+        require_api_key(request, api_key)
+        with inflight:
+            model = holder.get()
+            require_json(request)
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+            X = parse_readings(body, model.detector.features, settings.max_batch)
+            if model.scores_inline(X.shape[0]):
+                scored = inference.score(model, X)
+            else:
+                scored = await run_in_threadpool(inference.score, model, X)
         predictions = [
             {"anomaly": flag, "score": score}
             for flag, score in zip(scored.flags.tolist(), scored.scores.tolist(), strict=True)
@@ -254,9 +307,5 @@ def create_app(
             }
         )
 
-    @app.get("/metrics", summary="Prometheus metrics (OpenMetrics when the scraper asks for it).")
-    async def metrics(request: Request) -> Response:
-        content, content_type = render_metrics(request.headers.get("accept", ""), multiprocess_dir)
-        return Response(content, media_type=content_type)
-
+    _add_metrics(app, multiprocess_dir)
     return app

@@ -31,6 +31,10 @@ class ModelNotReadyError(GridWatchError):
     """The service is up but its model is still loading (or failed to load); retry later."""
 
 
+class OverloadedError(GridWatchError):
+    """MAX_INFLIGHT requests are already being handled by this worker: shed load now rather than queue it."""
+
+
 class RequestError(GridWatchError):
     """Base of the client's mistakes: every subclass maps to a 4xx answer naming the problem."""
 
@@ -63,6 +67,14 @@ class PayloadTooLargeError(RequestError):
 
 class UnsupportedMediaTypeError(RequestError):
     """A body that is not declared as JSON."""
+
+
+class RequestTimeoutError(RequestError):
+    """The client did not finish sending its body within BODY_TIMEOUT seconds."""
+
+
+class UnauthorizedError(RequestError):
+    """The API key is required and was missing or wrong."""
 
 
 def _dotted(loc: list[str | int]) -> str:

@@ -9,9 +9,13 @@ Two traversals, chosen by measurement (``gridwatch bench``; figures in docs/benc
 * ``_rows_outer``: for fewer than eight rows, each row walks eight trees at a time instead (the chains must come
   from somewhere); twice as fast as ``_trees_outer`` for a single reading.
 
-Sums are added in tree order in both, so they equal scikit-learn's to the last bit. ``cache=True`` stores the
-machine code beside this file (or in ``NUMBA_CACHE_DIR``) so later starts skip the compilation; ``nogil=True``
-lets a worker thread score while the event loop serves other requests.
+Sums are added in tree order in both, so they equal scikit-learn's to the last bit. ``nogil=True`` lets a worker
+thread score while the event loop serves other requests.
+
+**Caching.** The machine code is cached (beside this file, in the user's cache folder, or in ``NUMBA_CACHE_DIR``) so
+later starts skip the ~2 s compilation. Where none of those is writable (a read-only root filesystem without
+``NUMBA_CACHE_DIR``), numba refuses ``cache=True`` at import; the kernels are then compiled in memory at each start
+instead of crashing the service, and ``CACHED`` says so (the "model ready" log line reports it).
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ else:
 CHAINS = 8
 """Independent traversals interleaved per loop iteration."""
 
+CACHED = False
+"""Whether the compiled kernels are cached on disk (see "Caching" above)."""
+
+
+def _jit(function):  # type: ignore[no-untyped-def]
+    """``njit`` with an on-disk cache where numba finds a writable folder, without one where it does not."""
+    global CACHED  # noqa: PLW0603 - set once, at import
+    try:
+        compiled = njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available": nowhere writable to cache
+        return njit(cache=False, nogil=True)(function)
+    CACHED = True
+    return compiled
+
+
 if AVAILABLE:
 
     @njit(inline="always")
@@ -35,7 +54,7 @@ if AVAILABLE:
         packed = meta[node]
         return (packed >> shift) + (rows[row, packed & mask] > threshold[node])
 
-    @njit(cache=True, nogil=True)
+    @_jit
     def _trees_outer(rows, threshold, meta, leaf_value, roots, depth, shift, mask):  # pragma: no cover - compiled
         n = rows.shape[0]
         out = np.zeros(n)
@@ -68,7 +87,7 @@ if AVAILABLE:
                 out[r] += leaf_value[a]
         return out
 
-    @njit(cache=True, nogil=True)
+    @_jit
     def _rows_outer(rows, threshold, meta, leaf_value, roots, depth, shift, mask):  # pragma: no cover - compiled
         n = rows.shape[0]
         out = np.zeros(n)

@@ -71,6 +71,10 @@ REQUESTS_IN_FLIGHT = Gauge(
     "HTTP requests being handled right now (scrapes of /metrics excluded).",
     multiprocess_mode="livesum",
 )
+REQUESTS_SHED = Counter(
+    "requests_shed",
+    "Requests refused with 503 at once because MAX_INFLIGHT requests were already in flight in the worker.",
+)
 INFERENCE_LATENCY = Histogram(
     "inference_latency_seconds",
     "Time spent scoring one batch with the model (excludes parsing and serialisation).",

@@ -75,4 +75,5 @@ def run_server(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=settings.graceful_timeout,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import sklearn
 from opentelemetry import trace
 
+from app import forest_jit
 from app.drift import DriftGauges, DriftMonitor
 from app.errors import GridWatchError, ModelNotReadyError
 from app.metrics import (
@@ -115,11 +116,14 @@ class ModelHolder:
         self._loaded = LoadedModel(detector, drift, DriftGauges(detector.features))
         self._done.set()
         logger.info(
-            "model %s ready (%s in %.2fs, scored by %s)",
+            "model %s ready (%s in %.2fs, scored by %s%s)",
             detector.version,
             source,
             detector.load_seconds,
             detector.scorer.value,
+            ""
+            if detector.scorer is not Scorer.numba or forest_jit.CACHED
+            else ", compiled code not cached: set NUMBA_CACHE_DIR to a writable folder to skip compiling at each start",
         )
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -12,7 +12,7 @@ import socket
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,28 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted, checked before parsing (else 413).",
     )
+    max_inflight: int = Field(
+        64,
+        ge=1,
+        description="Most /predict requests one worker handles at once; beyond it, 503 with Retry-After at once.",
+    )
+    body_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request body; a slower one gets 408."
+    )
+    graceful_timeout: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds SIGTERM waits for in-flight requests; keep below the pod's termination grace period.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="If set, /predict and /model require it in the X-API-Key header (probes, metrics stay open)."
+    )
+    api_key_file: Path | None = Field(
+        None, description="A file holding the API key (a mounted Secret); used instead of API_KEY when set."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser; empty turns CORS off."
+    )
     log_level: LogLevel = Field(LogLevel.info, description="Log level of the service and its access log.")
     log_format: LogFormat = Field(
         LogFormat.json, description="`json` (one object per line, for log collectors) or `text` (for a terminal)."
@@ -105,6 +127,28 @@ class Settings(BaseSettings):
     def _check_traces_exporter(self) -> Settings:
         self.traces_exporters()  # raises naming OTEL_TRACES_EXPORTER if it holds an unknown exporter
         return self
+
+    @model_validator(mode="after")
+    def _check_api_key(self) -> Settings:
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(f"API_KEY_FILE={self.api_key_file}: {error.strerror}") from None
+            if not key:
+                raise ValueError(f"API_KEY_FILE={self.api_key_file} is empty")
+        elif self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("API_KEY is set but empty; unset it to turn the key off")
+        return self
+
+    def required_api_key(self) -> str | None:
+        """The key /predict and /model require, or None when the API is open (the default)."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        return self.api_key.get_secret_value().strip() if self.api_key is not None else None
+
+    def allowed_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def model_path(self) -> Path:

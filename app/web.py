@@ -9,6 +9,8 @@ on serving.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 
 import orjson
@@ -25,24 +27,39 @@ from app.errors import (
     ModelArtifactError,
     ModelNotReadyError,
     ModelUnavailableError,
+    OverloadedError,
     PayloadTooLargeError,
     RequestError,
+    RequestTimeoutError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
+from app.metrics import REQUESTS_SHED
 
 logger = logging.getLogger(__name__)
 
 ERROR_STATUS: dict[type[GridWatchError], int] = {
+    UnauthorizedError: 401,
+    RequestTimeoutError: 408,
     InvalidReadingsError: 422,
     BatchTooLargeError: 413,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
+    OverloadedError: 503,
     ModelNotReadyError: 503,
     ModelUnavailableError: 503,
     ModelArtifactError: 503,
 }
 RETRY_AFTER_SECONDS = 5
-"""What a 503 tells clients to wait: model loading takes about a second, training a few."""
+"""What a 503 tells clients to wait while the model loads: loading takes about a second, training a few."""
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+"""What a 503 for overload tells clients: the queue drains in milliseconds, retry soon (another pod may answer)."""
+ERROR_HEADERS: dict[type[GridWatchError], dict[str, str]] = {
+    UnauthorizedError: {"WWW-Authenticate": 'ApiKey realm="gridwatch", header="X-API-Key"'},
+    OverloadedError: {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
+}
+API_KEY_HEADER = "x-api-key"
+
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -66,7 +83,9 @@ def status_for(error: GridWatchError) -> int:
 def error_response(error: GridWatchError) -> JSONResponse:
     status = status_for(error)
     detail = error.detail() if isinstance(error, RequestError) else str(error)
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    headers = ERROR_HEADERS.get(type(error))
+    if headers is None and status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -135,20 +154,87 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaTypeError(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'!r}")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, or 408 if it takes
+    longer than ``timeout`` seconds to arrive.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked or lying body is
-    refused as soon as the running total passes the limit, so a huge upload never sits in memory.
+    refused as soon as the running total passes the limit, so a huge upload never sits in memory. The timeout
+    bounds a client that trickles its body byte by byte: it cannot hold a slot of MAX_INFLIGHT for longer.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds MAX_BODY_BYTES={limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"request body not received within BODY_TIMEOUT={timeout:g}s ({size} bytes arrived)"
+        ) from None
     return b"".join(chunks)
+
+
+def require_api_key(request: Request, key: str | None) -> None:
+    """401 unless ``key`` is None (the API is open) or the request carries it in X-API-Key.
+
+    Compared with ``hmac.compare_digest``, whose time does not depend on where the strings differ, so the key
+    cannot be guessed byte by byte from response times.
+    """
+    if key is None:
+        return
+    offered = request.headers.get(API_KEY_HEADER, "")
+    if not hmac.compare_digest(offered.encode(), key.encode()):
+        raise UnauthorizedError("missing or wrong API key: send it in the X-API-Key header")
+
+
+class InflightLimit:
+    """At most ``limit`` requests at once through the guarded section; the next one is refused, not queued.
+
+    An unbounded queue turns a burst into seconds of latency for everyone and into memory growth; refusing at
+    once with 503 + Retry-After lets the client back off or another replica answer. It is per worker process
+    (one event loop, so no lock is needed) and guards only /predict, so probes always get through.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    def __enter__(self) -> InflightLimit:
+        if self.current >= self.limit:
+            REQUESTS_SHED.inc()
+            raise OverloadedError(
+                f"{self.current} requests in flight, MAX_INFLIGHT={self.limit}; retry in "
+                f"{OVERLOAD_RETRY_AFTER_SECONDS}s"
+            )
+        self.current += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.current -= 1
+
+
+class SecurityHeadersMiddleware:
+    """``X-Content-Type-Options: nosniff`` on every answer: a browser never second-guesses a JSON or text body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -108,8 +108,9 @@ def render_counters(live: LiveSession) -> None:
     columns[0].metric(
         "Readings",
         f"{stats.readings:,}",
-        delta=f"+{last.readings}" if last else None,
+        delta=last.readings if last else None,
         delta_color="off",
+        delta_description="last batch",
         border=True,
         height="stretch",
         help="Readings scored by the backend since the last reset.",
@@ -117,8 +118,9 @@ def render_counters(live: LiveSession) -> None:
     columns[1].metric(
         "Flagged",
         f"{stats.flagged:,}",
-        delta=f"+{last.flagged}" if last else None,
+        delta=last.flagged if last else None,
         delta_color="inverse",
+        delta_description="last batch",
         border=True,
         height="stretch",
         help="Readings the model flagged as anomalous (score > 0).",
@@ -150,8 +152,6 @@ def render_counters(live: LiveSession) -> None:
         border=True,
         height="stretch",
         help=f"Round trip of /predict as the UI sees it, last {latency.size} batches; p95 {milliseconds(latency, 95)}.",
-        chart_data=latency[-40:].round(1).tolist() if latency.size > 1 else None,
-        chart_type="area",
     )
 
 

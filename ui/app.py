@@ -1,46 +1,286 @@
-"""GridWatch UI (minimal): check the backend and score one simulated batch.
+"""GridWatch UI: stream simulated grid readings through the backend and watch what the detector sees.
 
-Run with ``streamlit run ui/app.py``; the backend URL comes from ``BACKEND_URL`` (default
-http://localhost:8000). The full streaming UI is built on top of this page.
+Run with ``streamlit run ui/app.py`` (``gridwatch up`` does it for you); ``BACKEND_URL`` says where the API is
+(default http://localhost:8000), ``STREAMLIT_SERVER_PORT`` where the page is served (default 8501).
+
+This script only lays out the page and decides what runs when; the work is in small modules beside it:
+``client`` (HTTP), ``live`` (the session's stream), ``window``, ``detection``, ``traffic``, ``load``, ``charts``
+and ``views``. Streaming is a ``st.fragment`` whose ``run_every`` is switched on and off through session state:
+each tick scores one batch and redraws only the live view, so the page stays responsive and every script run
+finishes (no ``sleep`` + ``st.rerun()`` loop).
 """
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-import requests
+# `streamlit run ui/app.py` puts this file's folder first on sys.path, where this very file, `app.py`, would shadow
+# the `app` package the UI imports the simulator from. Take the folder out and make sure the project root is in.
+_UI_DIR = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _UI_DIR]
+if str(_UI_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(_UI_DIR.parent))
+
 import streamlit as st
 
-from app.sim import GridSimulator
+from ui import views
+from ui.client import BackendClient
+from ui.config import (
+    ANOMALY_RATE,
+    BATCH_SIZE,
+    HEALTH_REFRESH_S,
+    INTERVAL_S,
+    LOAD_REQUESTS,
+    LOAD_SECONDS,
+    LOAD_THREADS,
+    WINDOW_READINGS,
+    backend_url_from_env,
+)
+from ui.live import LiveSession, StreamSettings, anomaly_kind_options, refresh_backend, stream_tick
+from ui.load import SustainedLoad, burst, concurrent_burst, load_payloads, make_sender
 
-BACKEND_URL = os.environ.get("BACKEND_URL", "http://localhost:8000")
+SESSION_KEY = "gridwatch"
+CLIENT_KEY = "gridwatch_client"
+LOAD_REFRESH_S = 1.0
 
-st.set_page_config(page_title="GridWatch", layout="wide")
-st.title("GridWatch")
-backend = st.sidebar.text_input("Backend URL", BACKEND_URL)
-batch_size = st.sidebar.slider("Batch size", 1, 500, 64)
-anomaly_rate = st.sidebar.slider("Anomaly rate", 0.0, 0.5, 0.05)
 
-try:
-    health = requests.get(f"{backend}/health", timeout=3)
-    if health.ok:
-        st.success(f"Backend ready, model {health.json()['model_version']}")
+def live_session() -> LiveSession:
+    if SESSION_KEY not in st.session_state:
+        st.session_state[SESSION_KEY] = LiveSession()
+    return st.session_state[SESSION_KEY]
+
+
+def backend_client(url: str, new_connection_each_request: bool) -> BackendClient:
+    """The session's client, kept across reruns so its keep-alive connections are reused; rebuilt on change."""
+    client: BackendClient | None = st.session_state.get(CLIENT_KEY)
+    wanted = (url.strip().rstrip("/"), new_connection_each_request)
+    if client is None or (client.base_url, client.new_connection_each_request) != wanted:
+        if client is not None:
+            client.close()
+        client = BackendClient(url, new_connection_each_request=new_connection_each_request)
+        st.session_state[CLIENT_KEY] = client
+    return client
+
+
+def sidebar() -> tuple[str, bool, StreamSettings]:
+    with st.sidebar:
+        st.header("Settings")
+        url = st.text_input(
+            "Backend URL",
+            value=backend_url_from_env(),
+            key="backend_url",
+            help="Where the GridWatch API listens. Defaults to BACKEND_URL, else http://localhost:8000.",
+        )
+        new_connection = st.toggle(
+            "New connection each request",
+            key="new_connection",
+            help="Disable keep-alive: every request opens a new TCP connection. A Kubernetes Service balances "
+            "connections, not requests, so this is what spreads the UI's requests over all pods.",
+        )
+        st.subheader("Stream")
+        batch_size = st.slider(
+            "Batch size", int(BATCH_SIZE.low), int(BATCH_SIZE.high), int(BATCH_SIZE.default), key="batch_size"
+        )
+        interval = st.slider(
+            "Interval (s)",
+            INTERVAL_S.low,
+            INTERVAL_S.high,
+            INTERVAL_S.default,
+            step=0.5,
+            key="interval_s",
+            help="Time between two batches while streaming.",
+        )
+        rate = st.slider(
+            "Anomaly rate",
+            ANOMALY_RATE.low,
+            ANOMALY_RATE.high,
+            ANOMALY_RATE.default,
+            step=0.005,
+            format="percent",
+            key="anomaly_rate",
+            help="Probability that a simulated reading is an injected anomaly.",
+        )
+        options = anomaly_kind_options()
+        kinds = st.multiselect(
+            "Anomaly kinds to inject",
+            options,
+            default=options,
+            format_func=lambda kind: kind.replace("_", " "),
+            key="anomaly_kinds",
+        )
+        window = st.slider(
+            "Window (readings)",
+            int(WINDOW_READINGS.low),
+            int(WINDOW_READINGS.high),
+            int(WINDOW_READINGS.default),
+            step=100,
+            key="window",
+            help="How many of the latest readings the charts show. Counters and statistics cover everything "
+            "since the last reset.",
+        )
+        if rate > 0 and not kinds:
+            st.caption("No kind selected: nothing will be injected.")
+    settings = StreamSettings(
+        batch_size=int(batch_size),
+        interval_s=float(interval),
+        anomaly_rate=float(rate),
+        anomaly_kinds=tuple(kinds),
+        window=int(window),
+    )
+    return url, bool(new_connection), settings
+
+
+def toggle_streaming(live: LiveSession) -> None:
+    live.streaming = not live.streaming
+
+
+def actions(live: LiveSession, client: BackendClient, settings: StreamSettings) -> None:
+    with st.container(horizontal=True, gap="small"):
+        if st.button("Generate Batch", key="generate", type="primary", icon=":material/bolt:"):
+            live.generate(client, settings)
+        st.button(
+            "Stop streaming" if live.streaming else "Start streaming",
+            key="stream_toggle",
+            icon=":material/stop_circle:" if live.streaming else ":material/play_circle:",
+            on_click=views.guarded(toggle_streaming),
+            args=(live,),
+            help=f"Score one batch every {settings.interval_s:g} s until stopped.",
+        )
+        if st.button("Inject Extreme Reading", key="inject", icon=":material/warning:"):
+            live.inject_extreme(client, settings)
+        if st.button("Reset", key="reset", icon=":material/restart_alt:", help="Clear charts, counters, statistics."):
+            live.reset()
+
+
+def status_panel(client: BackendClient) -> None:
+    live = live_session()
+    refresh_backend(live.backend, client, max_age_s=HEALTH_REFRESH_S)
+    views.render_status(live)
+
+
+def live_panel(client: BackendClient, settings: StreamSettings) -> None:
+    live = live_session()
+    stream_tick(live, client, settings)
+    live.window.resize(settings.window)  # a smaller window applies at once, not only with the next batch
+    if live.last_error is not None and live.backend.error is None:  # else the status banner already says it
+        st.error(f"**Last batch not scored.** {live.last_error.message}.", icon=":material/error:")
+    views.render_counters(live)
+    views.render_live_charts(live)
+
+
+def toggle_sustained(live: LiveSession, client: BackendClient, settings: StreamSettings) -> None:
+    if live.sustained_running:
+        assert live.sustained is not None
+        live.sustained.stop()
+        return
+    send = make_sender(client, _payloads(settings), live.traffic, source="sustained")
+    live.load_report = None
+    live.sustained = SustainedLoad(
+        send, threads=int(st.session_state["load_threads"]), seconds=float(st.session_state["load_seconds"])
+    ).start()
+
+
+def _payloads(settings: StreamSettings) -> list[list[dict[str, object]]]:
+    return load_payloads(
+        settings.batch_size, anomaly_rate=settings.effective_anomaly_rate, anomaly_kinds=settings.anomaly_kinds
+    )
+
+
+def load_controls(live: LiveSession, client: BackendClient, settings: StreamSettings) -> None:
+    st.subheader("Load and autoscaling")
+    st.caption(
+        "Send the backend more work than one stream does and watch it scale: the chart shows which instance "
+        "(`served_by`) answered each request. With keep-alive, a Kubernetes Service keeps each connection on one "
+        "pod; turn on *New connection each request* to spread requests over new pods as the HPA adds them. "
+        f"Each request carries one batch of {settings.batch_size} readings; every action is bounded and stops "
+        "by itself."
+    )
+    columns = st.columns(3)
+    requests = columns[0].number_input(
+        "Requests per burst",
+        int(LOAD_REQUESTS.low),
+        int(LOAD_REQUESTS.high),
+        int(LOAD_REQUESTS.default),
+        key="load_requests",
+    )
+    threads = columns[1].number_input(
+        "Threads", int(LOAD_THREADS.low), int(LOAD_THREADS.high), int(LOAD_THREADS.default), key="load_threads"
+    )
+    columns[2].number_input(
+        "Sustained for (s)",
+        int(LOAD_SECONDS.low),
+        int(LOAD_SECONDS.high),
+        int(LOAD_SECONDS.default),
+        key="load_seconds",
+    )
+    running = live.sustained_running
+    with st.container(horizontal=True, gap="small"):
+        if st.button("Burst Load", key="burst", icon=":material/bolt:", disabled=running):
+            with st.spinner(f"Sending {requests} requests back to back..."):
+                send = make_sender(client, _payloads(settings), live.traffic, source="burst")
+                live.load_report = burst(send, int(requests))
+        if st.button("Concurrent Burst", key="concurrent_burst", icon=":material/call_split:", disabled=running):
+            with st.spinner(f"Sending {requests} requests from {threads} threads..."):
+                send = make_sender(client, _payloads(settings), live.traffic, source="concurrent")
+                live.load_report = concurrent_burst(send, int(requests), int(threads))
+        st.button(
+            "Stop sustained load" if running else "Sustained Concurrent Bursts",
+            key="sustained_toggle",
+            icon=":material/stop_circle:" if running else ":material/speed:",
+            on_click=views.guarded(toggle_sustained),
+            args=(live, client, settings),
+            help="Threads send back to back for the chosen seconds, then stop by themselves.",
+        )
+
+
+def load_panel(ticking: bool) -> None:
+    live = live_session()
+    sustained = live.sustained
+    if sustained is not None:
+        report = sustained.report()
+        if not report.running:
+            live.load_report, live.sustained = report, None
+        views.render_load_report(report, elapsed=sustained.elapsed_s, seconds=sustained.seconds)
     else:
-        st.warning(f"Backend not ready: {health.json().get('reason', health.status_code)}")
-except requests.RequestException as error:
-    st.error(f"Backend unreachable at {backend}: {error.__class__.__name__}")
+        views.render_load_report(live.load_report)
+    views.render_spread(live)
+    if ticking and not live.sustained_running:
+        st.rerun()  # the run ended: a full rerun turns this fragment's refresh off and flips the button back
 
-if st.button("Generate Batch"):
-    batch = GridSimulator(anomaly_rate=anomaly_rate).batch(batch_size)
-    records = batch.to_records()
-    try:
-        answer = requests.post(f"{backend}/predict", json={"readings": records}, timeout=10)
-        answer.raise_for_status()
-        result = answer.json()
-        for record, prediction in zip(records, result["predictions"], strict=True):
-            record.update(flagged=prediction["anomaly"], score=round(prediction["score"], 4))
-        st.metric("Flagged", f"{result['anomalies']} / {result['total']}")
-        st.line_chart([r["voltage"] for r in records])
-        st.dataframe(records)
-    except requests.RequestException as error:
-        st.error(f"Scoring failed: {error}")
+
+def backend_panel() -> None:
+    views.render_backend_details(live_session())
+
+
+def main() -> None:
+    url, new_connection, settings = sidebar()
+    live = live_session()
+    client = backend_client(url, new_connection)
+
+    st.title(":material/electric_bolt: GridWatch")
+    views.render_diagnostics(client.base_url)
+    actions(live, client, settings)
+    st.fragment(run_every=settings.interval_s if live.streaming else HEALTH_REFRESH_S)(views.guarded(status_panel))(
+        client
+    )
+    st.fragment(run_every=settings.interval_s if live.streaming else None)(views.guarded(live_panel))(client, settings)
+
+    st.divider()
+    load_controls(live, client, settings)
+    ticking = live.sustained_running
+    st.fragment(run_every=LOAD_REFRESH_S if ticking else None)(views.guarded(load_panel))(ticking)
+
+    st.divider()
+    st.subheader("Backend and model")
+    st.fragment(run_every=HEALTH_REFRESH_S)(views.guarded(backend_panel))()
+
+
+st.set_page_config(
+    page_title="GridWatch", page_icon=":material/electric_bolt:", layout="wide", initial_sidebar_state="expanded"
+)
+# Belt and braces: every panel already turns errors into a short message (views.guarded); should one escape, the
+# page still shows no traceback. The toolbar keeps only what a viewer needs (no "Deploy", no developer menu).
+st.set_option("client.showErrorDetails", "none")
+st.set_option("client.toolbarMode", "viewer")
+views.guarded(main)()

@@ -1,0 +1,302 @@
+"""The Streamlit page run by ``streamlit.testing.v1.AppTest`` against a real backend and against broken ones.
+
+AppTest runs the script the way a browser session would (widgets, session state, reruns) but does not run the
+``st.fragment(run_every=...)`` timer: streaming is tested by switching it on through the page and calling the
+tick function the fragment calls (``ui.live.stream_tick``); the browser test watches the real timer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.support import ROOT, ServerProcess, free_port, wait_for_http
+from tests.test_ui_logic import BLOCK_SKLEARN
+from tests.ui_support import UI_SCRIPT, real_backend
+from ui.live import LiveSession, StreamSettings, stream_tick
+
+pytestmark = pytest.mark.slow
+
+SIGNAL_CHARTS = 3  # voltage, current, frequency
+
+
+@pytest.fixture(scope="module")
+def backend(trained_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real `gridwatch serve` for the module's page runs."""
+    with real_backend(trained_artifact, tmp_path_factory.mktemp("ui-models")) as server:
+        yield server
+
+
+def open_page(monkeypatch: pytest.MonkeyPatch, backend_url: str) -> AppTest:
+    monkeypatch.setenv("BACKEND_URL", backend_url)
+    page = AppTest.from_file(str(UI_SCRIPT), default_timeout=60)
+    page.run()
+    assert_no_traceback(page)
+    return page
+
+
+def assert_no_traceback(page: AppTest) -> None:
+    """Neither an uncaught exception nor a panel that had to swallow one."""
+    assert not page.exception, [e.message for e in page.exception]
+    assert not [e.value for e in page.error if "unexpected problem" in e.value]
+
+
+def metric(page: AppTest, label: str) -> str:
+    return next(m.value for m in page.metric if m.label == label)
+
+
+def charts(page: AppTest) -> list:
+    return list(page.get("vega_lite_chart"))
+
+
+def chart_rows(chart) -> int:
+    """Rows of the main dataset a chart was sent (Streamlit ships datasets as Arrow next to the Vega-Lite spec;
+    a threshold rule is a second, one-row dataset)."""
+    return max(pa.ipc.open_stream(d.data.data).read_all().num_rows for d in chart.proto.datasets)
+
+
+def session(page: AppTest) -> LiveSession:
+    return page.session_state["gridwatch"]
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+def test_page_with_a_ready_backend_shows_its_status_and_an_empty_live_view(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    assert page.title[0].value.endswith("GridWatch")
+    assert "app.sim.GridSimulator" in page.caption[0].value  # the diagnostics caption names the simulator
+    assert backend.url in page.caption[0].value
+    markdown = texts(page.markdown)
+    assert "Backend ready" in markdown
+    assert "model " in markdown
+    assert not page.error
+    assert not page.warning
+    assert metric(page, "Readings") == "0"
+    assert metric(page, "Precision") == "\u2014"
+    assert not charts(page)
+    assert "No readings yet" in texts(page.info)
+    assert page.sidebar.text_input(key="backend_url").value == backend.url
+
+
+def test_generate_batch_fills_the_charts_and_counters(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.slider(key="batch_size").set_value(100).run()
+    page.button(key="generate").click().run()
+    assert_no_traceback(page)
+
+    assert metric(page, "Readings") == "100"
+    flagged = int(metric(page, "Flagged"))
+    live = session(page)
+    assert flagged == live.stats.flagged == int(live.window.frame["flagged"].sum())
+    assert metric(page, "Latency p50").endswith(" ms")
+    drawn = charts(page)
+    # three signals, the score, the confusion matrix, the load spread and its instances, the latency
+    assert len(drawn) >= SIGNAL_CHARTS + 2
+    assert [chart_rows(c) for c in drawn[: SIGNAL_CHARTS + 1]] == [100] * (SIGNAL_CHARTS + 1)
+    assert "last 100 readings" in texts(page.markdown)
+    assert not page.error
+
+
+def test_inject_extreme_reading_produces_a_flagged_row(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.button(key="inject").click().run()
+    assert_no_traceback(page)
+    assert metric(page, "Readings") == "1"
+    assert metric(page, "Flagged") == "1"
+    assert metric(page, "Precision") == "1.000"
+    assert metric(page, "Recall") == "1.000"
+    row = session(page).window.frame.iloc[-1]
+    assert row["kind"] == "extreme"
+    assert bool(row["flagged"])
+    assert row["score"] > 0
+    assert row["outcome"] == "detected"
+
+
+def test_streaming_is_switched_through_session_state_and_each_tick_scores_a_batch(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.button(key="stream_toggle").click().run()
+    live = session(page)
+    assert live.streaming
+    assert page.button(key="stream_toggle").label == "Stop streaming"
+    assert "streaming" in texts(page.markdown)
+
+    # What the fragment does on each tick, with the page's own client and settings.
+    client = page.session_state["gridwatch_client"]
+    settings = StreamSettings(batch_size=32)
+    assert stream_tick(live, client, settings)
+    assert stream_tick(live, client, settings)
+    page.run()  # the full rerun draws what the ticks scored (and, while streaming, ticks once more)
+    assert_no_traceback(page)
+    assert int(metric(page, "Readings")) >= 64
+
+    page.button(key="stream_toggle").click().run()
+    assert not session(page).streaming
+    assert page.button(key="stream_toggle").label == "Start streaming"
+    readings = session(page).stats.readings
+    assert not stream_tick(session(page), client, settings)
+    page.run()
+    assert session(page).stats.readings == readings
+
+
+def test_reset_clears_charts_and_counters(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.button(key="generate").click().run()
+    assert charts(page)
+    page.button(key="reset").click().run()
+    assert_no_traceback(page)
+    assert metric(page, "Readings") == "0"
+    assert session(page).window.frame.empty
+
+
+def test_load_actions_report_successes_latency_and_who_answered(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    instance = session(page).backend.health.instance
+    page.number_input(key="load_requests").set_value(30).run()
+    page.number_input(key="load_threads").set_value(4).run()
+
+    page.button(key="burst").click().run()
+    assert_no_traceback(page)
+    report = texts(page.success)
+    assert "Burst Load" in report
+    assert "30 requests" in report
+    assert "30 ok" in report
+    assert "0 errors" in report
+    assert "p50" in report
+
+    page.button(key="concurrent_burst").click().run()
+    report = texts(page.success)
+    assert "Concurrent Burst" in report
+    assert "30 ok" in report
+    assert session(page).traffic.instances() == {instance: 60}
+    assert "1 instance(s)" in texts(page.markdown)
+
+
+def test_sustained_load_runs_in_the_background_and_reports_when_done(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.number_input(key="load_seconds").set_value(1).run()
+    page.number_input(key="load_threads").set_value(2).run()
+    page.button(key="sustained_toggle").click().run()
+    live = session(page)
+    assert live.sustained is not None
+    assert page.button(key="sustained_toggle").label == "Stop sustained load"
+    assert page.button(key="burst").disabled  # one load at a time
+    assert live.sustained.wait(timeout=60), "the sustained load did not stop by itself"
+
+    page.run()
+    assert_no_traceback(page)
+    report = texts(page.success)
+    assert "**Sustained Concurrent Bursts** (done)" in report
+    assert "0 errors" in report
+    assert page.button(key="sustained_toggle").label == "Sustained Concurrent Bursts"
+    assert session(page).load_report is not None
+    assert session(page).load_report.ok > 0
+
+
+def test_an_unreachable_backend_shows_a_banner_not_an_exception(monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}"
+    page = open_page(monkeypatch, url)
+    banner = texts(page.error)
+    assert f"Backend unreachable at {url}: Connection refused" in banner
+    assert "keeps running" in banner
+    assert "Backend unreachable" in texts(page.markdown)
+
+    for button in ("generate", "inject", "burst"):
+        page.button(key=button).click().run()
+        assert_no_traceback(page)
+    assert metric(page, "Readings") == "0"
+    assert "No readings yet" in texts(page.info)  # no live charts, only the spread of the failed requests
+    assert "errors" in texts(page.warning)  # the burst's report counts the failures
+    assert "Connection refused" in texts(page.caption)
+
+
+def test_a_backend_that_is_not_ready_shows_a_warning(monkeypatch, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL_DIR": str(tmp_path / "empty"),
+        "TRAIN_IF_MISSING": "0",
+        "LOG_LEVEL": "warning",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/livez", process=server, timeout=120)
+        page = open_page(monkeypatch, url)
+        assert "Backend not ready" in texts(page.warning)
+        assert "failed" in texts(page.warning)
+        page.button(key="generate").click().run()
+        assert_no_traceback(page)
+        assert "Last batch not scored" in texts(page.error)
+        assert "503" in texts(page.error)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_url_that_is_not_the_gridwatch_api_shows_an_error_banner(monkeypatch, backend):
+    page = open_page(monkeypatch, f"{backend.url}/docs")  # a real server, but not the API's base URL
+    banner = texts(page.error)
+    assert "404" in banner
+    assert "/docs/health" in banner
+    assert "Backend error" in texts(page.markdown)
+
+
+def test_the_page_runs_without_scikit_learn(backend):
+    """The UI image has no scikit-learn: run the page with it made unimportable, and score a batch."""
+    code = BLOCK_SKLEARN + (
+        "from streamlit.testing.v1 import AppTest\n"
+        f"page = AppTest.from_file({str(UI_SCRIPT)!r}, default_timeout=60).run()\n"
+        "page.button(key='generate').click().run()\n"
+        "assert not page.exception, [e.message for e in page.exception]\n"
+        "assert not page.error, [e.value for e in page.error]\n"
+        "print(next(m.value for m in page.metric if m.label == 'Readings'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))\n"
+    )
+    env = {**os.environ, "BACKEND_URL": backend.url}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    readings, sklearn_modules = result.stdout.strip().splitlines()[-2:]
+    assert readings == "64"
+    assert sklearn_modules == "[]"
+
+
+def test_a_panel_that_fails_shows_one_line_and_the_page_keeps_running():
+    def page_script():
+        import streamlit as st
+
+        from ui.views import guarded
+
+        def broken_panel():
+            raise RuntimeError("simulated bug")
+
+        guarded(broken_panel)()
+        st.write("after the broken panel")
+
+    page = AppTest.from_function(page_script, default_timeout=60).run()
+    assert not page.exception
+    assert "This panel hit an unexpected problem (RuntimeError: simulated bug)" in texts(page.error)
+    assert "after the broken panel" in texts(page.markdown)
+
+
+def test_shrinking_the_window_applies_without_a_new_batch(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    page.slider(key="batch_size").set_value(300).run()
+    page.button(key="generate").click().run()
+    assert len(session(page).window) == 300
+    page.slider(key="window").set_value(100).run()
+    assert len(session(page).window) == 100
+    assert chart_rows(charts(page)[0]) == 100
+    assert metric(page, "Readings") == "300"  # the counters cover everything since the last reset

@@ -1,0 +1,232 @@
+"""Altair charts of the live view: signals with anomalies overlaid, score against the threshold, the confusion
+matrix, and the spread of requests over backend instances.
+
+One colour and marker per outcome across every chart (detected red dot, false alarm amber triangle, missed purple
+cross), so a mark on the voltage chart, its dot on the score chart and its cell in the confusion matrix read as
+the same thing. Times are shown in UTC, the simulator's clock.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from ui.detection import Outcome
+from ui.traffic import FAILED
+
+LINE_COLOUR = "#4c78a8"
+THRESHOLD_COLOUR = "#e4572e"
+OUTCOME_COLOURS = {
+    Outcome.detected.value: "#e4572e",
+    Outcome.false_alarm.value: "#f2a516",
+    Outcome.missed.value: "#7b2cbf",
+    Outcome.normal.value: "#c9d3de",
+}
+OUTCOME_SHAPES = {
+    Outcome.detected.value: "circle",
+    Outcome.false_alarm.value: "triangle-up",
+    Outcome.missed.value: "cross",
+    Outcome.normal.value: "circle",
+}
+MARKED = [Outcome.detected.value, Outcome.false_alarm.value, Outcome.missed.value]
+"""Outcomes drawn as markers; normal readings are the line itself."""
+
+SIGNALS = {
+    "voltage": ("Voltage", "V"),
+    "current": ("Current", "A"),
+    "frequency": ("Frequency", "Hz"),
+}
+
+
+def _outcome_colour(*, legend: bool) -> alt.Color:
+    return alt.Color(
+        "outcome:N",
+        scale=alt.Scale(domain=MARKED, range=[OUTCOME_COLOURS[o] for o in MARKED]),
+        legend=alt.Legend(title=None, orient="top", direction="horizontal") if legend else None,
+    )
+
+
+def _outcome_shape(*, legend: bool) -> alt.Shape:
+    return alt.Shape(
+        "outcome:N",
+        scale=alt.Scale(domain=MARKED, range=[OUTCOME_SHAPES[o] for o in MARKED]),
+        legend=alt.Legend(title=None, orient="top", direction="horizontal") if legend else None,
+    )
+
+
+def _time_axis() -> alt.X:
+    return alt.X(
+        "time:T",
+        title=None,
+        scale=alt.Scale(type="utc"),
+        axis=alt.Axis(format="%H:%M", labelAngle=0, labelOverlap=True, tickCount=6),
+    )
+
+
+def _tooltip(column: str, unit: str) -> list[alt.Tooltip]:
+    return [
+        alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+        alt.Tooltip(f"{column}:Q", title=f"{column} ({unit})", format=".3f"),
+        alt.Tooltip("score:Q", format=".3f"),
+        alt.Tooltip("outcome:N"),
+        alt.Tooltip("kind:N", title="injected kind"),
+        alt.Tooltip("served_by:N", title="served by"),
+    ]
+
+
+def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, height: int = 175) -> alt.LayerChart:
+    """One signal over time as a line, with the readings that were anomalous or flagged as markers on it."""
+    title, unit = SIGNALS[column]
+    data = frame[["time", column, "score", "outcome", "kind", "served_by"]]
+    base = alt.Chart(data).encode(x=_time_axis())
+    y = alt.Y(f"{column}:Q", title=f"{title} ({unit})", scale=alt.Scale(zero=False, nice=True))
+    line = base.mark_line(color=LINE_COLOUR, strokeWidth=1.2, interpolate="monotone").encode(y=y)
+    marks = (
+        base.transform_filter(alt.FieldOneOfPredicate(field="outcome", oneOf=MARKED))
+        .mark_point(filled=True, size=80, opacity=0.95, strokeWidth=2)
+        .encode(
+            y=y,
+            color=_outcome_colour(legend=legend),
+            shape=_outcome_shape(legend=legend),
+            tooltip=_tooltip(column, unit),
+        )
+    )
+    return alt.layer(line, marks).properties(height=height)
+
+
+def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 220) -> alt.LayerChart:
+    """The anomaly score of every reading against the model's threshold: above the line means flagged."""
+    data = frame[["time", "score", "outcome", "kind", "served_by"]]
+    base = alt.Chart(data).encode(x=_time_axis())
+    y = alt.Y("score:Q", title="Anomaly score")
+    normal = (
+        base.transform_filter(alt.datum.outcome == Outcome.normal.value)
+        .mark_circle(size=14, color=OUTCOME_COLOURS[Outcome.normal.value], opacity=0.9)
+        .encode(y=y)
+    )
+    marked = (
+        base.transform_filter(alt.FieldOneOfPredicate(field="outcome", oneOf=MARKED))
+        .mark_point(filled=True, size=70, strokeWidth=2)
+        .encode(
+            y=y,
+            color=_outcome_colour(legend=True),
+            shape=_outcome_shape(legend=True),
+            tooltip=[
+                alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                alt.Tooltip("score:Q", format=".3f"),
+                alt.Tooltip("outcome:N"),
+                alt.Tooltip("kind:N", title="injected kind"),
+            ],
+        )
+    )
+    rule_data = pd.DataFrame({"threshold": [threshold], "label": [f"threshold {threshold:g}"]})
+    rule = (
+        alt.Chart(rule_data)
+        .mark_rule(color=THRESHOLD_COLOUR, strokeDash=[6, 4], strokeWidth=1.5)
+        .encode(y="threshold:Q")
+    )
+    label = (
+        alt.Chart(rule_data)
+        .mark_text(align="right", baseline="bottom", dx=-4, dy=-3, color=THRESHOLD_COLOUR, fontSize=11)
+        .encode(y="threshold:Q", x=alt.value("width"), text="label:N")
+    )
+    return alt.layer(normal, marked, rule, label).properties(height=height)
+
+
+def confusion_chart(confusion: pd.DataFrame, *, height: int = 200) -> alt.LayerChart:
+    """The 2x2 confusion matrix: rows the truth from the simulator, columns the backend's verdict."""
+    base = alt.Chart(confusion).encode(
+        x=alt.X("predicted:N", title="backend said", sort=["flagged", "not flagged"], axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("actual:N", title="simulator injected", sort=["anomaly", "normal"]),
+    )
+    cells = base.mark_rect(cornerRadius=4, stroke="white", strokeWidth=3).encode(
+        color=alt.Color(
+            "outcome:N",
+            scale=alt.Scale(domain=list(OUTCOME_COLOURS), range=list(OUTCOME_COLOURS.values())),
+            legend=None,
+        ),
+        tooltip=["actual:N", "predicted:N", "count:Q", "outcome:N"],
+    )
+    text = base.mark_text(fontSize=20, fontWeight="bold", color="white").encode(text="count:Q")
+    caption = base.mark_text(fontSize=11, dy=18, color="white").encode(text="outcome:N")
+    return alt.layer(cells, text, caption).properties(height=height)
+
+
+INSTANCE_PALETTE = [
+    "#4c78a8",
+    "#72b7b2",
+    "#54a24b",
+    "#eeca3b",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#f58518",
+    "#17becf",
+    "#bcbd22",
+]
+FAILED_COLOUR = "#8a94a6"
+
+
+def _instance_colour(names: list[str], *, legend: alt.Legend | None) -> alt.Color:
+    """One colour per instance in a stable order, and grey for failed requests (nobody answered)."""
+    instances = sorted(name for name in names if name != FAILED)
+    domain = instances + ([FAILED] if FAILED in names else [])
+    colours = [INSTANCE_PALETTE[i % len(INSTANCE_PALETTE)] for i in range(len(instances))]
+    colours += [FAILED_COLOUR] if FAILED in names else []
+    return alt.Color("served_by:N", title="served by", scale=alt.Scale(domain=domain, range=colours), legend=legend)
+
+
+def spread_chart(traffic: pd.DataFrame, *, height: int = 220) -> alt.Chart:
+    """Requests per second by the backend instance that answered them: new pods appear as new colours."""
+    names = sorted(set(traffic["served_by"]))
+    return (
+        alt.Chart(traffic)
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "utcyearmonthdatehoursminutesseconds(time):T",
+                title=None,
+                axis=alt.Axis(format="%H:%M:%S", labelAngle=0, labelOverlap=True),
+            ),
+            y=alt.Y("count():Q", title="requests / s", stack="zero"),
+            color=_instance_colour(names, legend=alt.Legend(orient="bottom", columns=2)),
+            tooltip=[
+                alt.Tooltip("utcyearmonthdatehoursminutesseconds(time):T", title="second (UTC)", format="%H:%M:%S"),
+                alt.Tooltip("served_by:N", title="served by"),
+                alt.Tooltip("count():Q", title="requests"),
+            ],
+        )
+        .properties(height=height)
+    )
+
+
+def instances_chart(instances: dict[str, int], *, height: int = 220) -> alt.Chart:
+    """Answers per instance, as horizontal bars, most first."""
+    data = pd.DataFrame({"served_by": list(instances), "requests": list(instances.values())})
+    return (
+        alt.Chart(data)
+        .mark_bar(cornerRadiusEnd=3)
+        .encode(
+            x=alt.X("requests:Q", title="answers"),
+            y=alt.Y("served_by:N", title=None, sort="-x"),
+            color=_instance_colour(list(instances), legend=None),
+            tooltip=["served_by:N", "requests:Q"],
+        )
+        .properties(height=height)
+    )
+
+
+def latency_chart(traffic: pd.DataFrame, *, height: int = 160) -> alt.Chart:
+    """Latency of the UI's recent successful requests, by what sent them."""
+    data = traffic[traffic["ok"]]
+    return (
+        alt.Chart(data)
+        .mark_circle(size=18, opacity=0.7)
+        .encode(
+            x=alt.X("time:T", title=None, scale=alt.Scale(type="utc"), axis=alt.Axis(format="%H:%M:%S")),
+            y=alt.Y("latency_ms:Q", title="latency (ms)"),
+            color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top")),
+            tooltip=[alt.Tooltip("latency_ms:Q", format=".1f"), "source:N", "served_by:N"],
+        )
+        .properties(height=height)
+    )

@@ -1,0 +1,56 @@
+"""The UI's configuration: its one environment variable and the bounds of every control.
+
+The backend reads its settings in ``app/settings.py``; the UI has a single one, ``BACKEND_URL``, read here and
+nowhere else (``STREAMLIT_SERVER_PORT`` and the other ``STREAMLIT_*`` variables are read by Streamlit itself).
+The bounds live here too, so the sidebar, the load actions and the tests agree on them: a load action can never
+be asked for more requests, threads or seconds than these limits, whatever the page sends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_BACKEND_URL = "http://localhost:8000"
+
+
+def backend_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """``BACKEND_URL`` without a trailing slash, else the local default (what ``gridwatch serve`` listens on)."""
+    return (environ.get("BACKEND_URL") or "").strip().rstrip("/") or DEFAULT_BACKEND_URL
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive range with the default a control starts at."""
+
+    low: float
+    high: float
+    default: float
+
+    def clamp(self, value: float) -> float:
+        return min(max(value, self.low), self.high)
+
+
+BATCH_SIZE = Range(1, 1000, 64)
+"""Readings per generated batch (the backend accepts up to MAX_BATCH, 10,000 by default)."""
+INTERVAL_S = Range(0.5, 10.0, 1.0)
+"""Seconds between two batches while streaming."""
+ANOMALY_RATE = Range(0.0, 0.5, 0.03)
+"""Probability that a simulated reading is an injected anomaly."""
+WINDOW_READINGS = Range(100, 5000, 600)
+"""How many of the latest readings the live charts show."""
+
+LOAD_REQUESTS = Range(1, 2000, 200)
+"""Requests of one Burst Load or Concurrent Burst."""
+LOAD_THREADS = Range(1, 32, 8)
+"""Parallel senders of the concurrent load actions."""
+LOAD_SECONDS = Range(1, 300, 30)
+"""Duration of a Sustained Concurrent Burst; it stops by itself at the end."""
+
+REQUEST_TIMEOUT_S = (2.0, 15.0)
+"""(connect, read) timeouts of every backend request: an unreachable backend is reported within 2 seconds."""
+HEALTH_REFRESH_S = 5.0
+"""How often the backend panel re-checks ``/health`` while the page is idle."""
+SPREAD_WINDOW_S = 120.0
+"""How far back the load-spread chart looks, in wall-clock seconds."""

@@ -46,12 +46,22 @@ class DriftSnapshot:
     anomaly_ratio: float
 
 
+INCREMENTAL_LIMIT = 1e9
+"""Largest magnitude summed incrementally. No grid sensor reads a billion volts, amperes or hertz; beyond this a
+running sum could round the ordinary readings away and a later subtraction would leave garbage (catastrophic
+cancellation), so windows holding such a value are summed exactly instead."""
+
+
 class DriftMonitor:
     """A ring buffer of the last ``window`` readings and flags; thread-safe (large batches score in a thread pool).
 
     The window's sums are kept up to date incrementally (add the new rows, subtract the ones they overwrite), so
     an update costs O(batch) rather than O(window); they are recomputed exactly each time the buffer wraps, so
     floating-point error cannot accumulate over a long run.
+
+    Readings beyond ``INCREMENTAL_LIMIT`` (1e308 is a finite JSON number) switch the monitor to exact sums, O(window)
+    per update, until the window holds none of them again. Such a window's mean may overflow: it is reported as
+    inf, truthfully beyond range, and is right again as soon as those readings have left the window.
     """
 
     def __init__(
@@ -67,39 +77,51 @@ class DriftMonitor:
         self._flagged = 0
         self._next = 0
         self._count = 0
+        self._exact = False
         self._lock = threading.Lock()
 
     def _resum(self) -> None:
         self._sums = self._values[: self._count].sum(axis=0)
         self._flagged = int(np.count_nonzero(self._flags[: self._count]))
 
+    def _store(self, X: np.ndarray, flags: np.ndarray, *, incremental: bool) -> bool:
+        """Write the batch into the ring; returns whether the buffer wrapped. Updates the sums if ``incremental``."""
+        n = X.shape[0]
+        if n >= self.window:  # the batch alone fills the window: keep its newest rows
+            self._values[:] = X[-self.window :]
+            self._flags[:] = flags[-self.window :]
+            self._next, self._count = 0, self.window
+            return True
+        positions = (self._next + np.arange(n)) % self.window
+        if incremental and self._count == self.window:  # full: the new rows overwrite the oldest
+            self._sums -= self._values[positions].sum(axis=0)
+            self._flagged -= int(np.count_nonzero(self._flags[positions]))
+        self._values[positions] = X
+        self._flags[positions] = flags
+        if incremental:
+            self._sums += X.sum(axis=0)
+            self._flagged += int(np.count_nonzero(flags))
+        # A batch that runs past the end of a never-full buffer overwrites its oldest rows without subtracting
+        # them above; the exact re-sum on wrapping corrects that in the same update.
+        wrapped = self._next + n >= self.window
+        self._next = (self._next + n) % self.window
+        self._count = min(self.window, self._count + n)
+        return wrapped
+
     def update(self, X: np.ndarray, flags: np.ndarray) -> DriftSnapshot:
         """Add a scored batch (rows in ``features`` order) and return the statistics of the new window."""
-        n = X.shape[0]
-        with self._lock:
-            if n >= self.window:  # the batch alone fills the window: keep its newest rows
-                self._values[:] = X[-self.window :]
-                self._flags[:] = flags[-self.window :]
-                self._next, self._count = 0, self.window
+        with self._lock, np.errstate(over="ignore", invalid="ignore"):
+            if not (np.abs(X) < INCREMENTAL_LIMIT).all():
+                self._exact = True
+            wrapped = self._store(X, flags, incremental=not self._exact)
+            if self._exact or wrapped:
                 self._resum()
-            else:
-                positions = (self._next + np.arange(n)) % self.window
-                if self._count == self.window:  # full: the new rows overwrite the oldest
-                    self._sums -= self._values[positions].sum(axis=0)
-                    self._flagged -= int(np.count_nonzero(self._flags[positions]))
-                self._values[positions] = X
-                self._flags[positions] = flags
-                self._sums += X.sum(axis=0)
-                self._flagged += int(np.count_nonzero(flags))
-                wrapped = self._next + n >= self.window
-                self._next = (self._next + n) % self.window
-                self._count = min(self.window, self._count + n)
-                if wrapped:
-                    self._resum()
+            if self._exact:  # leave exact mode once the window holds no huge reading any more
+                self._exact = not (np.abs(self._values[: self._count]) < INCREMENTAL_LIMIT).all()
             count = self._count
             means = self._sums / count
             ratio = self._flagged / count
-        scores = np.abs(means - self._train_mean) / self._train_std
+            scores = np.abs(means - self._train_mean) / self._train_std
         return DriftSnapshot(
             readings=count,
             means=dict(zip(self.features, means.tolist(), strict=True)),

@@ -139,3 +139,21 @@ def test_gauges_follow_the_traffic_through_the_api(client: TestClient, detector:
     answer = client.post("/predict", json={"readings": normal}).json()
     assert gauge("feature_drift_score", feature="voltage") < DRIFT_THRESHOLD
     assert gauge("anomaly_ratio_window") == pytest.approx(answer["anomalies"] / 1000)
+
+
+def test_readings_at_the_float_limit_overflow_the_window_and_it_recovers(detector: Detector):
+    drift = monitor(detector, window=100)
+    normal = day_of_windows()[0].features()[:100]
+    expected = dict(zip(FEATURES, normal.mean(axis=0).tolist(), strict=True))
+    overflowed = drift.update(np.full((10, 3), 1e308), np.ones(10, dtype=bool))
+    assert not np.isfinite(overflowed.means["voltage"])  # beyond float range, and reported as such
+    drift.update(normal[:90], np.zeros(90, dtype=bool))  # full: 10 huge + 90 normal
+    one_left = drift.update(normal[90:99], np.zeros(9, dtype=bool))  # 9 huge overwritten, 1 remains
+    assert one_left.means["voltage"] > 1e300
+    recovered = drift.update(normal[99:], np.zeros(1, dtype=bool))  # the last huge one leaves
+    # Exactly the 100 normal readings' means: a running sum would have rounded them away next to 1e308.
+    assert recovered.means == pytest.approx(expected, rel=1e-12)
+    assert all(score < DRIFT_THRESHOLD for score in recovered.scores.values())
+    later = drift.update(normal[:40], np.zeros(40, dtype=bool))  # back to incremental sums, still exact
+    window = np.concatenate([normal[40:], normal[:40]])
+    assert later.means == pytest.approx(dict(zip(FEATURES, window.mean(axis=0).tolist(), strict=True)), rel=1e-12)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app import __version__
@@ -29,6 +30,14 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
     return value
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _kinds(text: str) -> list[str]:
@@ -104,6 +113,11 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--kinds", type=_kinds, help="comma-separated anomaly kinds to inject")
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    simulate.add_argument(
+        "--start",
+        type=_timestamp,
+        help="time of the first reading, ISO 8601 (default: now); with --seed the output is fully reproducible",
+    )
     simulate.add_argument("--grid", choices=["eu", "na"], default="eu", help="230 V/50 Hz or 120 V/60 Hz")
     simulate.add_argument(
         "--format",
@@ -247,6 +261,7 @@ def _simulate(args: argparse.Namespace) -> int:
         anomaly_rate=args.anomaly_rate,
         anomaly_kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
         interval_s=args.interval,
+        start=args.start,
         seed=args.seed,
     )
     records = simulator.batch(args.readings).to_records()

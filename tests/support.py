@@ -68,7 +68,14 @@ def wait_for_http(url: str, *, process: subprocess.Popen[bytes] | None = None, t
 class ServerProcess:
     """`gridwatch serve` as a real child process on a free port; stopped (SIGTERM, then kill) on exit."""
 
-    def __init__(self, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        prefix: list[str] | None = None,
+        ready_path: str = "/health",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -79,6 +86,8 @@ class ServerProcess:
             **(env or {}),
         }
         self.args = args or []
+        self.prefix = prefix or []  # e.g. a wrapper that runs the server in a read-only mount namespace
+        self.ready_path = ready_path  # /livez for a server that is meant to stay unready
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -88,13 +97,13 @@ class ServerProcess:
         self.log_path = log
         with log.open("wb") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", *self.args],
+                [*self.prefix, sys.executable, "-m", "app", *self.args],
                 env=self.env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        wait_for_http(f"{self.url}/health", process=self.process, timeout=STARTUP_TIMEOUT_S)
+        wait_for_http(f"{self.url}{self.ready_path}", process=self.process, timeout=STARTUP_TIMEOUT_S)
         return self
 
     def log(self) -> str:

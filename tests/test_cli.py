@@ -34,10 +34,12 @@ def test_simulate_prints_json_lines_with_ground_truth(capsys: pytest.CaptureFixt
 
 
 def test_simulate_is_reproducible_and_supports_sixty_hertz(capsys: pytest.CaptureFixture[str]):
-    main(["simulate", "-n", "200", "--seed", "1", "--grid", "na", "--format", "json"])
+    command = ["simulate", "-n", "200", "--seed", "1", "--grid", "na", "--format", "json"]
+    main([*command, "--start", "2026-05-01T12:00:00Z"])
     first = json.loads(capsys.readouterr().out)
-    main(["simulate", "-n", "200", "--seed", "1", "--grid", "na", "--format", "json"])
-    assert json.loads(capsys.readouterr().out) == first
+    main([*command, "--start", "2026-05-01T12:00:00Z"])
+    assert json.loads(capsys.readouterr().out) == first  # the same, timestamps included
+    assert first[0]["timestamp"] == "2026-05-01T12:00:00.000Z"
     assert abs(sum(r["frequency"] for r in first) / 200 - 60.0) < 0.05
 
 
@@ -55,6 +57,12 @@ def test_simulate_runs_without_scikit_learn():
         "assert 'sklearn' not in sys.modules, 'simulate imported scikit-learn'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_bad_start_time_is_a_usage_error():
+    result = run_cli("simulate", "--start", "yesterday")
+    assert result.returncode == 2
+    assert "not an ISO 8601 time: 'yesterday'" in result.stderr
 
 
 def test_unknown_anomaly_kind_is_a_usage_error():

@@ -35,6 +35,7 @@ from ui.config import (
     LOAD_SECONDS,
     LOAD_THREADS,
     WINDOW_READINGS,
+    api_key_from_env,
     backend_url_from_env,
 )
 from ui.live import LiveSession, StreamSettings, anomaly_kind_options, refresh_backend, stream_tick
@@ -58,7 +59,7 @@ def backend_client(url: str, new_connection_each_request: bool) -> BackendClient
     if client is None or (client.base_url, client.new_connection_each_request) != wanted:
         if client is not None:
             client.close()
-        client = BackendClient(url, new_connection_each_request=new_connection_each_request)
+        client = BackendClient(url, new_connection_each_request=new_connection_each_request, api_key=api_key_from_env())
         st.session_state[CLIENT_KEY] = client
     return client
 

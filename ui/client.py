@@ -113,10 +113,12 @@ class BackendClient:
         *,
         new_connection_each_request: bool = False,
         timeout: tuple[float, float] = REQUEST_TIMEOUT_S,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.strip().rstrip("/")
         self.new_connection_each_request = new_connection_each_request
         self.timeout = timeout
+        self.api_key = api_key
         self._url_problem = _check_url(self.base_url)
         self._idle_sessions: queue.LifoQueue[requests.Session] = queue.LifoQueue()
 
@@ -207,23 +209,25 @@ class BackendClient:
     def _session(self) -> Iterator[requests.Session]:
         if self.new_connection_each_request:
             # A fresh session has a fresh pool: one new TCP connection, closed by both sides after the answer.
-            with _new_session() as session:
+            with _new_session(self.api_key) as session:
                 session.headers["Connection"] = "close"
                 yield session
             return
         try:
             session = self._idle_sessions.get_nowait()
         except queue.Empty:
-            session = _new_session()
+            session = _new_session(self.api_key)
         try:
             yield session
         finally:
             self._idle_sessions.put(session)
 
 
-def _new_session() -> requests.Session:
+def _new_session(api_key: str | None) -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
+    if api_key:
+        session.headers["X-API-Key"] = api_key
     session.trust_env = False  # a proxy from the environment must not sit between the UI and its backend
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     session.mount("http://", adapter)

@@ -1,7 +1,8 @@
 """The UI's configuration: its one environment variable and the bounds of every control.
 
-The backend reads its settings in ``app/settings.py``; the UI has a single one, ``BACKEND_URL``, read here and
-nowhere else (``STREAMLIT_SERVER_PORT`` and the other ``STREAMLIT_*`` variables are read by Streamlit itself).
+The backend reads its settings in ``app/settings.py``; the UI has two, ``BACKEND_URL`` and the optional API key
+(``API_KEY`` or ``API_KEY_FILE``, the backend's names, so one Secret serves both), read here and nowhere else
+(``STREAMLIT_SERVER_PORT`` and the other ``STREAMLIT_*`` variables are read by Streamlit itself).
 The bounds live here too, so the sidebar, the load actions and the tests agree on them: a load action can never
 be asked for more requests, threads or seconds than these limits, whatever the page sends.
 """
@@ -18,6 +19,22 @@ DEFAULT_BACKEND_URL = "http://localhost:8000"
 def backend_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
     """``BACKEND_URL`` without a trailing slash, else the local default (what ``gridwatch serve`` listens on)."""
     return (environ.get("BACKEND_URL") or "").strip().rstrip("/") or DEFAULT_BACKEND_URL
+
+
+def api_key_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key to send in X-API-Key when the backend requires one: ``API_KEY_FILE``'s content, else ``API_KEY``.
+
+    An unreadable file is treated as no key: the backend then answers 401 and the UI's banner says so, which
+    tells the operator more than a UI that refuses to start.
+    """
+    path = (environ.get("API_KEY_FILE") or "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - a plain read, no pathlib needed
+                return handle.read().strip() or None
+        except OSError:
+            return None
+    return (environ.get("API_KEY") or "").strip() or None
 
 
 @dataclass(frozen=True)

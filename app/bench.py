@@ -40,6 +40,7 @@ from app.forest import Backend
 from app.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.loadgen import LoadConfig, run_load
 from app.model import Detector
+from app.request_profile import RequestProfile, profile_predict
 from app.sim import GridSimulator
 
 SERVER_START_TIMEOUT_S = 180.0
@@ -55,6 +56,8 @@ class BenchConfig:
     connections: int = 32
     batch_size: int = 64
     fixed_rps: float = 150.0
+    profile_requests: int = 2000
+    """Requests of ``batch_size`` readings profiled in process (``app.request_profile``); 0 skips the profile."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class BenchResult:
     config: dict[str, Any]
     scorer: list[ScorerRow] = field(default_factory=list)
     http: list[HttpRow] = field(default_factory=list)
+    request_path: RequestProfile | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,6 +343,8 @@ def run_bench(detector: Detector, config: BenchConfig) -> BenchResult:
         config=asdict(config),
     )
     result.scorer = scorer_table(detector, config)
+    if config.profile_requests:
+        result.request_path = profile_predict(detector, rows=config.batch_size, requests=config.profile_requests)
     if config.http and detector.path is not None:
         with tempfile.TemporaryDirectory(prefix="gridwatch-bench-") as workdir:
             result.http = http_table(detector.path, config, Path(workdir))
@@ -396,4 +402,23 @@ def render_markdown(result: BenchResult, command: str) -> str:
         if len(result.http) == 2 and result.http[1].max_rows_per_s:
             ratio = result.http[0].max_rows_per_s / result.http[1].max_rows_per_s
             lines += ["", f"GridWatch serves {ratio:.1f}x the rows/s of the baseline (tool: {result.http[0].tool})."]
+    if result.request_path:
+        lines += _request_path_markdown(result.request_path)
     return "\n".join(lines) + "\n"
+
+
+def _request_path_markdown(profile: RequestProfile) -> list[str]:
+    lines = [
+        "",
+        f"## Where one /predict of {profile.rows} readings spends its time (cProfile, in process)",
+        "",
+        f"{profile.requests:,} requests driven through the ASGI application in one thread, without sockets or "
+        f"uvicorn (`app.request_profile`): {profile.unprofiled_us_per_request:,.0f} us per request without the "
+        f"profiler, {profile.profiled_us_per_request:,.0f} us with it. cProfile slows Python code more than the "
+        "compiled scorer, so read the shares, not the absolute times.",
+        "",
+        "| stage | us per request (profiled) | share |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {stage.stage} | {stage.us_per_request:,.1f} | {stage.share:.0%} |" for stage in profile.stages]
+    return lines

@@ -25,6 +25,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -156,6 +163,12 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--http-duration", type=float, default=10.0, help="seconds per HTTP measurement")
     bench.add_argument("--connections", type=_positive_int, default=32)
     bench.add_argument("--fixed-rps", type=float, default=150.0, help="request rate of the latency measurement")
+    bench.add_argument(
+        "--profile-requests",
+        type=_count,
+        default=2000,
+        help="requests profiled in process to split /predict into stages (0: no profile)",
+    )
     bench.add_argument("--no-http", action="store_true", help="only the scorer table")
     bench.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -321,6 +334,7 @@ def _bench(args: argparse.Namespace) -> int:
         http_duration=args.http_duration,
         connections=args.connections,
         fixed_rps=args.fixed_rps,
+        profile_requests=args.profile_requests,
     )
     result = run_bench(detector, config)
     if args.write:

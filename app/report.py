@@ -162,3 +162,14 @@ def print_bench(result: BenchResult) -> None:
                 str(row.fixed_failed + row.fixed_unsent),
             )
         console.print(http)
+    if result.request_path:
+        profile = result.request_path
+        path = Table(
+            "stage",
+            "us/request (profiled)",
+            "share",
+            title=f"/predict of {profile.rows} readings: {profile.unprofiled_us_per_request:,.0f} us unprofiled",
+        )
+        for stage in profile.stages:
+            path.add_row(stage.stage, f"{stage.us_per_request:,.1f}", f"{stage.share:.0%}")
+        console.print(path)

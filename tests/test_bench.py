@@ -21,6 +21,7 @@ def test_bench_measures_scorer_and_both_servers(model_dir: Path, tmp_path: Path)
     command = [
         sys.executable, "-m", "app.cli", "bench", "--model-dir", str(model_dir), "--sizes", "1,9",
         "--min-seconds", "0.05", "--http-duration", "1", "--connections", "4", "--fixed-rps", "20",
+        "--profile-requests", "50",
         "--write", str(markdown), "--json",
     ]  # fmt: skip
     result = subprocess.run(
@@ -49,9 +50,27 @@ def test_bench_measures_scorer_and_both_servers(model_dir: Path, tmp_path: Path)
     assert data["model"]["trees"] == 100
     assert data["machine"]["cpus"] >= 1
 
+    profile = data["request_path"]
+    assert profile["rows"] == 64
+    assert profile["requests"] == 50
+    stages = {stage["stage"]: stage for stage in profile["stages"]}
+    assert list(stages) == [
+        "read body",
+        "parse + validate",
+        "score (compiled forest)",
+        "serialise answer",
+        "record metrics, drift",
+        "framework, middleware, response",
+    ]
+    for stage in stages.values():
+        assert stage["us_per_request"] > 0, stage  # every stage was found in the profile
+    assert sum(stage["share"] for stage in stages.values()) == pytest.approx(1.0, abs=0.01)
+    assert profile["unprofiled_us_per_request"] > 0
+
     text = markdown.read_text()
     assert text.startswith("# Benchmarks")
     assert "| 1 | " in text
     assert "| 9 | " in text
     assert "baseline (FastAPI + pydantic + scikit-learn)" in text
     assert "gridwatch bench --model-dir" in text  # the command that produced the figures
+    assert "| score (compiled forest) | " in text

@@ -1,0 +1,134 @@
+"""Where one ``POST /predict`` spends its time, stage by stage, measured with cProfile.
+
+The application is driven as a plain ASGI callable in this thread (no sockets, no uvicorn, no client library), so
+the profile holds only the service's own path: middleware, routing, reading the body, parsing and validation,
+scoring, recording metrics and drift, and serialising the answer. The stages are the inclusive times of the
+functions that do each job; whatever is left is the framework (Starlette/FastAPI routing and the middleware
+chain). cProfile slows Python code more than native code, so the shares are the useful figure; the time per
+request without the profiler is measured separately and given beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import pstats
+import time
+from dataclasses import dataclass
+
+import orjson
+from fastapi import FastAPI
+
+from app import api, parsing, service, web
+from app import model as model_module
+from app.api import create_app
+from app.model import Detector
+from app.settings import Settings
+from app.sim import GridSimulator
+
+STAGES: dict[str, list[tuple[str, str]]] = {
+    "read body": [(web.__file__, "read_body")],
+    "parse + validate": [(parsing.__file__, "parse_readings")],
+    "score (compiled forest)": [(model_module.__file__, "predict_batch")],
+    # The list of {"anomaly", "score"} objects is built in the route (a comprehension of its own up to Python 3.11)
+    "serialise answer": [(web.__file__, "render"), (api.__file__, "<listcomp>")],
+}
+"""Stage name -> the (file, function) entry points whose inclusive time is the stage's."""
+RECORD_STAGE = "record metrics, drift"
+"""``Inference.score`` minus the scoring inside it: histograms, counters and the drift window of one batch."""
+FRAMEWORK_STAGE = "framework, middleware, response"
+
+
+@dataclass(frozen=True)
+class StageTime:
+    stage: str
+    us_per_request: float
+    share: float
+
+
+@dataclass(frozen=True)
+class RequestProfile:
+    rows: int
+    requests: int
+    unprofiled_us_per_request: float
+    profiled_us_per_request: float
+    stages: list[StageTime]
+
+
+def _scope(body: bytes) -> dict[str, object]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def _predict_once(app: FastAPI, body: bytes) -> int:
+    """One complete ASGI request/response cycle of ``POST /predict``; returns the status code."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status = 0
+
+    async def receive() -> dict[str, object]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])  # type: ignore[arg-type]
+
+    await app(_scope(body), receive, send)
+    return status
+
+
+def _drive(app: FastAPI, body: bytes, requests: int) -> float:
+    """Seconds per request over ``requests`` sequential requests, all on one event loop (as in uvicorn)."""
+
+    async def run() -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            if (status := await _predict_once(app, body)) != 200:
+                raise RuntimeError(f"/predict answered {status} while profiling")
+        return (time.perf_counter() - started) / requests
+
+    return asyncio.run(run())
+
+
+def _inclusive_seconds(stats: pstats.Stats, entry_points: list[tuple[str, str]]) -> float:
+    table = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    return sum(row[3] for (file, _, name), row in table.items() if any((file, name) == point for point in entry_points))
+
+
+def profile_predict(detector: Detector, *, rows: int = 64, requests: int = 2000) -> RequestProfile:
+    """Profile ``requests`` calls of ``POST /predict`` with ``rows`` readings each against ``detector``."""
+    settings = Settings(model_dir=detector.path.parent if detector.path else ".", train_if_missing=False)
+    app = create_app(settings, detector=detector)
+    readings = GridSimulator(anomaly_rate=0.01, seed=3).batch(rows).to_records(ground_truth=False)
+    body = orjson.dumps({"readings": readings})
+    _drive(app, body, max(requests // 10, 10))  # warm: numba, caches, the middleware stack
+    unprofiled = _drive(app, body, requests)
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    profiled = _drive(app, body, requests)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+
+    total = _inclusive_seconds(stats, [(__file__, "_predict_once")])
+    measured = {name: _inclusive_seconds(stats, points) for name, points in STAGES.items()}
+    inference = _inclusive_seconds(stats, [(service.__file__, "score")])
+    measured[RECORD_STAGE] = max(inference - measured["score (compiled forest)"], 0.0)
+    measured[FRAMEWORK_STAGE] = max(total - sum(measured.values()), 0.0)
+    stages = [
+        StageTime(name, seconds / requests * 1e6, seconds / total if total else 0.0)
+        for name, seconds in measured.items()
+    ]
+    return RequestProfile(rows, requests, unprofiled * 1e6, profiled * 1e6, stages)

@@ -43,9 +43,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "models-on-pvc": {"backend": {"modelStorage": {"persistence": {"enabled": True, "size": "2Gi"}}}},
     "three-fixed-replicas": {"backend": {"autoscaling": {"enabled": False}, "replicaCount": 3}},
+    "production": yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
 }
 """The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
-a PersistentVolumeClaim, and a fixed replica count without the HPA."""
+a PersistentVolumeClaim, a fixed replica count without the HPA, and the chart's values-production.yaml (API key from
+an existing Secret)."""
 
 
 def chart_copy(destination: Path, *, dashboards: Path | None = None, rules: Path | None = None) -> Path:

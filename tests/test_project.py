@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -84,3 +86,22 @@ def test_pre_commit_config_is_valid():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_gridwatch_command_in_the_readme_parses():
+    """Each `gridwatch ...` the README shows (in code, with its options) is accepted by the real argument parser."""
+    from app.cli import build_parser
+
+    shown = re.findall(r"gridwatch ((?:serve|train|evaluate|simulate|load|bench|up)\b[^`|\\\n]*)", README)
+    commands = {" ".join(part for part in line.split() if not part.startswith(("$(", "|"))) for line in shown}
+    assert len(commands) >= 8, commands
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in sorted(commands):
+        argv = shlex.split(command)
+        argv = argv[: argv.index("|")] if "|" in argv else argv
+        if any(part.startswith("[") for part in argv):  # the command table's [--option ...] synopsis
+            known = subcommands[argv[0]]._option_string_actions
+            assert set(re.findall(r"--[a-z-]+|-n\b", command)) <= set(known), command
+            continue
+        parser.parse_args(argv)  # exits (fails the test) on an unknown option or a bad value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -63,8 +64,17 @@ def run_server(settings: Settings) -> None:
     update looks like a crash; the handler installed here turns the re-raised signal into a clean exit 0.
     """
     configure_logging(settings.log_level, settings.log_format)
-    prepare_metrics_directory(settings)
+    directory = prepare_metrics_directory(settings)
+    chosen_here = directory is not None and settings.prometheus_multiproc_dir is None
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        _run_uvicorn(settings)
+    finally:
+        if chosen_here:  # a folder this process made under /tmp leaves with it; a configured one is the user's
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "app.server:worker_app",
         factory=True,

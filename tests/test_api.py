@@ -329,3 +329,43 @@ def test_metrics_exposition_and_openmetrics_negotiation(client: TestClient):
     open_metrics = client.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
     assert open_metrics.text.rstrip().endswith("# EOF")
+
+
+# --- overload -------------------------------------------------------------------------------------------------------
+
+
+def test_past_max_inflight_a_request_is_refused_at_once_with_retry_after(
+    settings: Settings, detector: Detector, monkeypatch: pytest.MonkeyPatch
+):
+    """One /predict holds the only slot (its scoring waits on an event in the thread pool); the next is shed with
+    503 and Retry-After without waiting, probes still answer, and the held request completes normally."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.service import LoadedModel
+
+    entered, release = threading.Event(), threading.Event()
+    score = detector.predict_batch
+
+    def held(X: np.ndarray):
+        entered.set()
+        release.wait(timeout=30)
+        return score(X)
+
+    monkeypatch.setattr(detector, "predict_batch", held)
+    monkeypatch.setattr(LoadedModel, "scores_inline", lambda self, rows: False)  # score in the thread pool
+    shed_before = sample("requests_shed_total")
+    app = create_app(settings.model_copy(update={"max_inflight": 1}), detector=detector)
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/predict", json={"readings": [NORMAL]})
+        assert entered.wait(timeout=30)
+        shed = client.post("/predict", json={"readings": [NORMAL]})
+        probes = [client.get(path).status_code for path in ("/health", "/livez", "/metrics")]
+        release.set()
+        assert first.result(timeout=30).status_code == 200
+        after = client.post("/predict", json={"readings": [NORMAL]})
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "1"
+    assert "MAX_INFLIGHT=1" in shed.json()["detail"]
+    assert probes == [200, 200, 200]
+    assert after.status_code == 200, "the slot is free again"
+    assert sample("requests_shed_total") == shed_before + 1

@@ -58,14 +58,26 @@ class Accepted:
     review_by: dt.date
 
 
-def locked_releases(lock: Path = ROOT / "uv.lock") -> dict[str, str]:
-    """Every third-party release the lock pins (the project itself, installed from source, is not audited)."""
+def locked_releases(lock: Path = ROOT / "uv.lock") -> set[tuple[str, str]]:
+    """Every third-party (name, version) the lock pins; a name can appear with two versions when the resolution
+    forks by Python version or platform. The project itself, installed from source, is not audited."""
     packages = tomllib.loads(lock.read_text())["package"]
     return {
-        canonical(package["name"]): package["version"]
+        (canonical(package["name"]), package["version"])
         for package in packages
         if "registry" in package.get("source", {})
     }
+
+
+def requirement_layers(releases: set[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The releases split into requirement files that each pin a name at most once (pip-audit's input format)."""
+    layers: list[list[tuple[str, str]]] = []
+    for name, version in sorted(releases):
+        layer = next((layer for layer in layers if all(other != name for other, _ in layer)), None)
+        if layer is None:
+            layers.append(layer := [])
+        layer.append((name, version))
+    return layers
 
 
 def accepted_findings(path: Path = TRIAGE_FILE) -> list[Accepted]:
@@ -87,6 +99,14 @@ def findings_of(report: dict[str, Any]) -> list[Finding]:
         for dependency in report["dependencies"]
         for vulnerability in dependency.get("vulns", [])
     ]
+
+
+def audited_releases(report: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (canonical(dependency["name"]), dependency["version"])
+        for dependency in report["dependencies"]
+        if "skip_reason" not in dependency
+    }
 
 
 def audited_packages(report: dict[str, Any]) -> set[str]:
@@ -130,37 +150,44 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """pip-audit's JSON report on every release of uv.lock."""
     pip_audit = require_tool("pip-audit")
     folder = tmp_path_factory.mktemp("audit")
-    requirements = folder / "requirements.txt"
-    requirements.write_text("".join(f"{name}=={version}\n" for name, version in sorted(locked_releases().items())))
-    output = folder / "report.json"
-    run = subprocess.run(
-        [
-            pip_audit,
-            "--requirement",
-            str(requirements),
-            "--no-deps",  # the lock is the complete set: nothing to resolve
-            "--disable-pip",
-            "--format",
-            "json",
-            "--progress-spinner",
-            "off",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode in {0, 1}, f"pip-audit failed to run: {run.stderr[-2000:]}"  # 1: vulnerabilities found
-    return json.loads(output.read_text())
+    dependencies: list[dict[str, Any]] = []
+    for number, layer in enumerate(requirement_layers(locked_releases())):
+        requirements = folder / f"requirements-{number}.txt"
+        requirements.write_text("".join(f"{name}=={version}\n" for name, version in layer))
+        output = folder / f"report-{number}.json"
+        run = subprocess.run(
+            [
+                pip_audit,
+                "--requirement",
+                str(requirements),
+                "--no-deps",  # the lock is the complete set: nothing to resolve
+                "--disable-pip",
+                "--format",
+                "json",
+                "--progress-spinner",
+                "off",
+                "--output",
+                str(output),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert run.returncode in {0, 1}, f"pip-audit failed to run: {run.stderr[-2000:]}"  # 1: vulnerabilities found
+        for dependency in json.loads(output.read_text())["dependencies"]:
+            # a skipped dependency names its version only in the reason: "... could not be audited: name (1.2)"
+            skipped = re.search(r"\(([^()]+)\)$", dependency.get("skip_reason", ""))
+            dependencies.append({"version": skipped.group(1) if skipped else None, **dependency})
+    return {"dependencies": dependencies}
 
 
 @pytest.fixture(scope="module")
 def index_findings(report: dict[str, Any]) -> tuple[list[Finding], list[str], list[str]]:
     """For what pip-audit could not audit: findings on latest releases, yanked releases, releases left unchecked."""
-    locked = locked_releases()
-    unaudited = sorted(set(locked) - audited_packages(report))
+    audited = audited_releases(report)
+    unaudited = sorted(release for release in locked_releases() if release not in audited)
+    names = sorted({name for name, _ in unaudited})
 
     def project(name: str) -> dict[str, Any] | None:
         try:
@@ -170,21 +197,21 @@ def index_findings(report: dict[str, Any]) -> tuple[list[Finding], list[str], li
         return answer.json() if answer.status_code == 200 else None
 
     with ThreadPoolExecutor(8) as pool:
-        projects = dict(zip(unaudited, pool.map(project, unaudited), strict=True))
-    if all(document is None for document in projects.values()) and unaudited:
+        projects = dict(zip(names, pool.map(project, names), strict=True))
+    if unaudited and all(document is None for document in projects.values()):
         message = "neither pip-audit nor PyPI's project JSON could be reached"
         if IN_CI:
             pytest.fail(f"{message}; CI reaches PyPI, so this is an error")
         pytest.skip(message)
 
     findings, yanked, unchecked = [], [], []
-    for name, document in projects.items():
-        version = locked[name]
+    for name, version in unaudited:
+        document = projects[name]
         files = (document or {}).get("releases", {}).get(version, [])
         if files and all(file.get("yanked") for file in files):
             yanked.append(f"{name} {version}: yanked ({files[0].get('yanked_reason') or 'no reason given'})")
         if document is None or document["info"]["version"] != version:
-            unchecked.append(name)
+            unchecked.append(f"{name} {version}")
             continue
         findings += [
             Finding(name, version, v["id"], frozenset(v.get("aliases", [])), tuple(v.get("fixed_in", [])))
@@ -194,11 +221,13 @@ def index_findings(report: dict[str, Any]) -> tuple[list[Finding], list[str], li
 
 
 def test_pip_audit_sees_every_locked_release(report: dict[str, Any]):
-    listed = {canonical(dependency["name"]) for dependency in report["dependencies"]}
-    assert listed == set(locked_releases())
-    for dependency in report["dependencies"]:  # audited ones carry their version, skipped ones name it
-        version = locked_releases()[canonical(dependency["name"])]
-        assert dependency.get("version") == version or f"({version})" in dependency["skip_reason"]
+    listed = {(canonical(dependency["name"]), dependency["version"]) for dependency in report["dependencies"]}
+    assert listed == locked_releases()
+
+
+def test_releases_of_one_name_go_to_separate_requirement_files():
+    layers = requirement_layers({("cloudcoil", "0.6.0"), ("cloudcoil", "0.7.1"), ("numpy", "2.4.6")})
+    assert layers == [[("cloudcoil", "0.6.0"), ("numpy", "2.4.6")], [("cloudcoil", "0.7.1")]]
 
 
 def test_every_known_vulnerability_is_triaged(
@@ -212,7 +241,7 @@ def test_every_known_vulnerability_is_triaged(
         audited = len(audited_packages(report))
         warnings.warn(
             f"pip-audit audited {audited} of {len(locked_releases())} locked releases (its vulnerability "
-            f"services are unreachable here); {len(unchecked)} older-than-latest releases could not be checked: "
+            f"services are unreachable here); {len(unchecked)} releases older than the latest could not be checked: "
             f"{', '.join(unchecked)}",
             stacklevel=1,
         )

@@ -145,3 +145,19 @@ def test_the_metrics_folder_is_emptied_at_start(model_dir: Path, tmp_path: Path)
         for _ in range(3):
             traffic.send()
         assert total(scrape(second.url), "requests_total", path="/predict") == 3
+
+
+def test_without_a_configured_folder_serve_makes_one_and_removes_it_at_exit(model_dir: Path, tmp_path: Path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "WORKERS": "2", "TMPDIR": str(scratch)}
+    server = ServerProcess(env=env)
+    server.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with server:
+        traffic = Traffic(server.url)
+        traffic.until_served_by(instances=2, each=2)
+        assert total(scrape(server.url), "requests_total", path="/predict") == traffic.requests
+        (made,) = scratch.glob("gridwatch-metrics-*")
+        assert list(made.glob("counter_*.db"))
+    assert server.process.returncode == 0
+    assert not made.exists(), "the folder serve made for itself is gone after a clean stop"

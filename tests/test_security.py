@@ -44,6 +44,7 @@ def call(client: TestClient, method: str, path: str, **headers: str) -> httpx2.R
 # --- response headers ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_real_server_sends_no_version_banner_and_nosniff_on_every_answer(server: ServerProcess):
     answers = [
         httpx2.get(f"{server.url}/health"),
@@ -191,6 +192,7 @@ def test_an_empty_or_unreadable_key_stops_the_start_with_a_message(
 # --- the UI sends the key -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_ui_sends_the_key_it_is_given_and_reports_a_401_otherwise(model_dir: Path):
     with ServerProcess(env={"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "API_KEY": KEY}) as server:
         with_key, without = BackendClient(server.url, api_key=KEY), BackendClient(server.url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -161,3 +162,16 @@ def test_without_a_configured_folder_serve_makes_one_and_removes_it_at_exit(mode
         assert list(made.glob("counter_*.db"))
     assert server.process.returncode == 0
     assert not made.exists(), "the folder serve made for itself is gone after a clean stop"
+
+
+def test_every_worker_exports_its_own_traces(two_workers):
+    """Each worker builds its own tracer provider and exporter after the fork: spans of both workers reach the
+    (console) exporter, each tagged with the instance that served it, and none are lost at shutdown."""
+    server, _ = two_workers
+    traffic = Traffic(server.url)
+    traffic.until_served_by(instances=2, each=3)
+    assert server.stop() == 0  # a clean stop flushes every worker's batch of spans
+    log = server.log()
+    exported = Counter(re.findall(r'"service\.instance\.id": "([^"]+)"', log))
+    assert set(traffic.served_by) <= set(exported), (traffic.served_by, exported)
+    assert log.count('"name": "POST /predict"') >= traffic.scored

@@ -580,3 +580,48 @@ def test_importing_the_ui_modules_does_not_import_scikit_learn():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- what the charts draw -------------------------------------------------------------------------------------------
+
+
+def _layers(chart) -> list[dict]:
+    return chart.to_dict()["layer"]
+
+
+def _marked_rows(layer: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """Applies the layer's own Vega-Lite `oneOf` filter to the frame: the rows this layer draws."""
+    (predicate,) = [step["filter"] for step in layer.get("transform", []) if "filter" in step]
+    return frame[frame[predicate["field"]].isin(predicate["oneOf"])]
+
+
+def test_signal_and_score_charts_mark_every_anomaly_and_draw_the_threshold():
+    from ui.charts import score_chart, signal_chart
+
+    outcome = [Outcome.normal, Outcome.detected, Outcome.normal, Outcome.missed, Outcome.false_alarm, Outcome.normal]
+    frame = pd.DataFrame(
+        {
+            "time": pd.date_range("2026-11-23", periods=6, freq="s"),
+            "voltage": [230.0, 410.0, 229.0, 231.0, 228.0, 230.5],
+            "current": 10.0,
+            "frequency": 50.0,
+            "score": [-0.2, 0.3, -0.1, -0.05, 0.02, -0.2],
+            "outcome": [o.value for o in outcome],
+            "kind": ["", "extreme", "", "voltage_sag", "", ""],
+            "served_by": "pod-a",
+        }
+    )
+    line, markers = _layers(signal_chart(frame, "voltage"))
+    assert line["mark"]["type"] == "line"
+    assert markers["mark"]["type"] == "point"
+    assert list(_marked_rows(markers, frame).index) == [1, 3, 4]  # detected, missed, false alarm; not normals
+    assert markers["encoding"]["color"]["field"] == "outcome"
+
+    chart = score_chart(frame, threshold=0.15).to_dict()
+    layers = chart["layer"]
+    rules = [layer for layer in layers if layer["mark"]["type"] == "rule"]
+    assert len(rules) == 1
+    (threshold_data,) = [rows for rows in chart["datasets"].values() if "threshold" in rows[0]]
+    assert threshold_data == [{"threshold": 0.15, "label": "threshold 0.15"}]
+    markers = [layer for layer in layers if layer["mark"]["type"] == "point"]
+    assert [list(_marked_rows(layer, frame).index) for layer in markers] == [[1, 3, 4]]

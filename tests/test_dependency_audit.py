@@ -123,9 +123,10 @@ def untriaged(findings: list[Finding], accepted: list[Accepted]) -> list[Finding
 
 def stale(findings: list[Finding], audited: set[str], accepted: list[Accepted], today: dt.date) -> list[str]:
     """Entries to look at again: past their review date, or naming a finding an audit of the package no longer has."""
-    problems = [f"{entry.package} {entry.id}: review_by {entry.review_by} has passed" for entry in accepted]
-    problems = [problem for entry, problem in zip(accepted, problems, strict=True) if entry.review_by < today]
+    problems = []
     for entry in accepted:
+        if entry.review_by < today:
+            problems.append(f"{entry.package} {entry.id}: review_by {entry.review_by} has passed")
         gone = entry.package in audited and not any(
             finding.package == entry.package and finding.known_as(entry.id) for finding in findings
         )

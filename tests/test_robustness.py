@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 
 from app.loadgen import LoadConfig, run_load
 from app.model import load_model
-from tests.support import ServerProcess, require_tool, wait_for_http
+from tests.support import ROOT, ServerProcess, require_tool, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -268,6 +269,13 @@ mount --rbind / /mnt
 for pair in $READ_WRITE; do mount --bind "${pair%%:*}" "/mnt${pair#*:}"; done
 mount -o remount,bind,ro /mnt
 mount -t tmpfs tmpfs /mnt/tmp
+# The fresh /tmp hides whatever lived under the real one; bring back, read-only, what the server runs from (a
+# checkout or virtualenv under /tmp). KEEP_VISIBLE="dir ...".
+for dir in $KEEP_VISIBLE; do
+  mkdir -p "/mnt$dir"
+  mount --rbind "$dir" "/mnt$dir"
+  mount -o remount,bind,ro "/mnt$dir"
+done
 exec chroot /mnt /bin/sh -c 'cd /tmp && exec "$@"' sh "$@"
 """
 
@@ -278,13 +286,21 @@ def read_only_root(tmp_path: Path) -> list[str]:
     script = tmp_path / "read-only-root.sh"
     script.write_text(READ_ONLY_ROOT)
     script.chmod(0o755)
-    probe = subprocess.run([unshare, "-rm", str(script), "true"], capture_output=True, text=True, check=False)
+    keep = " ".join(under_tmp(ROOT, sys.prefix, sys.base_prefix))
+    prefix = [unshare, "-rm", "env", f"KEEP_VISIBLE={keep}", str(script)]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         message = f"user and mount namespaces are not available here: {probe.stderr.strip()}"
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(message)
         pytest.skip(message)
-    return [unshare, "-rm", str(script)]
+    return prefix
+
+
+def under_tmp(*paths: Path | str) -> list[str]:
+    """The outermost of ``paths`` that lie under /tmp (the project or its Python, when CI clones it there)."""
+    inside = sorted({Path(path).resolve() for path in paths if Path(path).resolve().is_relative_to("/tmp")})
+    return [str(path) for path in inside if not any(path != other and path.is_relative_to(other) for other in inside)]
 
 
 def test_the_service_needs_nothing_writable_but_tmp_and_its_model_folder(read_only_root: list[str]):

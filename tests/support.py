@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx2
 import pytest
@@ -65,49 +66,47 @@ def wait_for_http(url: str, *, process: subprocess.Popen[bytes] | None = None, t
     raise AssertionError(f"{url} not ready after {timeout}s (last: {last!r})")
 
 
-class ServerProcess:
-    """`gridwatch serve` as a real child process on a free port; stopped (SIGTERM, then kill) on exit."""
+ARTIFACTS = ROOT / "test-artifacts"
+"""Where child processes write their output (kept after the run: CI shows it when a test fails)."""
+
+
+class HttpProcess:
+    """A child process serving HTTP on a free localhost port: its output goes to ``log_path``, ``start`` returns
+    once ``ready_path`` answers 200, and it is stopped with SIGTERM (then killed) on exit or by ``stop``.
+
+    Subclasses say what to run (``command``) with which environment, and where the log goes.
+    """
 
     def __init__(
         self,
         *,
         env: dict[str, str] | None = None,
-        args: list[str] | None = None,
-        prefix: list[str] | None = None,
-        ready_path: str = "/health",
+        ready_path: str,
+        log_name: str,
+        ready_timeout: float = STARTUP_TIMEOUT_S,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "LOG_LEVEL": "warning",
-            **(env or {}),
-        }
-        self.args = args or []
-        self.prefix = prefix or []  # e.g. a wrapper that runs the server in a read-only mount namespace
-        self.ready_path = ready_path  # /livez for a server that is meant to stay unready
+        self.env = env
+        self.ready_path = ready_path
+        self.ready_timeout = ready_timeout
+        self.log_path = ARTIFACTS / f"{log_name}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path: Path | None = None
 
-    def start(self) -> ServerProcess:
-        log = ROOT / "test-artifacts" / f"server-{self.port}.log"
-        log.parent.mkdir(exist_ok=True)
-        self.log_path = log
-        with log.open("wb") as sink:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as sink:
             self.process = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "app", *self.args],
-                env=self.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                self.command(), env=self.env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
             )
-        wait_for_http(f"{self.url}{self.ready_path}", process=self.process, timeout=STARTUP_TIMEOUT_S)
+        wait_for_http(f"{self.url}{self.ready_path}", process=self.process, timeout=self.ready_timeout)
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -120,7 +119,7 @@ class ServerProcess:
                 self.process.wait()
         return self.process.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -128,3 +127,47 @@ class ServerProcess:
     ) -> None:
         if self.process is not None:
             self.stop()
+
+
+class ServerProcess(HttpProcess):
+    """`gridwatch serve` as a real child process on a free port; stopped (SIGTERM, then kill) on exit."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        prefix: list[str] | None = None,
+        ready_path: str = "/health",
+    ) -> None:
+        # ready_path: /livez for a server that is meant to stay unready
+        super().__init__(ready_path=ready_path, log_name="server")
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        self.args = args or []
+        self.prefix = prefix or []  # e.g. a wrapper that runs the server in a read-only mount namespace
+
+    def command(self) -> list[str]:
+        return [*self.prefix, sys.executable, "-m", "app", *self.args]
+
+
+class PrometheusProcess(HttpProcess):
+    """Debian's `prometheus` with the given config and its own TSDB folder, on a free port."""
+
+    def __init__(self, binary: str, config: Path, data: Path) -> None:
+        super().__init__(ready_path="/-/ready", log_name="prometheus", ready_timeout=60)
+        self.binary, self.config, self.data = binary, config, data
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.data}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]

@@ -4,13 +4,10 @@ chart run these same files with `python -c` inside the backend image."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,8 @@ import pytest
 import yaml
 
 from app.model import metadata_path
-from tests.support import ROOT, ServerProcess, free_port, require_tool, wait_for_http
+from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
+from tests.ui_support import Answer, StubBackend
 
 FILES = ROOT / "helm" / "gridwatch" / "files"
 JOB = yaml.safe_load((ROOT / "helm" / "gridwatch" / "values.yaml").read_text())["monitoring"]["serviceMonitor"][
@@ -55,38 +53,19 @@ def test_api_smoke_test_passes_against_a_real_server(api: ServerProcess):
     assert "PASS" in result.stdout
 
 
-class _BlindModel(http.server.BaseHTTPRequestHandler):
-    """An API that is ready but flags nothing: the smoke test must catch it."""
-
-    def _send(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._send({"status": "ok", "model_version": "blind"})
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        readings = json.loads(self.rfile.read(length))["readings"]
-        predictions = [{"anomaly": False, "score": -0.1} for _ in readings]
-        self._send({"predictions": predictions, "anomalies": 0, "total": len(readings), "served_by": "blind"})
-
-    def log_message(self, *args: object) -> None:
-        pass
+def _blind_scores(body: dict | None) -> Answer:
+    readings = (body or {}).get("readings", [])
+    predictions = [{"anomaly": False, "score": -0.1} for _ in readings]
+    return Answer(200, {"predictions": predictions, "anomalies": 0, "total": len(readings), "served_by": "blind"})
 
 
 @pytest.fixture
 def blind_api() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BlindModel)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    """An API that is ready but flags nothing: the smoke test must catch it."""
+    with StubBackend() as stub:
+        stub.route("GET", "/health", Answer(200, {"status": "ok", "model_version": "blind"}))
+        stub.route("POST", "/predict", _blind_scores)
+        yield stub.url
 
 
 def test_api_smoke_test_fails_when_the_extreme_reading_is_not_flagged(blind_api: str):
@@ -111,7 +90,6 @@ RULES = yaml.safe_dump(
 def prometheus(api: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping the server every second, as kube-prometheus-stack would, with one rule group."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
     (tmp_path / "rules.yaml").write_text(RULES)
     backend = api.url.removeprefix("http://")
     config = {
@@ -122,25 +100,8 @@ def prometheus(api: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> 
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            require_tool("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/-/ready", process=process, timeout=60)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with PrometheusProcess(require_tool("prometheus"), tmp_path / "prometheus.yml", tmp_path / "data") as process:
+        yield process.url
 
 
 def test_prometheus_target_test_passes_when_the_backend_is_scraped(prometheus: str):

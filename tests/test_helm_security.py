@@ -7,11 +7,9 @@ itself runs against a real keyed server."""
 from __future__ import annotations
 
 import base64
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from tests.chart_support import (
     values_file,
 )
 from tests.support import ServerProcess
+from tests.ui_support import Answer, StubBackend
 from ui.config import api_key_from_env
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -393,39 +392,14 @@ def test_smoke_test_fails_without_the_key_or_with_a_wrong_one(keyed_server: tupl
     assert f"FAIL: API_KEY_FILE={tmp_path / 'absent'}" in unreadable.stderr
 
 
-class _OpenAPI(http.server.BaseHTTPRequestHandler):
-    """An API that ignores its key: answers everything with 200, the smoke test must notice."""
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        body = b'{"status": "ok", "predictions": [], "anomalies": 0, "total": 0}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_smoke_test_fails_when_the_api_accepts_a_call_without_the_key(tmp_path: Path):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenAPI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        key_file = tmp_path / "key"
-        key_file.write_text(KEY)
-        result = run_smoke_test(f"http://127.0.0.1:{httpd.server_address[1]}", API_KEY_FILE=str(key_file))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    """An API that ignores its key answers everything with 200: the smoke test must notice."""
+    anything = Answer(200, {"status": "ok", "predictions": [], "anomalies": 0, "total": 0})
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with StubBackend() as stub:
+        stub.route("GET", "/health", anything)
+        stub.route("POST", "/predict", anything)
+        result = run_smoke_test(stub.url, API_KEY_FILE=str(key_file))
     assert result.returncode == 1
     assert "FAIL: /predict without X-API-Key answered 200, expected 401" in result.stderr

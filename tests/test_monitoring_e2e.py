@@ -8,7 +8,6 @@ assertion polls Prometheus' HTTP API for its condition with a deadline; nothing 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -32,7 +31,7 @@ from tests.monitoring import (
     rule_files,
     substitute,
 )
-from tests.support import ROOT, ServerProcess, free_port, require_tool, wait_for_http
+from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -42,25 +41,8 @@ ANOMALY_RATE = 0.4  # 20x the alert's 5 % threshold
 BATCH = 100
 
 
-class Prometheus:
-    """Debian's `prometheus` on a free port with its own TSDB folder; stopped with SIGTERM."""
-
-    def __init__(self, binary: str, config: Path, data: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={data}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=60)
+class Prometheus(PrometheusProcess):
+    """Debian's `prometheus` on a free port with its own TSDB folder, and its HTTP API."""
 
     def api(self, path: str, **params: str) -> httpx2.Response:
         return httpx2.get(f"{self.url}/api/v1/{path}", params=params, timeout=10.0)
@@ -69,15 +51,6 @@ class Prometheus:
         response = self.api("query", query=expr)
         assert response.status_code == 200, f"{expr}: {response.text}"
         return response.json()["data"]["result"]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Traffic(threading.Thread):
@@ -140,8 +113,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Itera
         (job,) = config["scrape_configs"]
         job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        log = ROOT / "test-artifacts" / f"prometheus-{server.port}.log"
-        prometheus = Prometheus(binary, workdir / "prometheus.yml", workdir / "data", log)
+        prometheus = Prometheus(binary, workdir / "prometheus.yml", workdir / "data").start()
         traffic = Traffic(server.url)
         traffic.start()
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,10 +21,9 @@ from types import TracebackType
 from typing import Any
 
 from app.model import metadata_path
-from tests.support import ROOT, STARTUP_TIMEOUT_S, ServerProcess, free_port, wait_for_http
+from tests.support import ROOT, HttpProcess, ServerProcess
 
 UI_SCRIPT = ROOT / "ui" / "app.py"
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def copy_model(trained_artifact: Path, folder: Path) -> Path:
@@ -154,7 +152,7 @@ def scoring_route(threshold_voltage: float = 300.0, served_by: str = "stub:1") -
     return score
 
 
-class StreamlitProcess:
+class StreamlitProcess(HttpProcess):
     """``streamlit run ui/app.py`` as a child process, configured only by environment variables.
 
     The port comes from ``STREAMLIT_SERVER_PORT`` (not ``--server.port``), so the test also proves the documented
@@ -162,8 +160,7 @@ class StreamlitProcess:
     """
 
     def __init__(self, backend_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(ready_path="/_stcore/health", log_name="ui")
         self.env = {
             **os.environ,
             "BACKEND_URL": backend_url,
@@ -172,32 +169,6 @@ class StreamlitProcess:
             "STREAMLIT_SERVER_HEADLESS": "true",
             "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = ARTIFACTS / f"ui-{self.port}.log"
 
-    def __enter__(self) -> StreamlitProcess:
-        ARTIFACTS.mkdir(exist_ok=True)
-        with self.log_path.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", str(UI_SCRIPT)],
-                env=self.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        wait_for_http(f"{self.url}/_stcore/health", process=self.process, timeout=STARTUP_TIMEOUT_S)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "streamlit", "run", str(UI_SCRIPT)]

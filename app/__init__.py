@@ -1,8 +1,9 @@
 """GridWatch: real-time anomaly detection on electricity-grid sensor readings.
 
-Importing this package must stay cheap and free of scikit-learn: the Streamlit UI imports ``app.sim`` and its
-container image does not ship scikit-learn. Heavy modules (``app.model``, ``app.api``) are imported only by the
-code paths that need them.
+Three packages by job: ``app.detector`` (the model, nothing of HTTP), ``app.serving`` (the HTTP service) and
+``app.tools`` (command line, load generator, benchmark); ``app.sim`` (the simulator) stays at the top, where the
+Streamlit UI imports it. Importing this package must stay cheap and free of scikit-learn: the UI's container image
+does not ship scikit-learn, and the heavy packages are imported only by the code paths that need them.
 """
 
 from importlib.metadata import PackageNotFoundError, version

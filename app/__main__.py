@@ -2,6 +2,6 @@
 
 import sys
 
-from app.cli import main
+from app.tools.cli import main
 
 raise SystemExit(main(["serve", *sys.argv[1:]]))

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.model import Detector, ModelConfig, load_model, metadata_path, train_model
-from app.settings import Settings
+from app.detector.artifact import load_model, metadata_path, train_model
+from app.detector.model import Detector, ModelConfig
+from app.serving.app import create_app
+from app.serving.settings import Settings
 from tests.support import ServerProcess
 
 
 @pytest.fixture(scope="session")
 def trained_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model, trained once per test session (with its evaluation, as `gridwatch train` does)."""
-    from app.evaluate import evaluation_for_metadata
+    from app.detector.evaluate import evaluation_for_metadata
 
     artifact = tmp_path_factory.mktemp("trained") / "iso_forest.joblib"
     train_model(ModelConfig(), artifact, evaluate=evaluation_for_metadata)

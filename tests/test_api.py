@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from app import FEATURES
-from app.api import create_app
-from app.errors import ModelArtifactError
-from app.model import Detector, metadata_path
-from app.parsing import MAX_REPORTED_ERRORS
-from app.settings import Settings
+from app.detector.artifact import metadata_path
+from app.detector.errors import ModelArtifactError
+from app.detector.model import Detector
+from app.serving.app import create_app
+from app.serving.parsing import MAX_REPORTED_ERRORS
+from app.serving.settings import Settings
 from app.sim import GridSimulator
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
@@ -341,7 +342,7 @@ def test_past_max_inflight_a_request_is_refused_at_once_with_retry_after(
     503 and Retry-After without waiting, probes still answer, and the held request completes normally."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.service import LoadedModel
+    from app.serving.inference import LoadedModel
 
     entered, release = threading.Event(), threading.Event()
     score = detector.predict_batch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.forest_jit import AVAILABLE as NUMBA_AVAILABLE
+from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from tests.support import IN_CI
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_bench_measures_scorer_and_both_servers(model_dir: Path, tmp_path: Path):
     markdown = tmp_path / "benchmarks.md"
     command = [
-        sys.executable, "-m", "app.cli", "bench", "--model-dir", str(model_dir), "--sizes", "1,9",
+        sys.executable, "-m", "app.tools.cli", "bench", "--model-dir", str(model_dir), "--sizes", "1,9",
         "--min-seconds", "0.05", "--http-duration", "1", "--connections", "4", "--fixed-rps", "20",
         "--profile-requests", "50",
         "--write", str(markdown), "--json",

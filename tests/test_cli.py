@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.model import load_model
+from app.detector.artifact import load_model
+from app.tools.cli import main
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "app.tools.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -53,7 +53,7 @@ def test_simulate_request_format_is_a_predict_body(capsys: pytest.CaptureFixture
 
 def test_simulate_runs_without_scikit_learn():
     code = (
-        "import sys; from app.cli import main; main(['simulate', '-n', '2']); "
+        "import sys; from app.tools.cli import main; main(['simulate', '-n', '2']); "
         "assert 'sklearn' not in sys.modules, 'simulate imported scikit-learn'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from app import FEATURES
-from app.drift import DRIFT_THRESHOLD, NORMAL_MAX_SCORE, DriftMonitor
-from app.model import Detector
+from app.detector.drift import DRIFT_THRESHOLD, NORMAL_MAX_SCORE, DriftMonitor
+from app.detector.model import Detector
 from app.sim import GridProfile, GridSimulator
 
 

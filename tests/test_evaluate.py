@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.evaluate import evaluate_detector, labelled_stream, sweep_contamination
-from app.model import TRAINING_INTERVAL_S, TRAINING_START, Detector, ModelConfig
+from app.detector.evaluate import evaluate_detector, labelled_stream, sweep_contamination
+from app.detector.model import TRAINING_INTERVAL_S, TRAINING_START, Detector, ModelConfig
 
 
 @pytest.mark.parametrize("seed", [2026, 7])

@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import IsolationForest
 
-from app.forest import Backend, CompiledForest
-from app.forest_jit import AVAILABLE, CHAINS
-from app.model import Detector, Scorer
+from app.detector.forest import CompiledForest
+from app.detector.forest_jit import AVAILABLE, CHAINS
+from app.detector.model import Detector
+from app.detector.scorer import Scorer
 from app.sim import AnomalyKind, GridSimulator
 
-BACKENDS = [Backend.numba, Backend.numpy] if AVAILABLE else [Backend.numpy]
+BACKENDS = [Scorer.numba, Scorer.numpy] if AVAILABLE else [Scorer.numpy]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def hard_rows(forest: IsolationForest, n: int = 100_000, seed: int = 0) -> np.nd
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_equal_to_scikit_learn_on_100k_hard_rows(detector: Detector, compiled: CompiledForest, backend: Backend):
+def test_equal_to_scikit_learn_on_100k_hard_rows(detector: Detector, compiled: CompiledForest, backend: Scorer):
     X = hard_rows(detector.estimator)
     assert X.shape == (100_000, 3)
     expected = detector.estimator.decision_function(X)
@@ -80,7 +81,7 @@ def test_equal_to_scikit_learn_on_100k_hard_rows(detector: Detector, compiled: C
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_single_rows_and_every_batch_size_around_the_kernel_switch(
-    detector: Detector, compiled: CompiledForest, backend: Backend
+    detector: Detector, compiled: CompiledForest, backend: Scorer
 ):
     X = hard_rows(detector.estimator, n=2 * CHAINS + 3, seed=5)
     expected = detector.estimator.decision_function(X)
@@ -127,7 +128,7 @@ def _subtree(tree, node: int) -> set[int]:
     ],
 )
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_other_forest_shapes(params: dict[str, object], backend: Backend):
+def test_other_forest_shapes(params: dict[str, object], backend: Scorer):
     rng = np.random.default_rng(1)
     train = rng.normal(size=(600, 3)) * [2.0, 5.0, 0.1] + [230.0, 12.0, 50.0]
     forest = IsolationForest(random_state=3, **params).fit(train)

@@ -30,11 +30,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app import FEATURES
-from app.api import create_app
-from app.errors import BatchTooLargeError, InvalidReadingsError
-from app.model import Detector, ModelConfig, train_model
-from app.parsing import parse_readings
-from app.settings import Settings
+from app.detector.artifact import train_model
+from app.detector.model import Detector, ModelConfig
+from app.serving.app import create_app
+from app.serving.errors import BatchTooLargeError, InvalidReadingsError
+from app.serving.parsing import parse_readings
+from app.serving.settings import Settings
 
 CHECKS = [
     not_a_server_error,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
-from app.settings import Settings
+from app.serving.settings import Settings
 from tests.chart_support import (
     CHART_DIR,
     KUBERNETES_VERSION,

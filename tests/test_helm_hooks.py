@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.model import metadata_path
+from app.detector.artifact import metadata_path
 from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
 from tests.ui_support import Answer, StubBackend
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.model import metadata_path
-from app.settings import Settings
+from app.detector.artifact import metadata_path
+from app.serving.settings import Settings
 from tests.chart_support import (
     CHART_DIR,
     KUBERNETES_VERSION,
@@ -81,7 +81,7 @@ def environment(objects: Rendered, workload: dict[str, Any]) -> dict[str, str]:
 
 
 def backend_settings(data: dict[str, str], **overrides: str) -> Settings:
-    """app.settings.Settings built from the backend ConfigMap, as the container's environment would be."""
+    """app.serving.settings.Settings built from the backend ConfigMap, as the container's environment would be."""
     env = {k.lower(): v for k, v in data.items() if k.lower() in Settings.model_fields} | overrides
     return Settings(**env)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.loadgen import LoadConfig, RemoteTargetError, check_target, run_load
+from app.tools.loadgen import LoadConfig, RemoteTargetError, check_target, run_load
 from tests.support import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,7 @@ def test_cli_prints_a_json_summary(server: ServerProcess):
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "app.tools.cli",
             "load",
             "--url",
             server.url,
@@ -180,7 +180,7 @@ def test_cli_prints_a_json_summary(server: ServerProcess):
 
 def test_cli_refuses_a_remote_target_with_a_clear_message():
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "load", "--url", "http://192.0.2.10:8000", "--duration", "1"],
+        [sys.executable, "-m", "app.tools.cli", "load", "--url", "http://192.0.2.10:8000", "--duration", "1"],
         capture_output=True,
         text=True,
         check=False,

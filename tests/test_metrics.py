@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from app.api import create_app
-from app.metrics import LATENCY_BUCKETS
-from app.model import Detector
-from app.settings import Settings
+from app.detector.model import Detector
+from app.serving.app import create_app
+from app.serving.metrics import LATENCY_BUCKETS
+from app.serving.settings import Settings
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
 EXTREME = {"voltage": 410.0, "current": 200.0, "frequency": 45.0}

@@ -94,7 +94,7 @@ def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -
 def model_folder(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Path) -> Path:
     import shutil
 
-    from app.model import metadata_path
+    from app.detector.artifact import metadata_path
 
     folder = tmp_path_factory.mktemp("e2e-models")
     shutil.copy2(trained_artifact, folder / trained_artifact.name)

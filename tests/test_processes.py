@@ -61,7 +61,7 @@ def test_up_starts_api_and_ui_and_stops_both(model_dir: Path, signals: list[int]
     env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"}
     with log.open("wb") as sink:
         up = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "up", "--api-port", str(api_port), "--ui-port", str(ui_port)],
+            [sys.executable, "-m", "app.tools.cli", "up", "--api-port", str(api_port), "--ui-port", str(ui_port)],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tomllib
 
-from app.settings import Settings
+from app.serving.settings import Settings
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -90,7 +90,7 @@ def test_pre_commit_config_is_valid():
 
 def test_every_gridwatch_command_in_the_readme_parses():
     """Each `gridwatch ...` the README shows (in code, with its options) is accepted by the real argument parser."""
-    from app.cli import build_parser
+    from app.tools.cli import build_parser
 
     shown = re.findall(r"gridwatch ((?:serve|train|evaluate|simulate|load|bench|up)\b[^`|\\\n]*)", README)
     commands = {" ".join(part for part in line.split() if not part.startswith(("$(", "|"))) for line in shown}

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from app.loadgen import LoadConfig, run_load
-from app.model import load_model
+from app.detector.artifact import load_model
+from app.tools.loadgen import LoadConfig, run_load
 from tests.support import ROOT, ServerProcess, require_tool, wait_for_http
 
 pytestmark = pytest.mark.slow

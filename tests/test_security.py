@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app import web
-from app.api import create_app
-from app.model import Detector
-from app.settings import Settings
+from app.detector.model import Detector
+from app.serving import protocol
+from app.serving.app import create_app
+from app.serving.settings import Settings
 from tests.support import ROOT, ServerProcess
 from ui.client import BackendClient, BackendError
 
@@ -140,13 +140,13 @@ def test_refused_requests_are_counted_and_score_nothing(keyed: TestClient):
 
 def test_the_key_is_compared_in_constant_time(keyed: TestClient, monkeypatch: pytest.MonkeyPatch):
     compared: list[tuple[bytes, bytes]] = []
-    real = web.hmac.compare_digest
+    real = protocol.hmac.compare_digest
 
     def spy(offered: bytes, expected: bytes) -> bool:
         compared.append((offered, expected))
         return real(offered, expected)
 
-    monkeypatch.setattr(web.hmac, "compare_digest", spy)
+    monkeypatch.setattr(protocol.hmac, "compare_digest", spy)
     assert call(keyed, "GET", "/model", **{"X-API-Key": "guess"}).status_code == 401
     assert compared == [(b"guess", KEY.encode())]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from app.drift import DriftGauges, DriftMonitor
-from app.model import Detector, Scorer
-from app.service import INLINE_BUDGET_STEPS, LoadedModel
+from app.detector.drift import DriftMonitor
+from app.detector.model import Detector
+from app.detector.scorer import Scorer
+from app.serving.inference import INLINE_BUDGET_STEPS, LoadedModel
+from app.serving.metrics import DriftGauges
 
 
 def loaded(detector: Detector, scorer: Scorer) -> LoadedModel:

@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from app.api import create_app
-from app.logs import ACCESS_LOGGER, TraceContextFilter
-from app.model import Detector
-from app.settings import Settings
-from app.tracing import build_tracing
+from app.detector.model import Detector
+from app.serving.app import create_app
+from app.serving.logs import ACCESS_LOGGER, TraceContextFilter
+from app.serving.settings import Settings
+from app.serving.tracing import build_tracing
 from tests.support import ServerProcess
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
@@ -173,6 +173,6 @@ def test_real_server_logs_json_with_trace_ids_matching_exported_spans(model_dir:
 
 
 def test_otlp_exporter_is_imported_only_when_used():
-    code = "import sys, app.api; print('opentelemetry.exporter.otlp.proto.http' in sys.modules)"
+    code = "import sys, app.serving.app; print('opentelemetry.exporter.otlp.proto.http' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from app.model import metadata_path
+from app.detector.artifact import metadata_path
 from tests.support import ROOT, HttpProcess, ServerProcess
 
 UI_SCRIPT = ROOT / "ui" / "app.py"

@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from app.sim import GridSimulator
+from app.tools.stats import latency_summary
 
 PAYLOAD_POOL = 32
 """Distinct request bodies generated up front and sent in turn, so generating readings never slows the sender."""
@@ -121,17 +122,11 @@ class _Tally:
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
-    if not latencies:
+    """Milliseconds, rounded to the microsecond; zeros when nothing succeeded, so every report has the same keys."""
+    summary = latency_summary(seconds * 1000.0 for seconds in latencies)
+    if not summary:
         return dict.fromkeys(("avg", "p50", "p95", "p99", "max"), 0.0)
-    values = np.asarray(latencies) * 1000.0
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {
-        "avg": round(float(values.mean()), 3),
-        "p50": round(float(p50), 3),
-        "p95": round(float(p95), 3),
-        "p99": round(float(p99), 3),
-        "max": round(float(values.max()), 3),
-    }
+    return {name: round(value, 3) for name, value in summary.items()}
 
 
 async def _run(config: LoadConfig, progress: Callable[[dict[str, float]], None] | None) -> LoadReport:

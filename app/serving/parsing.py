@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.errors import BatchTooLargeError, InvalidReadingsError
+from app.serving.errors import BatchTooLargeError, InvalidReadingsError
 
 MAX_REPORTED_ERRORS = 20
 """A batch of 10,000 broken rows gets a readable answer: the first errors, then a count of the rest."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from app.model import Detector, training_data
+from app.detector.model import Detector, training_data
 from app.sim import DEFAULT_ANOMALY_KINDS, AnomalyKind, GridSimulator, ReadingBatch
 
 EVALUATION_START = datetime(2026, 6, 1, tzinfo=UTC)

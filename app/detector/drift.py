@@ -1,7 +1,8 @@
 """Input drift and data quality: statistics of the recent readings compared with the training data.
 
 The monitor keeps the last ``window`` readings (``DRIFT_WINDOW``, default 1,000) and their flags in a ring buffer
-and exports, per feature, the window mean and a drift score, plus the rolling anomaly ratio.
+and computes, per feature, the window mean and a drift score, plus the rolling anomaly ratio. Statistics only:
+``app.serving.metrics.DriftGauges`` publishes them.
 
 **The drift score** is the standardised mean shift ``|mean(window) - mean(training)| / std(training)``: how many
 training standard deviations the recent average has moved. Two textbook alternatives were measured and rejected,
@@ -29,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from app.metrics import ANOMALY_RATIO_WINDOW, DRIFT_WINDOW_READINGS, FEATURE_DRIFT_SCORE, FEATURE_WINDOW_MEAN
 
 DRIFT_THRESHOLD = 3.0
 """Drift score above which the input is considered drifted (used by the alert rule ``GridWatchInputDrift``)."""
@@ -128,18 +127,3 @@ class DriftMonitor:
             scores=dict(zip(self.features, scores.tolist(), strict=True)),
             anomaly_ratio=ratio,
         )
-
-
-class DriftGauges:
-    """Publishes snapshots through the window gauges; the labelled children are resolved once, not per request."""
-
-    def __init__(self, features: Sequence[str]) -> None:
-        self._means = {name: FEATURE_WINDOW_MEAN.labels(name) for name in features}
-        self._scores = {name: FEATURE_DRIFT_SCORE.labels(name) for name in features}
-
-    def export(self, snapshot: DriftSnapshot) -> None:
-        for name, mean in snapshot.means.items():
-            self._means[name].set(mean)
-            self._scores[name].set(snapshot.scores[name])
-        ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
-        DRIFT_WINDOW_READINGS.set(snapshot.readings)

@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from app import __version__
-from app.settings import Settings, TracesExporter
+from app.serving.settings import Settings, TracesExporter
 
 UNTRACED_URLS = r"/metrics$,/health$,/livez$"
 """Regexes (FastAPI instrumentation syntax) of the routes that are never traced."""

@@ -14,26 +14,30 @@ import asyncio
 import cProfile
 import pstats
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
 
-from app import api, parsing, service, web
-from app import model as model_module
-from app.api import create_app
-from app.model import Detector
-from app.settings import Settings
+from app.detector.model import Detector
+from app.serving.app import create_app
+from app.serving.errors import JSONResponse
+from app.serving.inference import Inference, ScoredBatch
+from app.serving.parsing import parse_readings
+from app.serving.protocol import read_body
+from app.serving.settings import Settings
 from app.sim import GridSimulator
 
-STAGES: dict[str, list[tuple[str, str]]] = {
-    "read body": [(web.__file__, "read_body")],
-    "parse + validate": [(parsing.__file__, "parse_readings")],
-    "score (compiled forest)": [(model_module.__file__, "predict_batch")],
-    # The list of {"anomaly", "score"} objects is built in the route (a comprehension of its own up to Python 3.11)
-    "serialise answer": [(web.__file__, "render"), (api.__file__, "<listcomp>")],
+STAGES: dict[str, list[Callable[..., Any]]] = {
+    "read body": [read_body],
+    "parse + validate": [parse_readings],
+    "score (compiled forest)": [Detector.predict_batch],
+    "serialise answer": [JSONResponse.render, ScoredBatch.predictions],
 }
-"""Stage name -> the (file, function) entry points whose inclusive time is the stage's."""
+"""Stage name -> the functions whose inclusive time is the stage's: named by the functions themselves, so a rename
+breaks the import here rather than silently emptying a stage."""
 RECORD_STAGE = "record metrics, drift"
 """``Inference.score`` minus the scoring inside it: histograms, counters and the drift window of one batch."""
 FRAMEWORK_STAGE = "framework, middleware, response"
@@ -102,9 +106,15 @@ def _drive(app: FastAPI, body: bytes, requests: int) -> float:
     return asyncio.run(run())
 
 
-def _inclusive_seconds(stats: pstats.Stats, entry_points: list[tuple[str, str]]) -> float:
+def _profile_key(function: Callable[..., Any]) -> tuple[str, int, str]:
+    """cProfile's key of a Python function: (file, first line, name)."""
+    code = function.__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def _inclusive_seconds(stats: pstats.Stats, functions: list[Callable[..., Any]]) -> float:
     table = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, nc, tt, ct, callers)}
-    return sum(row[3] for (file, _, name), row in table.items() if any((file, name) == point for point in entry_points))
+    return sum(table[key][3] for key in map(_profile_key, functions) if key in table)
 
 
 def profile_predict(detector: Detector, *, rows: int = 64, requests: int = 2000) -> RequestProfile:
@@ -122,9 +132,9 @@ def profile_predict(detector: Detector, *, rows: int = 64, requests: int = 2000)
     profiler.disable()
     stats = pstats.Stats(profiler)
 
-    total = _inclusive_seconds(stats, [(__file__, "_predict_once")])
+    total = _inclusive_seconds(stats, [_predict_once])
     measured = {name: _inclusive_seconds(stats, points) for name, points in STAGES.items()}
-    inference = _inclusive_seconds(stats, [(service.__file__, "score")])
+    inference = _inclusive_seconds(stats, [Inference.score])
     measured[RECORD_STAGE] = max(inference - measured["score (compiled forest)"], 0.0)
     measured[FRAMEWORK_STAGE] = max(total - sum(measured.values()), 0.0)
     stages = [

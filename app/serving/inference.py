@@ -1,5 +1,8 @@
 """The serving side of the model: loading it off the event loop, and scoring a batch with its side effects.
 
+The middle hop of a request: ``app.serving.app`` (HTTP) calls ``Inference.score``, which calls
+``Detector.predict_batch`` (``app.detector.model``) and records what operators watch.
+
 Readiness means "the model is loaded": until then ``ModelHolder.get`` raises ``ModelNotReadyError`` (503 with a
 reason) while the process is alive and answers ``/livez``.
 """
@@ -17,20 +20,22 @@ import numpy as np
 import sklearn
 from opentelemetry import trace
 
-from app import forest_jit
-from app.drift import DriftGauges, DriftMonitor
-from app.errors import GridWatchError, ModelNotReadyError
-from app.metrics import (
+from app.detector import forest_jit
+from app.detector.drift import DriftMonitor
+from app.detector.errors import GridWatchError
+from app.detector.model import Detector
+from app.detector.scorer import Scorer
+from app.serving.errors import ModelNotReadyError
+from app.serving.metrics import (
     ANOMALIES,
     BATCH_SIZE,
     INFERENCE_LATENCY,
     MODEL_INFO,
     MODEL_LOAD_DURATION,
     READINGS_SCORED,
+    DriftGauges,
     trace_exemplar,
 )
-from app.model import Detector
-from app.settings import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +149,13 @@ class ScoredBatch:
     @property
     def anomalies(self) -> int:
         return int(np.count_nonzero(self.flags))
+
+    def predictions(self) -> list[dict[str, bool | float]]:
+        """The answer's ``predictions``: one ``{"anomaly", "score"}`` per reading, in input order."""
+        return [
+            {"anomaly": flag, "score": score}
+            for flag, score in zip(self.flags.tolist(), self.scores.tolist(), strict=True)
+        ]
 
 
 class Inference:

@@ -12,8 +12,10 @@ import socket
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.detector.scorer import Scorer
 
 
 class LogLevel(StrEnum):
@@ -33,19 +35,6 @@ class TracesExporter(StrEnum):
     none = "none"
     console = "console"
     otlp = "otlp"
-
-
-class Scorer(StrEnum):
-    """What scores a batch. All give the same flags and scores; they differ in speed (docs/benchmarks.md)."""
-
-    auto = "auto"
-    """numba when it is installed, else numpy."""
-    numba = "numba"
-    """The compiled forest walked by numba kernels: the fast path."""
-    numpy = "numpy"
-    """The compiled forest walked level by level in NumPy: the fallback without numba."""
-    sklearn = "sklearn"
-    """scikit-learn's own ``decision_function``: the reference, and the baseline of the benchmark."""
 
 
 class Settings(BaseSettings):
@@ -128,8 +117,11 @@ class Settings(BaseSettings):
         self.traces_exporters()  # raises naming OTEL_TRACES_EXPORTER if it holds an unknown exporter
         return self
 
+    _required_api_key: str | None = PrivateAttr(None)
+
     @model_validator(mode="after")
-    def _check_api_key(self) -> Settings:
+    def _read_api_key(self) -> Settings:
+        """Read the key once, at start-up: a missing, unreadable or empty key stops the service with a message."""
         if self.api_key_file is not None:
             try:
                 key = self.api_key_file.read_text().strip()
@@ -137,15 +129,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"API_KEY_FILE={self.api_key_file}: {error.strerror}") from None
             if not key:
                 raise ValueError(f"API_KEY_FILE={self.api_key_file} is empty")
-        elif self.api_key is not None and not self.api_key.get_secret_value().strip():
-            raise ValueError("API_KEY is set but empty; unset it to turn the key off")
+            self._required_api_key = key
+        elif self.api_key is not None:
+            key = self.api_key.get_secret_value().strip()
+            if not key:
+                raise ValueError("API_KEY is set but empty; unset it to turn the key off")
+            self._required_api_key = key
         return self
 
     def required_api_key(self) -> str | None:
         """The key /predict and /model require, or None when the API is open (the default)."""
-        if self.api_key_file is not None:
-            return self.api_key_file.read_text().strip()
-        return self.api_key.get_secret_value().strip() if self.api_key is not None else None
+        return self._required_api_key
 
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
@@ -153,14 +147,6 @@ class Settings(BaseSettings):
     @property
     def model_path(self) -> Path:
         return self.model_dir / self.model_name
-
-    @property
-    def multiprocess_metrics(self) -> bool:
-        """Whether metrics are shared between worker processes through PROMETHEUS_MULTIPROC_DIR.
-
-        prometheus-client decides this from the same variable when it is imported, so both always agree.
-        """
-        return self.prometheus_multiproc_dir is not None
 
     def traces_exporters(self) -> tuple[TracesExporter, ...]:
         """Which span exporters to run, following the OpenTelemetry environment conventions.

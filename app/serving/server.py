@@ -12,8 +12,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from app.logs import configure_logging
-from app.settings import Settings
+from app.serving.logs import configure_logging
+from app.serving.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -28,7 +28,7 @@ def worker_app() -> FastAPI:
     Uvicorn imports this in every worker it starts, so each worker configures its own logging (uvicorn is told to
     leave logging alone) and builds its own app, model and tracer.
     """
-    from app.api import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
+    from app.serving.app import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -76,7 +76,7 @@ def run_server(settings: Settings) -> None:
 
 def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
-        "app.server:worker_app",
+        "app.serving.server:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,

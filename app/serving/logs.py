@@ -15,7 +15,7 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from app.asgi import ASGIApp, Message, Receive, Scope, Send, route_label
+from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label
 
 ACCESS_LOGGER = "gridwatch.access"
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,15 +53,15 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         logging.getLogger(name).propagate = True
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(HttpMiddleware):
     """One INFO line per HTTP request on the ``gridwatch.access`` logger, with its outcome as fields."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self.logger = logging.getLogger(ACCESS_LOGGER)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -16,26 +16,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
-import httpx2
+from app.tools.processes import NotReadyError, wait_until_ready
 
-UI_SCRIPT = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+UI_SCRIPT = Path(__file__).resolve().parents[2] / "ui" / "main.py"
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
-
-
-def _wait_until_ready(url: str, api: subprocess.Popen[bytes], stop: threading.Event, timeout: float) -> bool:
-    """Poll the API's readiness endpoint until 200, the API exits, a stop is requested, or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while time.monotonic() < deadline and api.poll() is None and not stop.is_set():
-        try:
-            if httpx2.get(url, timeout=2.0).status_code == 200:
-                return True
-        except httpx2.TransportError:
-            pass
-        stop.wait(delay)  # back-off between readiness probes, like a kubelet's periodSeconds
-        delay = min(delay * 2, 1.0)
-    return False
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -63,7 +48,7 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
         "BACKEND_URL": api_url,
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),  # a terminal, not a log collector, reads the demo
     }
-    api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
+    api = subprocess.Popen([sys.executable, "-m", "app.tools.cli", "serve"], env=env)
     ui = subprocess.Popen(
         [
             sys.executable,
@@ -92,7 +77,11 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    if _wait_until_ready(f"{api_url}/health", api, stop, READY_TIMEOUT_S):
+    try:
+        wait_until_ready(f"{api_url}/health", timeout=READY_TIMEOUT_S, process=api, stop=stop)
+    except NotReadyError:
+        pass  # the loop below tells an API that exited from a Ctrl-C; a slow one just keeps starting
+    else:
         print(
             f"\nGridWatch is up:\n  API  {api_url}  (docs: {api_url}/docs, metrics: {api_url}/metrics)\n"
             f"  UI   http://{host}:{ui_port}\nPress Ctrl-C to stop.\n",

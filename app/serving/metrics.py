@@ -3,7 +3,7 @@
 Names and labels are a contract with ``grafana-dashboards/`` and ``prometheus-rules/``; tests fail if those use a
 metric that is not defined here. Conventions: base units (seconds), ``_total`` counters, and bounded labels only:
 ``path`` is the route template (``/predict``), never the raw URL, with every unknown URL collapsed into
-``app.asgi.UNMATCHED_PATH``; ``method`` is a standard method or ``other``; ``feature`` is one of the model's
+``app.serving.asgi.UNMATCHED_PATH``; ``method`` is a standard method or ``other``; ``feature`` is one of the model's
 three features.
 
 **Several worker processes.** With ``WORKERS>1`` each uvicorn worker is its own process with its own counters, and
@@ -17,12 +17,20 @@ counters and histograms of dead workers stay, because a count must never go down
 **Exemplars.** When a request is traced, its latency observation carries the trace id as an exemplar, visible in
 the OpenMetrics exposition. prometheus-client's multiprocess files cannot store exemplars, so they are off with
 ``WORKERS>1``; the chart runs one worker per pod (scale with replicas) and keeps them.
+
+**Process metrics of several workers.** prometheus-client's ``ProcessCollector`` reports the process that answers
+the scrape, which with WORKERS>1 is one worker chosen by the kernel: each scrape would see a different process's
+CPU counter, and ``rate()`` over it would be nonsense. ``ServerProcessCollector`` reports the same metric names
+summed over every live worker (the processes that write into ``PROMETHEUS_MULTIPROC_DIR``), so
+``rate(process_cpu_seconds_total[5m])`` is the server's CPU use, as in the single-process case.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from opentelemetry import trace
@@ -33,13 +41,16 @@ from prometheus_client import (
     Gauge,
     Histogram,
     PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
-from app.asgi import ASGIApp, Message, Receive, Scope, Send, route_label
-from app.process_metrics import ServerProcessCollector, pid_alive
+from app.detector.drift import DriftSnapshot
+from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label
 
 # `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
 # also absent in multiprocess mode, so disabling them keeps both modes' exposition identical.
@@ -136,7 +147,7 @@ def trace_exemplar() -> dict[str, str] | None:
     return {"trace_id": format(context.trace_id, "032x")}
 
 
-class HTTPMetricsMiddleware:
+class HTTPMetricsMiddleware(HttpMiddleware):
     """Counts every HTTP response exactly once, times it, and tracks requests in flight.
 
     It wraps the application below the error handling, so 404s, 405s, 413s, 422s and 500s are all counted. The
@@ -147,7 +158,7 @@ class HTTPMetricsMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, exemplars: bool = True) -> None:
-        self.app = app
+        super().__init__(app)
         self.exemplars = exemplars
         # Labelled children by label values: a dict lookup per request instead of prometheus-client's labels().
         # Bounded like the labels themselves (routes x methods x statuses).
@@ -166,10 +177,7 @@ class HTTPMetricsMiddleware:
             histogram = self._histograms[key[:2]] = REQUEST_LATENCY.labels(path, method)
         histogram.observe(seconds, trace_exemplar() if self.exemplars else None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
         recorded = False
@@ -193,6 +201,83 @@ class HTTPMetricsMiddleware:
                 REQUESTS_IN_FLIGHT.dec()
             if not recorded:
                 self._record(scope, status, time.perf_counter() - started)
+
+
+class DriftGauges:
+    """Publishes snapshots through the window gauges; the labelled children are resolved once, not per request."""
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self._means = {name: FEATURE_WINDOW_MEAN.labels(name) for name in features}
+        self._scores = {name: FEATURE_DRIFT_SCORE.labels(name) for name in features}
+
+    def export(self, snapshot: DriftSnapshot) -> None:
+        for name, mean in snapshot.means.items():
+            self._means[name].set(mean)
+            self._scores[name].set(snapshot.scores[name])
+        ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
+        DRIFT_WINDOW_READINGS.set(snapshot.readings)
+
+
+# --- process metrics of several workers ----------------------------------------------------------------------
+
+_PID_IN_FILE = re.compile(r"_(\d+)\.db$")
+
+_SUMMED = {
+    "process_cpu_seconds": "Total user and system CPU time of the live worker processes, in seconds.",
+    "process_resident_memory_bytes": "Resident memory of the live worker processes, summed, in bytes.",
+    "process_virtual_memory_bytes": "Virtual memory of the live worker processes, summed, in bytes.",
+    "process_open_fds": "Open file descriptors of the live worker processes, summed.",
+}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def live_worker_pids(directory: Path) -> list[int]:
+    """Pids that wrote metrics into ``directory`` and are still running."""
+    pids = {int(m.group(1)) for entry in directory.glob("*.db") if (m := _PID_IN_FILE.search(entry.name))}
+    return sorted(pid for pid in pids if pid_alive(pid))
+
+
+class ServerProcessCollector(Collector):
+    """``process_*`` metrics summed over the live workers; ``process_start_time_seconds`` is the oldest worker's."""
+
+    def __init__(self, directory: Path, registry: CollectorRegistry | None = None) -> None:
+        self.directory = directory
+        if registry is not None:
+            registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        totals = dict.fromkeys(_SUMMED, 0.0)
+        start_times: list[float] = []
+        for pid in live_worker_pids(self.directory):
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in collector.collect():
+                for sample in family.samples:
+                    if family.name in totals:
+                        totals[family.name] += sample.value
+                    elif family.name == "process_start_time_seconds":
+                        start_times.append(sample.value)
+        if not start_times:  # no readable /proc (not Linux), nothing honest to report
+            return
+        yield CounterMetricFamily(
+            "process_cpu_seconds", _SUMMED["process_cpu_seconds"], value=totals["process_cpu_seconds"]
+        )
+        for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds"):
+            yield GaugeMetricFamily(name, _SUMMED[name], value=totals[name])
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "Start time of the oldest live worker since the Unix epoch, in seconds.",
+            value=min(start_times),
+        )
 
 
 # --- exposition -------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each subcommand imports what it needs when it runs, so ``gridwatch simulate`` works without scikit-learn and
 ``gridwatch --help`` is instant. Options override the environment variables of the same meaning (the README's
-configuration table); everything else is read by ``app.settings.Settings``.
+configuration table); everything else is read by ``app.serving.settings.Settings``. Each subcommand's parser sits
+beside its handler.
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_serve)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    _export(host=args.host, port=args.port, workers=args.workers, model_dir=args.model_dir)
+    from app.serving.server import run_server
+    from app.serving.settings import Settings
+
+    run_server(Settings())
+    return 0
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model on simulated data and save it atomically")
     train.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
@@ -93,6 +103,39 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="random_state of the forest and the training data")
     train.add_argument("--json", action="store_true", help="print the metadata as JSON")
     train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    _export(model_dir=args.model_dir)
+    from dataclasses import replace
+
+    from app.detector.artifact import train_model, training_lock
+    from app.detector.evaluate import evaluation_for_metadata
+    from app.detector.model import ModelConfig
+    from app.serving.logs import configure_logging
+    from app.serving.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    overrides = {
+        "n_estimators": args.n_estimators,
+        "max_samples": args.max_samples,
+        "contamination": args.contamination,
+        "train_samples": args.train_samples,
+        "random_state": args.seed,
+    }
+    config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    artifact = settings.model_path
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    with training_lock(artifact):
+        detector = train_model(config, artifact, evaluate=evaluation_for_metadata)
+    if args.json:
+        print(json.dumps(detector.metadata, indent=2))
+    else:
+        from app.tools.report import print_training
+
+        print_training(detector)
+    return 0
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -111,6 +154,43 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _export(model_dir=args.model_dir)
+    from app.detector.artifact import load_detector
+    from app.detector.evaluate import evaluate_detector, sweep_contamination
+    from app.serving.logs import configure_logging
+    from app.serving.settings import Settings
+    from app.sim import DEFAULT_ANOMALY_KINDS
+    from app.tools.report import print_evaluation, print_sweep
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
+    report = evaluate_detector(
+        detector,
+        n=args.readings,
+        anomaly_rate=args.anomaly_rate,
+        seed=args.seed,
+        kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
+    )
+    sweep = None
+    if args.sweep is not None:
+        candidates = args.sweep or [0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
+        sweep = sweep_contamination(
+            detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed
+        )
+    if args.json:
+        document = {"model_version": detector.version, "report": report.to_dict()}
+        if sweep is not None:
+            document["sweep"] = [{"contamination": c, **r.to_dict()} for c, r in sweep]
+        print(json.dumps(document, indent=2))
+    else:
+        print_evaluation(detector, report)
+        if sweep is not None:
+            print_sweep(detector, sweep)
+    return 0
 
 
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
@@ -135,6 +215,28 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate.set_defaults(handler=_simulate)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from app.sim import DEFAULT_ANOMALY_KINDS, GridProfile, GridSimulator
+
+    profile = GridProfile.north_american() if args.grid == "na" else GridProfile()
+    simulator = GridSimulator(
+        profile=profile,
+        anomaly_rate=args.anomaly_rate,
+        anomaly_kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
+        interval_s=args.interval,
+        start=args.start,
+        seed=args.seed,
+    )
+    records = simulator.batch(args.readings).to_records()
+    if args.format == "jsonl":
+        sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
+    elif args.format == "json":
+        print(json.dumps(records, indent=2))
+    else:
+        print(json.dumps({"readings": records}))
+    return 0
+
+
 def _add_load(commands: argparse._SubParsersAction) -> None:
     load = commands.add_parser("load", help="open-loop load test of /predict (loopback only unless --allow-remote)")
     load.add_argument("--url", default="http://127.0.0.1:8000", help="the API (its /predict is loaded)")
@@ -149,6 +251,32 @@ def _add_load(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--allow-remote", action="store_true", help="allow a target that is not this machine")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
     load.set_defaults(handler=_load)
+
+
+def _load(args: argparse.Namespace) -> int:
+    from app.tools.loadgen import LoadConfig, run_load
+    from app.tools.report import LoadProgress, print_load_report
+
+    config = LoadConfig(
+        url=args.url,
+        rps=args.rps,
+        duration=args.duration,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        anomaly_rate=args.anomaly_rate,
+        keepalive=not args.no_keepalive,
+        timeout=args.timeout,
+        allow_remote=args.allow_remote,
+        seed=args.seed,
+    )
+    if args.json:
+        report = run_load(config)
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        with LoadProgress(config.duration) as progress:
+            report = run_load(config, progress.update)
+        print_load_report(report)
+    return 0 if report.succeeded else 1
 
 
 def _sizes(text: str) -> list[int]:
@@ -175,158 +303,17 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=_bench)
 
 
-def _add_up(commands: argparse._SubParsersAction) -> None:
-    up = commands.add_parser("up", help="start the local demo: API on :8000 and the Streamlit UI on :8501")
-    up.add_argument("--api-port", type=int, default=8000)
-    up.add_argument("--ui-port", type=int, default=8501)
-    up.add_argument("--host", default="127.0.0.1", help="interface both servers bind")
-    up.set_defaults(handler=_up)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    _export(host=args.host, port=args.port, workers=args.workers, model_dir=args.model_dir)
-    from app.server import run_server
-    from app.settings import Settings
-
-    run_server(Settings())
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    _export(model_dir=args.model_dir)
-    from dataclasses import replace
-
-    from filelock import FileLock
-
-    from app.evaluate import evaluation_for_metadata
-    from app.logs import configure_logging
-    from app.model import LOCK_TIMEOUT_S, ModelConfig, train_model
-    from app.settings import Settings
-
-    settings = Settings()
-    configure_logging(settings.log_level)
-    overrides = {
-        "n_estimators": args.n_estimators,
-        "max_samples": args.max_samples,
-        "contamination": args.contamination,
-        "train_samples": args.train_samples,
-        "random_state": args.seed,
-    }
-    config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    artifact = settings.model_path
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(artifact.parent / f".{artifact.name}.lock", timeout=LOCK_TIMEOUT_S):
-        detector = train_model(config, artifact, evaluate=evaluation_for_metadata)
-    if args.json:
-        print(json.dumps(detector.metadata, indent=2))
-    else:
-        from app.report import print_training
-
-        print_training(detector)
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    _export(model_dir=args.model_dir)
-    from app.evaluate import evaluate_detector, evaluation_for_metadata, sweep_contamination
-    from app.logs import configure_logging
-    from app.model import ensure_model
-    from app.report import print_evaluation, print_sweep
-    from app.settings import Settings
-    from app.sim import DEFAULT_ANOMALY_KINDS
-
-    settings = Settings()
-    configure_logging(settings.log_level)
-    detector = ensure_model(
-        settings.model_path, train_if_missing=settings.train_if_missing, evaluate=evaluation_for_metadata
-    )
-    report = evaluate_detector(
-        detector,
-        n=args.readings,
-        anomaly_rate=args.anomaly_rate,
-        seed=args.seed,
-        kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
-    )
-    sweep = None
-    if args.sweep is not None:
-        candidates = args.sweep or [0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
-        sweep = sweep_contamination(
-            detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed
-        )
-    if args.json:
-        document = {"model_version": detector.version, "report": report.to_dict()}
-        if sweep is not None:
-            document["sweep"] = [{"contamination": c, **r.to_dict()} for c, r in sweep]
-        print(json.dumps(document, indent=2))
-    else:
-        print_evaluation(detector, report)
-        if sweep is not None:
-            print_sweep(detector, sweep)
-    return 0
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from app.sim import DEFAULT_ANOMALY_KINDS, GridProfile, GridSimulator
-
-    profile = GridProfile.north_american() if args.grid == "na" else GridProfile()
-    simulator = GridSimulator(
-        profile=profile,
-        anomaly_rate=args.anomaly_rate,
-        anomaly_kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
-        interval_s=args.interval,
-        start=args.start,
-        seed=args.seed,
-    )
-    records = simulator.batch(args.readings).to_records()
-    if args.format == "jsonl":
-        sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
-    elif args.format == "json":
-        print(json.dumps(records, indent=2))
-    else:
-        print(json.dumps({"readings": records}))
-    return 0
-
-
-def _load(args: argparse.Namespace) -> int:
-    from app.loadgen import LoadConfig, run_load
-    from app.report import LoadProgress, print_load_report
-
-    config = LoadConfig(
-        url=args.url,
-        rps=args.rps,
-        duration=args.duration,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        anomaly_rate=args.anomaly_rate,
-        keepalive=not args.no_keepalive,
-        timeout=args.timeout,
-        allow_remote=args.allow_remote,
-        seed=args.seed,
-    )
-    if args.json:
-        report = run_load(config)
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        with LoadProgress(config.duration) as progress:
-            report = run_load(config, progress.update)
-        print_load_report(report)
-    return 0 if report.succeeded else 1
-
-
 def _bench(args: argparse.Namespace) -> int:
     _export(model_dir=args.model_dir)
-    from app.bench import BenchConfig, render_markdown, run_bench
-    from app.evaluate import evaluation_for_metadata
-    from app.logs import configure_logging
-    from app.model import ensure_model
-    from app.report import print_bench
-    from app.settings import Settings
+    from app.detector.artifact import load_detector
+    from app.serving.logs import configure_logging
+    from app.serving.settings import Settings
+    from app.tools.bench import BenchConfig, render_markdown, run_bench
+    from app.tools.report import print_bench
 
     settings = Settings()
     configure_logging("warning")
-    detector = ensure_model(
-        settings.model_path, train_if_missing=settings.train_if_missing, evaluate=evaluation_for_metadata
-    )
+    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
     config = BenchConfig(
         sizes=tuple(args.sizes),
         min_seconds=args.min_seconds,
@@ -348,8 +335,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_up(commands: argparse._SubParsersAction) -> None:
+    up = commands.add_parser("up", help="start the local demo: API on :8000 and the Streamlit UI on :8501")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--ui-port", type=int, default=8501)
+    up.add_argument("--host", default="127.0.0.1", help="interface both servers bind")
+    up.set_defaults(handler=_up)
+
+
 def _up(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from app.tools.demo import run_demo
 
     return run_demo(host=args.host, api_port=args.api_port, ui_port=args.ui_port)
 
@@ -371,7 +366,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     Invalid settings (pydantic's ValidationError) belong here too, but pydantic is only a backend dependency and
     ``simulate`` must run without it.
     """
-    from app.errors import GridWatchError
+    from app.detector.errors import GridWatchError
 
     errors: tuple[type[BaseException], ...] = (GridWatchError, OSError, ValueError)
     try:

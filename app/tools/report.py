@@ -12,10 +12,10 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
-    from app.bench import BenchResult
-    from app.evaluate import EvaluationReport
-    from app.loadgen import LoadReport
-    from app.model import Detector
+    from app.detector.evaluate import EvaluationReport
+    from app.detector.model import Detector
+    from app.tools.bench import BenchResult
+    from app.tools.loadgen import LoadReport
 
 
 def _console() -> Console:

@@ -1,13 +1,12 @@
-"""The IsolationForest detector: configuration, training, scoring and the artifact on disk.
-
-Score convention (the workshop clients rely on it): ``score = -decision_function(x)``, so **higher is more
-anomalous** and a reading is flagged exactly when ``score > 0``. Flags are derived from scores, never computed
-separately, so the two always agree.
+"""The model on disk: an artifact and its metadata, written atomically, verified before use.
 
 The artifact is ``MODEL_DIR/MODEL_NAME`` (a joblib pickle of the fitted estimator) plus a JSON metadata file
 beside it (same stem, ``.json``). The metadata holds the SHA-256 of the artifact: a truncated or swapped file is
 detected before it is unpickled into service. Both files are written to a temporary name and renamed, so a crash
 or a second replica never sees half a file, and training is serialised across processes with a file lock.
+
+``load_detector`` is the one entry every command uses (serve, train, evaluate, bench): load and verify, or train
+when allowed, then pick the scorer.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,174 +31,36 @@ import sklearn
 from filelock import FileLock, Timeout
 from sklearn.ensemble import IsolationForest
 
-from app import FEATURES, __version__
-from app.errors import ModelArtifactError, ModelUnavailableError
-from app.forest import DEFAULT_BACKEND, Backend, CompiledForest
-from app.forest_jit import CHAINS
-from app.settings import Scorer
-from app.sim import GridProfile, GridSimulator
+from app import __version__
+from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.model import (
+    TRAINING_INTERVAL_S,
+    TRAINING_START,
+    Detector,
+    ModelConfig,
+    feature_statistics,
+    train_isolation_forest,
+    training_data,
+)
+from app.detector.scorer import Scorer
+from app.sim import GridProfile
 
 logger = logging.getLogger(__name__)
 
-TRAINING_START = datetime(2026, 1, 1, tzinfo=UTC)
-"""Fixed start of the simulated training period: the same config always trains the same model (same version)."""
-TRAINING_INTERVAL_S = 60.0
-"""One simulated reading per minute, so the training set covers the daily load curve many times over."""
 LOCK_TIMEOUT_S = 600.0
-ARTIFACT_MODE = 0o644
 """How long a process waits for another one that is training into the same MODEL_DIR."""
+ARTIFACT_MODE = 0o644
+"""Files readable by a server running under another uid than the trainer."""
 
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
-QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+Evaluator = Callable[[Detector], dict[str, Any]]
+"""Scores a freshly trained detector for its metadata (``app.detector.evaluate.evaluation_for_metadata``)."""
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Feature order and IsolationForest parameters.
-
-    Defaults were chosen by measurement (``gridwatch evaluate --sweep``, figures in the README), on simulated
-    streams with 2 % anomalies:
-
-    * ``max_samples=16384``: IsolationForest splits uniformly inside the range of each tree's subsample, so a
-      reading far outside that range isolates no faster than the most extreme training reading. Small subsamples
-      (scikit-learn's default of 256) therefore score a +20 % voltage spike like an ordinary evening peak: at a
-      0.2 % false-positive rate recall was 0.26 with 256, 0.89 with 4096 and 0.99 with 16384 (ROC-AUC 0.986 ->
-      0.9998). The cost is deeper trees (about 1,500 node visits per row instead of 870) and a 29 MB artifact.
-    * ``contamination=0.002``: contamination sets the threshold at that quantile of the training scores, so it
-      *is* the false-positive rate on normal readings. 0.002 measured precision 0.93 / recall 0.99; 0.001 kept
-      precision (0.96) but lost current surges and frequency excursions (recall 0.94); 0.005 halved the false
-      positives' margin (precision 0.82) for no recall gain; "auto" flags about a quarter of normal readings.
-    """
-
-    features: tuple[str, ...] = FEATURES
-    n_estimators: int = 100
-    max_samples: int = 16_384
-    contamination: float = 0.002
-    random_state: int = 42
-    train_samples: int = 50_000
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.contamination < 0.5:
-            raise ValueError(f"contamination must be within (0, 0.5), got {self.contamination}")
-        if self.max_samples > self.train_samples:
-            raise ValueError(f"max_samples ({self.max_samples}) exceeds train_samples ({self.train_samples})")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["features"] = list(self.features)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        if "features" in known:
-            known["features"] = tuple(known["features"])
-        return cls(**known)
-
-
-def training_data(config: ModelConfig, profile: GridProfile | None = None) -> np.ndarray:
-    """Normal (anomaly-free) simulated readings in feature order; deterministic for a given config."""
-    simulator = GridSimulator(
-        profile=profile or GridProfile(),
-        anomaly_rate=0.0,
-        interval_s=TRAINING_INTERVAL_S,
-        start=TRAINING_START,
-        seed=config.random_state,
-    )
-    return simulator.batch(config.train_samples).features()
-
-
-def train_isolation_forest(config: ModelConfig, X: np.ndarray | None = None) -> IsolationForest:
-    """Fit an IsolationForest on ``X`` (default: ``training_data(config)``).
-
-    The estimator is fitted on a plain array (no feature names), because requests arrive as arrays in
-    ``config.features`` order; ``n_jobs=1`` keeps one worker process on one core, scaling is the HPA's job.
-    """
-    if X is None:
-        X = training_data(config)
-    estimator = IsolationForest(
-        n_estimators=config.n_estimators,
-        max_samples=config.max_samples,
-        contamination=config.contamination,
-        random_state=config.random_state,
-        n_jobs=1,
-    )
-    return estimator.fit(X)
-
-
-def predict_batch(estimator: IsolationForest, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Score rows of ``X``: returns ``(flags, scores)`` with ``scores = -decision_function`` and
-    ``flags = scores > 0``, so a flag is raised exactly when scikit-learn's ``predict`` says -1."""
-    scores = -estimator.decision_function(X)
-    return scores > 0.0, scores
-
-
-def feature_statistics(X: np.ndarray, features: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Per-feature training statistics kept in the metadata; the drift monitor compares live windows to them."""
-    stats: dict[str, dict[str, Any]] = {}
-    for column, name in enumerate(features):
-        values = X[:, column]
-        stats[name] = {
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)),
-            "min": float(values.min()),
-            "max": float(values.max()),
-            "quantiles": {str(q): float(np.quantile(values, q)) for q in QUANTILES},
-        }
-    return stats
-
-
-@dataclass
-class Detector:
-    """A loaded model ready to serve: the estimator, the metadata stored beside it, and its compiled form.
-
-    The compiled form (``app.forest``) is built once here, when the model is loaded or trained, and is what
-    ``predict_batch`` uses unless ``scorer`` says ``sklearn``.
-    """
-
-    estimator: IsolationForest
-    metadata: dict[str, Any]
-    path: Path | None = None
-    trained_now: bool = False
-    load_seconds: float = 0.0
-    scorer: Scorer = Scorer.auto
-    config: ModelConfig = field(init=False)
-    forest: CompiledForest = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.config = ModelConfig.from_dict(self.metadata.get("config", {}))
-        self.forest = CompiledForest.from_sklearn(self.estimator)
-        self.use(self.scorer)
-
-    def use(self, scorer: Scorer) -> None:
-        """Switch the scoring path (``auto`` resolves to numba if installed, else numpy)."""
-        if scorer is Scorer.auto:
-            scorer = Scorer(DEFAULT_BACKEND.value)
-        if scorer is Scorer.numba and DEFAULT_BACKEND is not Backend.numba:
-            raise ValueError("SCORER=numba but numba is not installed; use auto, numpy or sklearn")
-        self.scorer = scorer
-
-    def warm_up(self) -> None:
-        """Score once per kernel so compilation (or loading numba's cache) happens now, not in a request."""
-        row = np.array([[self.metadata["feature_stats"][name]["mean"] for name in self.features]])
-        self.predict_batch(row)
-        self.predict_batch(np.repeat(row, CHAINS, axis=0))
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata["model_version"])
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return self.config.features
-
-    def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(flags, scores)`` for an ``(n, len(features))`` float array, equal to ``predict_batch``'s."""
-        if self.scorer is Scorer.sklearn:
-            return predict_batch(self.estimator, X)
-        scores = -self.forest.decision_function(X, Backend(self.scorer.value))
-        return scores > 0.0, scores
+def training_lock(artifact: Path) -> FileLock:
+    """The file lock that serialises training into ``artifact``'s folder across processes."""
+    return FileLock(artifact.parent / f".{artifact.name}.lock", timeout=LOCK_TIMEOUT_S)
 
 
 def metadata_path(artifact: Path) -> Path:
@@ -253,7 +113,7 @@ def train_model(
     config: ModelConfig,
     artifact: Path,
     *,
-    evaluate: Callable[[Detector], dict[str, Any]] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> Detector:
     """Train, evaluate (if ``evaluate`` is given) and save atomically to ``artifact``. Returns the new detector.
 
@@ -395,7 +255,7 @@ def ensure_model(
     *,
     train_if_missing: bool,
     config: ModelConfig | None = None,
-    evaluate: Callable[[Detector], dict[str, Any]] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> Detector:
     """Load ``artifact``, or train and save it when it is missing or unusable and ``train_if_missing`` is set.
 
@@ -416,11 +276,9 @@ def ensure_model(
             raise
         problem = first_error
 
-    lock_file = artifact.parent / f".{artifact.name}.lock"
     try:
         artifact.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(lock_file, timeout=LOCK_TIMEOUT_S)
-        with lock:
+        with training_lock(artifact):
             try:  # another process may have finished training while we waited for the lock
                 return load_model(artifact)
             except ModelArtifactError as error:
@@ -442,3 +300,17 @@ def ensure_model(
         raise ModelUnavailableError(
             f"waited {LOCK_TIMEOUT_S:.0f}s for another process training into {artifact.parent}"
         ) from exc
+
+
+def load_detector(
+    artifact: Path, *, train_if_missing: bool, scorer: Scorer = Scorer.auto, warm_up: bool = False
+) -> Detector:
+    """The detector every command starts from: ``ensure_model`` (training evaluated like ``gridwatch train``),
+    switched to ``scorer``, and with ``warm_up`` its kernels compiled now rather than in the first request."""
+    from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415 - sklearn.metrics only to train
+
+    detector = ensure_model(artifact, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)
+    detector.use(scorer)
+    if warm_up:
+        detector.warm_up()
+    return detector

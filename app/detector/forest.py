@@ -2,7 +2,8 @@
 
 scikit-learn scores a batch by visiting its trees one at a time from Python and joblib (``tree.apply`` per
 tree), which costs ~10 ms even for a single reading. ``CompiledForest`` packs all trees into a few arrays and
-walks them in a compiled kernel (``app.forest_jit``, numba) or, where numba is missing, level by level in NumPy.
+walks them in a compiled kernel (``app.detector.forest_jit``, numba) or, where numba is missing, level by level
+in NumPy.
 scikit-learn stays the trainer and the reference: the tests compare both paths with it on 100,000 rows.
 
 **Layout.** Each tree is renumbered breadth-first, so the two children of a node are adjacent: the next node is
@@ -29,25 +30,21 @@ reproduced rather than approximated:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
 
-from app import forest_jit
+from app.detector import forest_jit
+from app.detector.scorer import Scorer
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 LEAF = -1  # scikit-learn's TREE_LEAF marker in children_left
 
 
-class Backend(StrEnum):
-    """How ``CompiledForest`` walks its trees."""
-
-    numba = "numba"
-    numpy = "numpy"
-
-
-DEFAULT_BACKEND = Backend.numba if forest_jit.AVAILABLE else Backend.numpy
+DEFAULT_SCORER = Scorer.auto.resolved()
+"""How ``CompiledForest`` walks its trees unless told otherwise."""
 
 
 def _breadth_first(children_left: np.ndarray, children_right: np.ndarray) -> np.ndarray:
@@ -104,6 +101,8 @@ class CompiledForest:
     @classmethod
     def from_sklearn(cls, forest: IsolationForest) -> CompiledForest:
         """Pack the fitted ``forest``'s trees, in its own order."""
+        from sklearn.ensemble._iforest import _average_path_length  # noqa: PLC0415 - only to compile a forest
+
         n_features = int(forest.n_features_in_)
         feature_bits = max(1, (n_features - 1).bit_length())
         remap_features = forest._max_features != n_features  # scikit-learn then scores X[:, estimator_features]
@@ -149,18 +148,20 @@ class CompiledForest:
             n_features=n_features,
         )
 
-    def path_length_sums(self, X: np.ndarray, backend: Backend = DEFAULT_BACKEND) -> np.ndarray:
+    def path_length_sums(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> np.ndarray:
         """Per row, the sum over trees of the leaf values, in tree order (scikit-learn's ``depths``)."""
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an (n, {self.n_features}) array, got shape {X.shape}")
         with np.errstate(over="ignore"):  # beyond float32's range becomes +-inf, exactly as in scikit-learn
             rows = np.ascontiguousarray(X, dtype=np.float32)  # the cast scikit-learn's trees make
-        if backend is Backend.numba:
+        if scorer is Scorer.numba:
             if not forest_jit.AVAILABLE:
-                raise RuntimeError("numba is not installed; use the numpy backend")
+                raise RuntimeError("numba is not installed; use the numpy scorer")
             return forest_jit.path_length_sums(
                 rows, self.threshold, self.meta, self.leaf_value, self.roots, self.max_depth, self.feature_bits
             )
+        if scorer is not Scorer.numpy:
+            raise ValueError(f"the compiled forest walks its trees with numba or numpy, not {scorer.value}")
         return self._path_length_sums_numpy(rows)
 
     def _path_length_sums_numpy(self, rows: np.ndarray) -> np.ndarray:
@@ -178,13 +179,13 @@ class CompiledForest:
             depths += values[:, tree]
         return depths
 
-    def score_samples(self, X: np.ndarray, backend: Backend = DEFAULT_BACKEND) -> np.ndarray:
+    def score_samples(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> np.ndarray:
         """Equal to ``IsolationForest.score_samples`` (lower is more abnormal)."""
-        depths = self.path_length_sums(X, backend)
+        depths = self.path_length_sums(X, scorer)
         denominator = self.denominator
         scores = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
         return -scores
 
-    def decision_function(self, X: np.ndarray, backend: Backend = DEFAULT_BACKEND) -> np.ndarray:
+    def decision_function(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> np.ndarray:
         """Equal to ``IsolationForest.decision_function`` (negative means outlier)."""
-        return self.score_samples(X, backend) - self.offset
+        return self.score_samples(X, scorer) - self.offset

@@ -4,11 +4,12 @@ Two parts, both against the same model artifact:
 
 1. **Scorer**: median time per call of scikit-learn's ``decision_function`` and of the compiled forest (numba and
    NumPy paths) for several batch sizes, in the same process.
-2. **HTTP**: the real service (``gridwatch serve``, one worker) and the plain baseline (``app.baseline``: FastAPI +
-   pydantic + scikit-learn), each started here on a free localhost port. Each server is pinned to the first CPU and
-   the load to the others, so client and server do not compete. Measured: the most rows/s with 32 connections
-   sending batches of 64 back to back (``wrk`` if installed, else this package's load generator at an unreachable
-   rate), and the latency at the workshop's load (150 requests/s of 64 readings, open loop, ``app.loadgen``).
+2. **HTTP**: the real service (``gridwatch serve``, one worker) and the plain baseline (``app.tools.baseline``:
+   FastAPI + pydantic + scikit-learn), each started here on a free localhost port. Each server is pinned to the
+   first CPU and the load to the others, so client and server do not compete. Measured: the most rows/s with 32
+   connections sending batches of 64 back to back (``wrk`` if installed, else this package's load generator at an
+   unreachable rate), and the latency at the workshop's load (150 requests/s of 64 readings, open loop,
+   ``app.tools.loadgen``).
 
 Results are printed and, with ``--write``, rendered as Markdown (docs/benchmarks.md) with the machine they came from.
 """
@@ -32,16 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import numpy as np
 import sklearn
 
-from app.forest import Backend
-from app.forest_jit import AVAILABLE as NUMBA_AVAILABLE
-from app.loadgen import LoadConfig, run_load
-from app.model import Detector
-from app.request_profile import RequestProfile, profile_predict
+from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
+from app.detector.model import Detector
+from app.detector.scorer import Scorer
 from app.sim import GridSimulator
+from app.tools.loadgen import LoadConfig, run_load
+from app.tools.processes import free_port, wait_until_ready
+from app.tools.request_profile import RequestProfile, profile_predict
 
 SERVER_START_TIMEOUT_S = 180.0
 
@@ -57,7 +58,7 @@ class BenchConfig:
     batch_size: int = 64
     fixed_rps: float = 150.0
     profile_requests: int = 2000
-    """Requests of ``batch_size`` readings profiled in process (``app.request_profile``); 0 skips the profile."""
+    """Requests of ``batch_size`` readings profiled in process (``app.tools.request_profile``); 0 skips the profile."""
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,11 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
         batch = X[:size]
         sk = _median_seconds(lambda b=batch: estimator.decision_function(b), config.min_seconds)
         nb = (
-            _median_seconds(lambda b=batch: forest.decision_function(b, Backend.numba), config.min_seconds)
+            _median_seconds(lambda b=batch: forest.decision_function(b, Scorer.numba), config.min_seconds)
             if NUMBA_AVAILABLE
             else None
         )
-        npy = _median_seconds(lambda b=batch: forest.decision_function(b, Backend.numpy), config.min_seconds)
+        npy = _median_seconds(lambda b=batch: forest.decision_function(b, Scorer.numpy), config.min_seconds)
         rows.append(
             ScorerRow(
                 batch=size,
@@ -160,14 +161,6 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
             )
         )
     return rows
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _cpu_split() -> tuple[set[int], set[int]] | None:
@@ -188,18 +181,10 @@ def _server(name: str, command: list[str], env: dict[str, str], port: int, log: 
         split = _cpu_split()
         if split is not None:
             os.sched_setaffinity(process.pid, split[0])
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
-            try:
-                if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {SERVER_START_TIMEOUT_S}s; see {log}")
-            time.sleep(0.2)  # readiness probe interval
+        try:
+            wait_until_ready(f"{url}/health", timeout=SERVER_START_TIMEOUT_S, process=process)
+        except RuntimeError as error:
+            raise RuntimeError(f"{name}: {error}; see {log}") from None
         yield url
     finally:
         process.terminate()
@@ -299,11 +284,11 @@ def http_table(artifact: Path, config: BenchConfig, workdir: Path) -> list[HttpR
     records = GridSimulator(anomaly_rate=0.01, seed=3).batch(config.batch_size).to_records(ground_truth=False)
     body.write_text(json.dumps({"readings": records}))
     servers = {
-        "gridwatch (compiled forest, orjson)": [sys.executable, "-m", "app.cli", "serve"],
+        "gridwatch (compiled forest, orjson)": [sys.executable, "-m", "app.tools.cli", "serve"],
         "baseline (FastAPI + pydantic + scikit-learn)": [
             sys.executable,
             "-m",
-            "app.baseline",
+            "app.tools.baseline",
             "--model",
             str(artifact),
             "--port",
@@ -312,7 +297,7 @@ def http_table(artifact: Path, config: BenchConfig, workdir: Path) -> list[HttpR
     }
     rows = []
     for name, template in servers.items():
-        port = _free_port()
+        port = free_port()
         command = [part.replace("{port}", str(port)) for part in template]
         env = {
             "PORT": str(port),
@@ -413,7 +398,7 @@ def _request_path_markdown(profile: RequestProfile) -> list[str]:
         f"## Where one /predict of {profile.rows} readings spends its time (cProfile, in process)",
         "",
         f"{profile.requests:,} requests driven through the ASGI application in one thread, without sockets or "
-        f"uvicorn (`app.request_profile`): {profile.unprofiled_us_per_request:,.0f} us per request without the "
+        f"uvicorn (`app.tools.request_profile`): {profile.unprofiled_us_per_request:,.0f} us per request without the "
         f"profiler, {profile.profiled_us_per_request:,.0f} us with it. cProfile slows Python code more than the "
         "compiled scorer, so read the shares, not the absolute times.",
         "",

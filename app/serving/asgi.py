@@ -1,0 +1,46 @@
+"""ASGI types, the base of the pure-ASGI middlewares, and what the router leaves in a request's scope.
+
+Kept apart from ``app.serving.metrics`` so that modules needed by uvicorn's supervisor process (logging) never
+import prometheus-client: in multiprocess mode an import there would create metric files for a process that serves
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UNMATCHED_PATH = "unmatched"
+"""The route label of every request that matched no route, so a URL scan adds one series, not thousands."""
+
+
+def route_label(scope: Scope) -> str:
+    """The route template that handled the request (set by the router in the shared scope), or UNMATCHED_PATH."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_PATH
+
+
+class HttpMiddleware:
+    """Base of the pure-ASGI middlewares: HTTP requests go to ``handle``, every other scope straight through.
+
+    Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which costs a task and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError

@@ -1,0 +1,98 @@
+"""The HTTP mechanics of one /predict: content type, a bounded body, the API key, the in-flight limit.
+
+Each check raises a named error from ``app.serving.errors``; none of them decides a status code itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from fastapi import Request
+
+from app.serving.errors import (
+    OVERLOAD_RETRY_AFTER_SECONDS,
+    OverloadedError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from app.serving.metrics import REQUESTS_SHED
+
+API_KEY_HEADER = "x-api-key"
+JSON_MEDIA_TYPE = "application/json"
+
+
+def require_json(request: Request) -> None:
+    """Reject a body that is not declared as JSON (415), naming what was sent."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE and not media_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'!r}")
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, or 408 if it takes
+    longer than ``timeout`` seconds to arrive.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked or lying body is
+    refused as soon as the running total passes the limit, so a huge upload never sits in memory. The timeout
+    bounds a client that trickles its body byte by byte: it cannot hold a slot of MAX_INFLIGHT for longer.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds MAX_BODY_BYTES={limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"request body not received within BODY_TIMEOUT={timeout:g}s ({size} bytes arrived)"
+        ) from None
+    return b"".join(chunks)
+
+
+def require_api_key(request: Request, key: str | None) -> None:
+    """401 unless ``key`` is None (the API is open) or the request carries it in X-API-Key.
+
+    Compared with ``hmac.compare_digest``, whose time does not depend on where the strings differ, so the key
+    cannot be guessed byte by byte from response times.
+    """
+    if key is None:
+        return
+    offered = request.headers.get(API_KEY_HEADER, "")
+    if not hmac.compare_digest(offered.encode(), key.encode()):
+        raise UnauthorizedError("missing or wrong API key: send it in the X-API-Key header")
+
+
+class InflightLimit:
+    """At most ``limit`` requests at once through the guarded section; the next one is refused, not queued.
+
+    An unbounded queue turns a burst into seconds of latency for everyone and into memory growth; refusing at
+    once with 503 + Retry-After lets the client back off or another replica answer. It is per worker process
+    (one event loop, so no lock is needed) and guards only /predict, so probes always get through.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    def __enter__(self) -> InflightLimit:
+        if self.current >= self.limit:
+            REQUESTS_SHED.inc()
+            raise OverloadedError(
+                f"{self.current} requests in flight, MAX_INFLIGHT={self.limit}; retry in "
+                f"{OVERLOAD_RETRY_AFTER_SECONDS}s"
+            )
+        self.current += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.current -= 1

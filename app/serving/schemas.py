@@ -1,0 +1,88 @@
+"""The request and answer shapes of the API, for OpenAPI (``/docs``) only.
+
+``/predict`` reads its body itself (``app.serving.parsing``) rather than through these pydantic models: that keeps
+a batch of readings one NumPy array from bytes to scores, and lets the error name the row and field. The models
+here publish the same contract in OpenAPI; the schemathesis tests prove the service keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Reading(BaseModel):
+    """One sensor reading. Extra fields (``timestamp``, ``sensor_id``...) are accepted and ignored."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"voltage": 231.2, "current": 12.5, "frequency": 50.01}]},
+    )
+    voltage: float = Field(description="RMS voltage in volts; finite.")
+    current: float = Field(description="Current in amperes; finite.")
+    frequency: float = Field(description="Grid frequency in hertz; finite.")
+
+
+class Prediction(BaseModel):
+    anomaly: bool = Field(description="True when score > 0.")
+    score: float = Field(description="Negated IsolationForest decision function: higher is more anomalous.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="One per reading, in input order.")
+    anomalies: int = Field(description="How many readings were flagged.")
+    total: int = Field(description="How many readings were scored.")
+    served_by: str = Field(description="Instance (pod or host, and process id) that answered.")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    features: list[str]
+    model_version: str
+    instance: str
+    pod: str | None
+    node: str | None
+
+
+class NotReadyResponse(BaseModel):
+    status: str = Field(description="`loading` or `failed`.")
+    reason: str
+    instance: str
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="A message, or for 422 a list of {type, loc, msg} naming row and field.")
+
+
+def predict_request_schema(max_batch: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["readings"],
+        "properties": {
+            "readings": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_batch,
+                "items": Reading.model_json_schema(),
+            }
+        },
+    }
+
+
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "Body not received within BODY_TIMEOUT seconds."},
+    413: {"model": ErrorResponse, "description": "More than MAX_BATCH readings, or body over MAX_BODY_BYTES."},
+    415: {"model": ErrorResponse, "description": "Body not sent as application/json."},
+    422: {"model": ErrorResponse, "description": "Invalid batch; `detail` names each row and field."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Model not loaded yet, or MAX_INFLIGHT requests already in flight (see Retry-After).",
+    },
+}
+"""The documented error answers of /predict (OpenAPI), besides 401 when an API key is required."""
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}
+}
+"""Documented only when an API key is required."""

@@ -28,9 +28,7 @@ train: sync ## (re)train the model into MODEL_DIR (default models/)
 evaluate: sync ## precision/recall of the current model, with a contamination sweep
 	$(RUN) gridwatch evaluate --sweep
 
-test: sync ## lint, format check and the whole test suite (what CI runs)
-	$(RUN) ruff check .
-	$(RUN) ruff format --check .
+test: lint ## lint, format check and the whole test suite (what CI runs)
 	$(RUN) pytest
 
 test-quick: sync ## the quick loop: skip tests marked slow

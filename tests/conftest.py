@@ -1,4 +1,5 @@
-"""Shared fixtures: one trained model per session, app clients, and real server processes on free ports."""
+"""Fixtures every area shares: one trained model per session, a private model folder, an app client and a real
+server process. Each area's own fixtures live in its folder's conftest.py."""
 
 from __future__ import annotations
 

@@ -1,20 +1,23 @@
-"""Helpers for tests that cross a process boundary: free ports, real servers, required external tools."""
+"""Helpers for tests that cross a process boundary: real servers on free ports, required external tools.
+
+Free ports and waiting for readiness are the project's own (``app.tools.processes``), shared with the demo and the
+benchmark.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx2
 import pytest
+
+from app.tools.processes import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -37,33 +40,6 @@ def require_tool(name: str, *, env_var: str | None = None) -> str:
     if IN_CI:
         pytest.fail(f"{message}; under CI=true this is an error, not a skip")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_http(url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float) -> httpx2.Response:
-    """Poll ``url`` until it answers 200, like a readiness probe; fail early if ``process`` exits."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    last: object = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            response = httpx2.get(url, timeout=5.0)
-            if response.status_code == 200:
-                return response
-            last = response.status_code
-        except httpx2.TransportError as error:
-            last = error
-        time.sleep(delay)  # probe interval, not synchronisation: the loop waits for the condition itself
-        delay = min(delay * 2, 0.5)
-    raise AssertionError(f"{url} not ready after {timeout}s (last: {last!r})")
 
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -102,7 +78,7 @@ class HttpProcess:
             self.process = subprocess.Popen(
                 self.command(), env=self.env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
             )
-        wait_for_http(f"{self.url}{self.ready_path}", process=self.process, timeout=self.ready_timeout)
+        wait_until_ready(f"{self.url}{self.ready_path}", process=self.process, timeout=self.ready_timeout)
         return self
 
     def log(self) -> str:

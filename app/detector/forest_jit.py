@@ -1,4 +1,4 @@
-"""numba kernels that walk a ``CompiledForest`` (see ``app.forest`` for the layout and why it is exact).
+"""numba kernels that walk a ``CompiledForest`` (see ``app.detector.forest`` for the layout and why it is exact).
 
 Two traversals, chosen by measurement (``gridwatch bench``; figures in docs/benchmarks.md):
 
@@ -24,7 +24,7 @@ import numpy as np
 
 try:
     from numba import njit
-except ImportError:  # the pure-NumPy path in app.forest takes over
+except ImportError:  # the pure-NumPy path in app.detector.forest takes over
     AVAILABLE = False
 else:
     AVAILABLE = True

@@ -15,8 +15,12 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import __version__
+
+if TYPE_CHECKING:  # pydantic is a backend dependency: `gridwatch simulate` runs without it
+    from app.serving.settings import Settings
 
 
 def _positive_int(text: str) -> int:
@@ -57,6 +61,18 @@ def _kinds(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown kind(s) {unknown}; choose from {sorted(valid)}")
     return kinds
+
+
+def _model_command_settings(model_dir: str | None, *, log_level: str | None = None) -> Settings:
+    """The start of every command that works on MODEL_DIR: ``--model-dir`` over the environment, the settings,
+    and logging (at the settings' level unless ``log_level`` says otherwise)."""
+    _export(model_dir=model_dir)
+    from app.serving.logs import configure_logging
+    from app.serving.settings import Settings
+
+    settings = Settings()
+    configure_logging(log_level or settings.log_level)
+    return settings
 
 
 def _export(**overrides: object) -> None:
@@ -106,17 +122,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _export(model_dir=args.model_dir)
+    settings = _model_command_settings(args.model_dir)
     from dataclasses import replace
 
     from app.detector.artifact import train_model, training_lock
     from app.detector.evaluate import evaluation_for_metadata
     from app.detector.model import ModelConfig
-    from app.serving.logs import configure_logging
-    from app.serving.settings import Settings
 
-    settings = Settings()
-    configure_logging(settings.log_level)
     overrides = {
         "n_estimators": args.n_estimators,
         "max_samples": args.max_samples,
@@ -157,16 +169,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _export(model_dir=args.model_dir)
+    settings = _model_command_settings(args.model_dir)
     from app.detector.artifact import load_detector
     from app.detector.evaluate import evaluate_detector, sweep_contamination
-    from app.serving.logs import configure_logging
-    from app.serving.settings import Settings
     from app.sim import DEFAULT_ANOMALY_KINDS
     from app.tools.report import print_evaluation, print_sweep
 
-    settings = Settings()
-    configure_logging(settings.log_level)
     detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
     report = evaluate_detector(
         detector,
@@ -304,15 +312,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    _export(model_dir=args.model_dir)
+    settings = _model_command_settings(args.model_dir, log_level="warning")
     from app.detector.artifact import load_detector
-    from app.serving.logs import configure_logging
-    from app.serving.settings import Settings
     from app.tools.bench import BenchConfig, render_markdown, run_bench
     from app.tools.report import print_bench
 
-    settings = Settings()
-    configure_logging("warning")
     detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
     config = BenchConfig(
         sizes=tuple(args.sizes),

@@ -18,8 +18,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.support import ROOT, ServerProcess, free_port, wait_for_http
-from tests.test_ui_logic import BLOCK_SKLEARN
-from tests.ui_support import UI_SCRIPT, real_backend
+from tests.ui.support import UI_SCRIPT, real_backend
+from tests.ui.test_logic import BLOCK_SKLEARN
 from ui.live import LiveSession, StreamSettings, stream_tick
 
 pytestmark = pytest.mark.slow

@@ -49,6 +49,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 a PersistentVolumeClaim, a fixed replica count without the HPA, and the chart's values-production.yaml (API key from
 an existing Secret)."""
 
+API_KEY = "s3cret-from-values"
+EXISTING_SECRET = {"apiKey": {"enabled": True, "existingSecret": "ops-api-key", "secretKey": "token"}}
+CHART_OWNED_SECRET = {"apiKey": {"enabled": True, "value": API_KEY}}
+API_KEY_VALUE_SETS: dict[str, dict[str, Any]] = {"existing-secret": EXISTING_SECRET, "chart-owned": CHART_OWNED_SECRET}
+"""The two ways to turn the API key on: the user's own Secret, or one the chart makes from a value."""
+
+NAMED_VALUES: dict[str, dict[str, Any]] = {**VALUE_SETS, **API_KEY_VALUE_SETS}
+"""Every value set a test renders by name through the ``rendered`` fixture (tests/deploy/conftest.py)."""
+
 
 def chart_copy(destination: Path, *, dashboards: Path | None = None, rules: Path | None = None) -> Path:
     """A renderable copy of the chart under ``destination``: dependencies removed, symlinks resolved.

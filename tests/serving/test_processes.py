@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support import ROOT, ServerProcess, free_port, wait_for_http
+from app.tools.processes import free_port, wait_until_ready
+from tests.support import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +69,8 @@ def test_up_starts_api_and_ui_and_stops_both(model_dir: Path, signals: list[int]
             cwd=ROOT,
         )
     try:
-        wait_for_http(f"http://127.0.0.1:{api_port}/health", process=up, timeout=120)
-        assert wait_for_http(f"http://127.0.0.1:{ui_port}/_stcore/health", process=up, timeout=120).text == "ok"
+        wait_until_ready(f"http://127.0.0.1:{api_port}/health", process=up, timeout=120)
+        assert wait_until_ready(f"http://127.0.0.1:{ui_port}/_stcore/health", process=up, timeout=120).text == "ok"
         # Streamlit serves a client-rendered shell; what it renders is checked by the browser test of the UI.
         assert '<div id="root">' in httpx2.get(f"http://127.0.0.1:{ui_port}/").text
     finally:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.support import ROOT, free_port
-from tests.ui_support import Answer, StubBackend, scoring_route
+from tests.ui.support import Answer, StubBackend, scoring_route
 from ui.client import BackendClient, BackendError, ErrorKind
 from ui.config import BATCH_SIZE, DEFAULT_BACKEND_URL, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, backend_url_from_env
 from ui.detection import DetectionStats, Outcome, outcomes

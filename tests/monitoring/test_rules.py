@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.monitoring import (
+from tests.monitoring.support import (
     RULE_TESTS_DIR,
     RULES_DIR,
     RUNBOOK_URL_BASE,

@@ -1,4 +1,4 @@
-"""The Helm umbrella chart, rendered with the real helm binary (see tests/chart_support.py for why the dependency
+"""The Helm umbrella chart, rendered with the real helm binary (see tests/deploy/support.py for why the dependency
 section is removed from a temporary copy): lint, every value set against the Kubernetes and prometheus-operator
 schemas, and the promises the objects make to each other (selectors, ports, labels, security, probes)."""
 
@@ -16,7 +16,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
 from app.serving.settings import Settings
-from tests.chart_support import (
+from tests.deploy.support import (
     CHART_DIR,
     KUBERNETES_VERSION,
     NAMESPACE,
@@ -38,16 +38,6 @@ VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 README = (ROOT / "README.md").read_text()
 BACKEND = f"{RELEASE}-backend"
 UI = f"{RELEASE}-ui"
-
-
-@pytest.fixture(scope="module")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return chart_copy(tmp_path_factory.mktemp("chart"))
-
-
-@pytest.fixture(scope="module")
-def rendered(chart: Path) -> dict[str, Rendered]:
-    return {name: render(chart, values) for name, values in VALUE_SETS.items()}
 
 
 @pytest.fixture(scope="module")

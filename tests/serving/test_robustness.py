@@ -20,7 +20,8 @@ import pytest
 
 from app.detector.artifact import load_model
 from app.tools.loadgen import LoadConfig, run_load
-from tests.support import ROOT, ServerProcess, require_tool, wait_for_http
+from app.tools.processes import wait_until_ready
+from tests.support import ROOT, ServerProcess, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +192,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(model_dir: Path):
     connections = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
     for connection in connections:  # three requests in flight: headers and half of each body sent
         connection.sendall(post_head(len(BODY)) + BODY[:half])
-    wait_for_http(f"{server.url}/livez", timeout=10)  # the server is reading them
+    wait_until_ready(f"{server.url}/livez", timeout=10)  # the server is reading them
     server.process.send_signal(signal.SIGTERM)
 
     refused = False

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.support import ARTIFACTS, ServerProcess, free_port, require_tool
-from tests.ui_support import StreamlitProcess, real_backend
+from tests.ui.support import StreamlitProcess, real_backend
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from app.sim import GridSimulator
-from tests.monitoring import (
+from tests.monitoring.support import (
     KUBERNETES_METRICS,
     Query,
     all_queries,

@@ -1,4 +1,4 @@
-"""The chart's security and shutdown values, rendered with the real helm binary (tests/chart_support.py): the API key
+"""The chart's security and shutdown values, rendered with the real helm binary (tests/deploy/support.py): the API key
 reaches the backend, the UI and the `helm test` API pod as a mounted Secret file named by API_KEY_FILE (never an
 environment variable), the chart owns the Secret only when given a value and never invents one, the production values
 file renders valid objects, and GRACEFUL_TIMEOUT fits in the pod's termination grace period. The smoke test script
@@ -21,13 +21,15 @@ from pydantic import ValidationError
 
 from app.detector.artifact import metadata_path
 from app.serving.settings import Settings
-from tests.chart_support import (
+from tests.deploy.support import (
+    API_KEY,
     CHART_DIR,
+    CHART_OWNED_SECRET,
+    EXISTING_SECRET,
     KUBERNETES_VERSION,
     NAMESPACE,
     RELEASE,
     Rendered,
-    chart_copy,
     helm,
     pod_spec,
     render,
@@ -35,7 +37,7 @@ from tests.chart_support import (
     values_file,
 )
 from tests.support import ServerProcess
-from tests.ui_support import Answer, StubBackend
+from tests.ui.support import Answer, StubBackend
 from ui.config import api_key_from_env
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -45,24 +47,11 @@ BACKEND, UI, TEST_API = f"{RELEASE}-backend", f"{RELEASE}-ui", f"{RELEASE}-test-
 CHART_SECRET = f"{RELEASE}-api-key"
 MOUNT_PATH = "/etc/gridwatch/api-key"
 
-KEY = "s3cret-from-values"
-EXISTING = {"apiKey": {"enabled": True, "existingSecret": "ops-api-key", "secretKey": "token"}}
-CHART_OWNED = {"apiKey": {"enabled": True, "value": KEY}}
 VARIANTS = {
-    "existing-secret": (EXISTING, "ops-api-key", "token"),
-    "chart-owned": (CHART_OWNED, CHART_SECRET, "api-key"),
+    "existing-secret": (EXISTING_SECRET, "ops-api-key", "token"),
+    "chart-owned": (CHART_OWNED_SECRET, CHART_SECRET, "api-key"),
 }
 """Each way to turn the key on, with the Secret and the key inside it the pods must read."""
-
-
-@pytest.fixture(scope="module")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return chart_copy(tmp_path_factory.mktemp("chart"))
-
-
-@pytest.fixture(scope="module")
-def rendered(chart: Path) -> dict[str, Rendered]:
-    return {"defaults": render(chart)} | {name: render(chart, values) for name, (values, _, _) in VARIANTS.items()}
 
 
 def keyed_workloads(objects: Rendered) -> list[dict[str, Any]]:
@@ -132,7 +121,9 @@ def test_the_key_reaches_backend_ui_and_test_pod_as_a_mounted_file(rendered: dic
         for source in container.get("envFrom", []):
             assert "secretRef" not in source, name
     for config_map in objects.of_kind("ConfigMap"):
-        assert KEY not in yaml.safe_dump(config_map), f"the key leaked into ConfigMap {config_map['metadata']['name']}"
+        assert API_KEY not in yaml.safe_dump(config_map), (
+            f"the key leaked into ConfigMap {config_map['metadata']['name']}"
+        )
     target_test = objects.get("Pod", f"{RELEASE}-test-prometheus-target")
     assert "volumes" not in pod_spec(target_test), "the Prometheus test never calls the API: it gets no key"
 
@@ -142,9 +133,9 @@ def test_the_chart_creates_the_secret_only_from_a_given_value(chart: Path, rende
     secret = rendered["chart-owned"].get("Secret", CHART_SECRET)
     assert secret["metadata"]["namespace"] == NAMESPACE
     assert set(secret["data"]) == {"api-key"}
-    assert base64.b64decode(secret["data"]["api-key"]).decode() == KEY
-    assert render(chart, CHART_OWNED).get("Secret", CHART_SECRET) == secret, "stable: never regenerated"
-    both = render(chart, {"apiKey": {**EXISTING["apiKey"], "value": KEY}})
+    assert base64.b64decode(secret["data"]["api-key"]).decode() == API_KEY
+    assert render(chart, CHART_OWNED_SECRET).get("Secret", CHART_SECRET) == secret, "stable: never regenerated"
+    both = render(chart, {"apiKey": {**EXISTING_SECRET["apiKey"], "value": API_KEY}})
     assert CHART_SECRET not in both.names("Secret"), "existingSecret wins over value"
     volume = {v["name"]: v for v in pod_spec(both.get("Deployment", BACKEND))["volumes"]}["api-key"]
     assert volume["secret"]["secretName"] == "ops-api-key"
@@ -173,8 +164,10 @@ def test_a_changed_chart_owned_key_rolls_the_pods(chart: Path, rendered: dict[st
 
     owned = checksums(rendered["chart-owned"])
     assert all(owned)
-    assert checksums(render(chart, CHART_OWNED)) == owned, "deterministic: an upgrade with the same key rolls nothing"
-    rotated = checksums(render(chart, {"apiKey": {"enabled": True, "value": KEY + "-rotated"}}))
+    assert checksums(render(chart, CHART_OWNED_SECRET)) == owned, (
+        "deterministic: an upgrade with the same key rolls nothing"
+    )
+    rotated = checksums(render(chart, {"apiKey": {"enabled": True, "value": API_KEY + "-rotated"}}))
     assert all(a != b for a, b in zip(rotated, owned, strict=True))
     assert checksums(rendered["existing-secret"]) == [None, None], "the chart cannot see a Secret it does not own"
 
@@ -188,10 +181,10 @@ def test_the_backend_and_the_ui_read_the_key_from_the_mounted_file(rendered: dic
     projected = tmp_path / "key"
     secret = objects.get("Secret", CHART_SECRET)
     projected.write_bytes(base64.b64decode(secret["data"]["api-key"]))
-    assert backend_settings(data, api_key_file=str(projected)).required_api_key() == KEY
+    assert backend_settings(data, api_key_file=str(projected)).required_api_key() == API_KEY
     ui_env = environment(objects, objects.get("Deployment", UI))
     assert ui_env["API_KEY_FILE"] == data["API_KEY_FILE"]
-    assert api_key_from_env({**ui_env, "API_KEY_FILE": str(projected)}) == KEY
+    assert api_key_from_env({**ui_env, "API_KEY_FILE": str(projected)}) == API_KEY
 
 
 # --- the new backend settings -------------------------------------------------------------------------------------
@@ -361,7 +354,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Pat
     for source in (trained_artifact, metadata_path(trained_artifact)):
         (models / source.name).write_bytes(source.read_bytes())
     key_file = folder / "key"
-    key_file.write_text(KEY + "\n")  # a trailing newline, as `kubectl create secret --from-file` often leaves
+    key_file.write_text(API_KEY + "\n")  # a trailing newline, as `kubectl create secret --from-file` often leaves
     env = {"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "0", "API_KEY_FILE": str(key_file)}
     with ServerProcess(env=env) as process:
         yield process.url, key_file
@@ -396,7 +389,7 @@ def test_smoke_test_fails_when_the_api_accepts_a_call_without_the_key(tmp_path: 
     """An API that ignores its key answers everything with 200: the smoke test must notice."""
     anything = Answer(200, {"status": "ok", "predictions": [], "anomalies": 0, "total": 0})
     key_file = tmp_path / "key"
-    key_file.write_text(KEY)
+    key_file.write_text(API_KEY)
     with StubBackend() as stub:
         stub.route("GET", "/health", anything)
         stub.route("POST", "/predict", anything)

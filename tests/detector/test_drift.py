@@ -71,7 +71,7 @@ def test_normal_traffic_stays_below_the_threshold_at_every_hour(detector: Detect
     ],
 )
 def test_shifted_inputs_cross_the_threshold_at_every_hour(detector: Detector, feature: str, factor: float, floor):
-    """The shifts app/drift.py promises to catch, in every 1,000-reading window of a day, not a convenient one."""
+    """The shifts app/detector/drift.py promises to catch, in every 1,000-reading window of a day, not a lucky one."""
     column = FEATURES.index(feature)
     for batch in day_of_windows(seed=3):
         X = batch.features()

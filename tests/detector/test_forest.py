@@ -1,7 +1,7 @@
 """The compiled forest equals scikit-learn's IsolationForest, scikit-learn being the oracle.
 
-The issue's bar is a max absolute difference of 1e-9; the design (app/forest.py) promises bit-identical results,
-so these tests ask for exact equality, which is stronger.
+The issue's bar is a max absolute difference of 1e-9; the design (app/detector/forest.py) promises bit-identical
+results, so these tests ask for exact equality, which is stronger.
 """
 
 from __future__ import annotations

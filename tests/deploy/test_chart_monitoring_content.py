@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart_support import RELEASE, Rendered, chart_copy, pod_spec, render
+from tests.deploy.support import RELEASE, Rendered, chart_copy, pod_spec, render
 from tests.support import ROOT, require_tool
 
 DASHBOARDS = ROOT / "grafana-dashboards"

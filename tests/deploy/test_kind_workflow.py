@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart_support import CHART_DIR, RELEASE, chart_copy, render
+from tests.deploy.support import CHART_DIR, RELEASE, chart_copy, render
 from tests.support import ROOT
 
 CTLPTL = list(yaml.safe_load_all((ROOT / "ctlptl.yaml").read_text()))

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from app.tools.loadgen import LoadConfig, RemoteTargetError, check_target, run_load
-from tests.support import ServerProcess, free_port
+from app.tools.processes import free_port
+from tests.support import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.monitoring import (
+from tests.monitoring.support import (
     KUBERNETES_METRICS,
     PROMETHEUS_METRICS,
     all_queries,

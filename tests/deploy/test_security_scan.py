@@ -1,5 +1,5 @@
 """checkov over everything this project ships to a cluster or a registry: the manifests the chart renders (every
-value set of tests/chart_support.py) and both Dockerfiles. Zero failed checks; every skipped check is suppressed in
+value set of tests/deploy/support.py) and both Dockerfiles. Zero failed checks; every skipped check is suppressed in
 the chart itself (a `checkov.io/skipN` annotation with its reason), never on the command line."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart_support import VALUE_SETS, chart_copy, helm, template_args, values_file
+from tests.deploy.support import VALUE_SETS, chart_copy, helm, template_args, values_file
 from tests.support import ROOT, require_tool
 
 SUPPRESSIONS_WITH_REASONS = {"CKV_K8S_43", "CKV_K8S_8", "CKV_K8S_9"}

@@ -16,7 +16,7 @@ import yaml
 
 from app.detector.artifact import metadata_path
 from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
-from tests.ui_support import Answer, StubBackend
+from tests.ui.support import Answer, StubBackend
 
 FILES = ROOT / "helm" / "gridwatch" / "files"
 JOB = yaml.safe_load((ROOT / "helm" / "gridwatch" / "values.yaml").read_text())["monitoring"]["serviceMonitor"][

@@ -20,7 +20,7 @@ from ui.client import BackendClient, BackendError, Health, PredictResult
 from ui.config import WINDOW_READINGS
 from ui.detection import DetectionStats, outcomes
 from ui.load import LoadReport, SustainedLoad
-from ui.traffic import RequestRecord, TrafficLog, now
+from ui.traffic import TrafficLog, timed_predict
 from ui.window import RollingWindow
 
 STREAM_SOURCE = "stream"
@@ -139,30 +139,14 @@ class LiveSession:
         """
         if len(batch):
             self._clock = float(batch.timestamp[-1]) + 1.0
-        started = time.perf_counter()
-        try:
-            result = client.predict(batch.to_records())
-        except BackendError as error:
-            self.last_error = error
+        record, result = timed_predict(client, batch.to_records(), source=STREAM_SOURCE)
+        self.traffic.add(record)
+        if isinstance(result, BackendError):
+            self.last_error = result
             self.batches_failed += 1
-            self.traffic.add(
-                RequestRecord(
-                    at=now(),
-                    source=STREAM_SOURCE,
-                    ok=False,
-                    latency_s=time.perf_counter() - started,
-                    served_by=None,
-                    error=error.message,
-                )
-            )
             return False
         self.last_error = None
         self.batches_scored += 1
-        self.traffic.add(
-            RequestRecord(
-                at=now(), source=STREAM_SOURCE, ok=True, latency_s=result.latency_s, served_by=result.served_by
-            )
-        )
         self.stats.update(batch.is_anomaly, result.flags, batch.anomaly_kind)
         self.window.resize(settings.window)
         self.window.append(scored_frame(batch, result))

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.sim import AnomalyKind, GridSimulator
-from ui.client import BackendClient, BackendError
+from ui.client import BackendClient
 from ui.config import BATCH_SIZE, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, Range
-from ui.traffic import RequestRecord, TrafficLog, now
+from ui.traffic import RequestRecord, TrafficLog, timed_predict
 
 Sender = Callable[[], RequestRecord]
 """Sends one request and returns what happened; never raises for a backend problem."""
@@ -59,22 +59,7 @@ def make_sender(
     turn = itertools.count()  # next() on a count is atomic under the GIL, so threads share it safely
 
     def send() -> RequestRecord:
-        payload = payloads[next(turn) % len(payloads)]
-        started = time.perf_counter()
-        try:
-            result = client.predict(payload)
-            record = RequestRecord(
-                at=now(), source=source, ok=True, latency_s=result.latency_s, served_by=result.served_by
-            )
-        except BackendError as error:
-            record = RequestRecord(
-                at=now(),
-                source=source,
-                ok=False,
-                latency_s=time.perf_counter() - started,
-                served_by=None,
-                error=error.message,
-            )
+        record, _ = timed_predict(client, payloads[next(turn) % len(payloads)], source=source)
         log.add(record)
         return record
 

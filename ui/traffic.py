@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from ui.client import BackendClient, BackendError, PredictResult
 
 FAILED = "(failed)"
 """The ``served_by`` of a request nobody answered, in frames and charts."""
@@ -93,3 +96,30 @@ class TrafficLog:
 def now() -> float:
     """Wall-clock time for records; one function so the log and its readers agree on the clock."""
     return time.time()
+
+
+def timed_predict(
+    client: BackendClient, readings: Sequence[Mapping[str, object]], *, source: str
+) -> tuple[RequestRecord, PredictResult | BackendError]:
+    """Send one ``/predict`` and describe it as a ``RequestRecord``, with the answer or the error it ended in.
+
+    The stream and the load actions both record their requests this way, so the spread and latency charts count
+    them alike: an answer carries the client's latency and who served it; a failure has no ``served_by`` and
+    the time the UI waited for nothing. The error is returned, not raised, because a load sender must not stop
+    on it and the live session keeps it to show.
+    """
+    started = time.perf_counter()
+    try:
+        result = client.predict(readings)
+    except BackendError as error:
+        failed = RequestRecord(
+            at=now(),
+            source=source,
+            ok=False,
+            latency_s=time.perf_counter() - started,
+            served_by=None,
+            error=error.message,
+        )
+        return failed, error
+    answered = RequestRecord(at=now(), source=source, ok=True, latency_s=result.latency_s, served_by=result.served_by)
+    return answered, result

@@ -1,6 +1,6 @@
 """The page's panels: how each part of the state is drawn. No state changes here, only rendering.
 
-``ui/app.py`` decides what runs when (sidebar, buttons, fragments); these functions turn a ``LiveSession`` into
+``ui/main.py`` decides what runs when (sidebar, buttons, fragments); these functions turn a ``LiveSession`` into
 Streamlit elements. ``guarded`` wraps every panel, so an unexpected error becomes a short message on the page
 and a traceback in the UI's log, never a traceback in front of the user.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -22,6 +22,10 @@ from ui.live import STREAM_SOURCE, LiveSession
 from ui.load import LoadReport
 from ui.model_info import model_summary
 from ui.traffic import now
+
+if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
+    from streamlit.elements.metric import DeltaColor
 
 logger = logging.getLogger("gridwatch.ui")
 
@@ -105,53 +109,71 @@ def render_counters(live: LiveSession) -> None:
     stats, last = live.stats, live.last_batch
     latency = live.traffic.latency_ms(source=STREAM_SOURCE)
     columns = st.columns(6)
-    columns[0].metric(
+    _counter_card(
+        columns[0],
         "Readings",
         f"{stats.readings:,}",
+        help="Readings scored by the backend since the last reset.",
         delta=last.readings if last else None,
         delta_color="off",
         delta_description="last batch",
-        border=True,
-        height="stretch",
-        help="Readings scored by the backend since the last reset.",
     )
-    columns[1].metric(
+    _counter_card(
+        columns[1],
         "Flagged",
         f"{stats.flagged:,}",
+        help="Readings the model flagged as anomalous (score > 0).",
         delta=last.flagged if last else None,
         delta_color="inverse",
         delta_description="last batch",
-        border=True,
-        height="stretch",
-        help="Readings the model flagged as anomalous (score > 0).",
     )
-    columns[2].metric(
+    _counter_card(
+        columns[2],
         "Anomaly rate",
         percent(stats.flag_rate),
-        border=True,
-        height="stretch",
         help=f"Share of readings flagged. Injected by the simulator: {percent(_injected_rate(live))}.",
     )
-    columns[3].metric(
+    _counter_card(
+        columns[3],
         "Precision",
         ratio(stats.precision),
-        border=True,
-        height="stretch",
         help="Of the flagged readings, the share that really were injected anomalies.",
     )
-    columns[4].metric(
+    _counter_card(
+        columns[4],
         "Recall",
         ratio(stats.recall),
-        border=True,
-        height="stretch",
         help=f"Of the {stats.injected:,} injected anomalies, the share the model flagged.",
     )
-    columns[5].metric(
+    _counter_card(
+        columns[5],
         "Latency p50",
         milliseconds(latency, 50),
+        help=f"Round trip of /predict as the UI sees it, last {latency.size} batches; p95 {milliseconds(latency, 95)}.",
+    )
+
+
+def _counter_card(
+    column: DeltaGenerator,
+    label: str,
+    value: str,
+    *,
+    help: str,
+    delta: int | None = None,
+    delta_color: DeltaColor = "normal",
+    delta_description: str | None = None,
+) -> None:
+    """One card of the counter row. Every card has a border and stretches to the row's height, so the six line up
+    whether or not they show a delta; the delta arguments default to Streamlit's own, for the cards without one."""
+    column.metric(
+        label,
+        value,
+        delta=delta,
+        delta_color=delta_color,
+        delta_description=delta_description,
         border=True,
         height="stretch",
-        help=f"Round trip of /predict as the UI sees it, last {latency.size} batches; p95 {milliseconds(latency, 95)}.",
+        help=help,
     )
 
 

@@ -127,7 +127,7 @@ def test_ui_image_runs_streamlit_on_the_documented_port():
     assert "/_stcore/health" in " ".join(final.all("HEALTHCHECK"))
     assert final.all("EXPOSE") == ["8501"]
     assert "ui /srv/ui" in final.all("COPY"), "the ui package laid out as in the repository"
-    assert final.all("ENTRYPOINT") == ['["streamlit", "run", "/srv/ui/app.py"]']
+    assert final.all("ENTRYPOINT") == ['["streamlit", "run", "/srv/ui/main.py"]']
 
 
 def _locked_packages(extra: str) -> set[str]:
@@ -188,7 +188,7 @@ def test_build_context_is_small_and_holds_what_the_dockerfiles_copy():
         check=True,
     ).stdout.split()
     context = [path for path in tracked if not _dockerignore_excludes(path, patterns)]
-    assert {"pyproject.toml", "uv.lock", "README.md", "ui/app.py", "app/__init__.py"} <= set(context)
+    assert {"pyproject.toml", "uv.lock", "README.md", "ui/main.py", "app/__init__.py"} <= set(context)
     assert not [p for p in context if p.startswith(("tests/", "helm/", "docker/", ".ci/", "models/", ".venv/"))]
     size = sum((ROOT / path).stat().st_size for path in context if (ROOT / path).exists())
     assert size < 2 * 1024 * 1024, f"build context of {size} bytes"

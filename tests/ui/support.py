@@ -23,7 +23,7 @@ from typing import Any
 from app.detector.artifact import metadata_path
 from tests.support import ROOT, HttpProcess, ServerProcess
 
-UI_SCRIPT = ROOT / "ui" / "app.py"
+UI_SCRIPT = ROOT / "ui" / "main.py"
 
 
 def copy_model(trained_artifact: Path, folder: Path) -> Path:
@@ -153,7 +153,7 @@ def scoring_route(threshold_voltage: float = 300.0, served_by: str = "stub:1") -
 
 
 class StreamlitProcess(HttpProcess):
-    """``streamlit run ui/app.py`` as a child process, configured only by environment variables.
+    """``streamlit run ui/main.py`` as a child process, configured only by environment variables.
 
     The port comes from ``STREAMLIT_SERVER_PORT`` (not ``--server.port``), so the test also proves the documented
     variable works; the backend from ``BACKEND_URL``.

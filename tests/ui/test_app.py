@@ -1,8 +1,8 @@
 """The Streamlit page run by ``streamlit.testing.v1.AppTest`` against a real backend and against broken ones.
 
-AppTest runs the script the way a browser session would (widgets, session state, reruns) but does not run the
-``st.fragment(run_every=...)`` timer: streaming is tested by switching it on through the page and calling the
-tick function the fragment calls (``ui.live.stream_tick``); the browser test watches the real timer.
+AppTest runs the entry script, ``ui/main.py``, the way a browser session would (widgets, session state, reruns)
+but does not run the ``st.fragment(run_every=...)`` timer: streaming is tested by switching it on through the page
+and calling the tick function the fragment calls (``ui.live.stream_tick``); the browser test watches the real timer.
 """
 
 from __future__ import annotations

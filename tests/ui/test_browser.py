@@ -1,4 +1,4 @@
-"""The UI in a real browser: `streamlit run ui/app.py` against a real backend, driven by headless Chromium.
+"""The UI in a real browser: `streamlit run ui/main.py` against a real backend, driven by headless Chromium.
 
 This is what AppTest cannot show: the page as the browser renders it (the charts are drawn, not only sent), the
 streaming fragment's own timer refreshing the page with nobody clicking, and the page's text after real clicks.

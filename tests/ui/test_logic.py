@@ -27,7 +27,7 @@ from ui.load import (
     make_sender,
 )
 from ui.model_info import model_summary
-from ui.traffic import RequestRecord, TrafficLog
+from ui.traffic import RequestRecord, TrafficLog, timed_predict
 from ui.window import RollingWindow
 
 READY_HEALTH = {
@@ -393,6 +393,21 @@ def test_sender_records_every_request_and_never_raises(stub):
     assert sum(not r.ok for r in log.snapshot()) == 2
     with pytest.raises(ValueError, match="batch size"):
         load_payloads(int(BATCH_SIZE.high) + 1, anomaly_rate=0.0, anomaly_kinds=[])
+
+
+def test_timed_predict_records_an_answer_and_a_failure_the_same_way_for_every_caller(stub):
+    client = BackendClient(stub.url)
+    (readings,) = load_payloads(4, anomaly_rate=0.0, anomaly_kinds=[], variants=1, seed=1)
+    record, result = timed_predict(client, readings, source="stream")
+    assert not isinstance(result, BackendError)
+    assert (record.source, record.ok, record.served_by, record.error) == ("stream", True, "stub:1", None)
+    assert record.latency_s == result.latency_s
+
+    stub.route("POST", "/predict", Answer(500, {"detail": "Internal Server Error"}))
+    record, error = timed_predict(client, readings, source="burst")
+    assert isinstance(error, BackendError)
+    assert (record.source, record.ok, record.served_by, record.error) == ("burst", False, None, error.message)
+    assert record.latency_s > 0
 
 
 # --- live session -----------------------------------------------------------------------------------------------

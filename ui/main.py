@@ -1,6 +1,6 @@
 """GridWatch UI: stream simulated grid readings through the backend and watch what the detector sees.
 
-Run with ``streamlit run ui/app.py`` (``gridwatch up`` does it for you); ``BACKEND_URL`` says where the API is
+Run with ``streamlit run ui/main.py`` (``gridwatch up`` does it for you); ``BACKEND_URL`` says where the API is
 (default http://localhost:8000), ``STREAMLIT_SERVER_PORT`` where the page is served (default 8501).
 
 This script only lays out the page and decides what runs when; the work is in small modules beside it:
@@ -8,19 +8,13 @@ This script only lays out the page and decides what runs when; the work is in sm
 and ``views``. Streaming is a ``st.fragment`` whose ``run_every`` is switched on and off through session state:
 each tick scores one batch and redraws only the live view, so the page stays responsive and every script run
 finishes (no ``sleep`` + ``st.rerun()`` loop).
+
+``streamlit run`` puts this script's folder first on the import path, so the script must not be named after a
+package the page imports: as ``app.py`` it would shadow the ``app`` package (the simulator). As ``main.py`` it
+shadows nothing, and ``app`` and ``ui`` import from the installed project (the venv, the UI image).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# `streamlit run ui/app.py` puts this file's folder first on sys.path, where this very file, `app.py`, would shadow
-# the `app` package the UI imports the simulator from. Take the folder out and make sure the project root is in.
-_UI_DIR = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _UI_DIR]
-if str(_UI_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(_UI_DIR.parent))
 
 import streamlit as st
 
@@ -35,6 +29,7 @@ from ui.config import (
     LOAD_SECONDS,
     LOAD_THREADS,
     WINDOW_READINGS,
+    Range,
     api_key_from_env,
     backend_url_from_env,
 )
@@ -64,6 +59,28 @@ def backend_client(url: str, new_connection_each_request: bool) -> BackendClient
     return client
 
 
+def range_slider(
+    label: str,
+    bounds: Range,
+    *,
+    key: str,
+    whole: bool = False,
+    step: float | None = None,
+    format: str | None = None,
+    help: str | None = None,
+) -> float:
+    """A slider from the low to the high end of one of ``ui.config``'s ranges, starting at its default: the bounds
+    are written once, there, where the load actions and the tests read them too.
+
+    ``whole`` makes it an integer slider: Streamlit picks an int or a float widget from the values' type, and a
+    ``Range`` is typed as floats. The other arguments default to ``st.slider``'s own.
+    """
+    values: tuple[float, ...] = (bounds.low, bounds.high, bounds.default)
+    if whole:
+        values = tuple(int(value) for value in values)
+    return st.slider(label, *values, step=step, format=format, key=key, help=help)
+
+
 def sidebar() -> tuple[str, bool, StreamSettings]:
     with st.sidebar:
         st.header("Settings")
@@ -80,26 +97,16 @@ def sidebar() -> tuple[str, bool, StreamSettings]:
             "connections, not requests, so this is what spreads the UI's requests over all pods.",
         )
         st.subheader("Stream")
-        batch_size = st.slider(
-            "Batch size", int(BATCH_SIZE.low), int(BATCH_SIZE.high), int(BATCH_SIZE.default), key="batch_size"
+        batch_size = range_slider("Batch size", BATCH_SIZE, key="batch_size", whole=True)
+        interval = range_slider(
+            "Interval (s)", INTERVAL_S, key="interval_s", step=0.5, help="Time between two batches while streaming."
         )
-        interval = st.slider(
-            "Interval (s)",
-            INTERVAL_S.low,
-            INTERVAL_S.high,
-            INTERVAL_S.default,
-            step=0.5,
-            key="interval_s",
-            help="Time between two batches while streaming.",
-        )
-        rate = st.slider(
+        rate = range_slider(
             "Anomaly rate",
-            ANOMALY_RATE.low,
-            ANOMALY_RATE.high,
-            ANOMALY_RATE.default,
+            ANOMALY_RATE,
+            key="anomaly_rate",
             step=0.005,
             format="percent",
-            key="anomaly_rate",
             help="Probability that a simulated reading is an injected anomaly.",
         )
         options = anomaly_kind_options()
@@ -110,13 +117,12 @@ def sidebar() -> tuple[str, bool, StreamSettings]:
             format_func=lambda kind: kind.replace("_", " "),
             key="anomaly_kinds",
         )
-        window = st.slider(
+        window = range_slider(
             "Window (readings)",
-            int(WINDOW_READINGS.low),
-            int(WINDOW_READINGS.high),
-            int(WINDOW_READINGS.default),
-            step=100,
+            WINDOW_READINGS,
             key="window",
+            whole=True,
+            step=100,
             help="How many of the latest readings the charts show. Counters and statistics cover everything "
             "since the last reset.",
         )

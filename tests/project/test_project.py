@@ -1,4 +1,5 @@
-"""The project's promises about itself: CI runs the README's test command, config is documented, hooks valid."""
+"""The project's promises about itself: CI runs the README's test command, config is documented, the docs' commands
+and links work, hooks valid."""
 
 from __future__ import annotations
 
@@ -8,11 +9,68 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
+from urllib.parse import unquote
 
 from app.serving.settings import Settings
+from app.tools.cli import build_parser
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *DOCS]
+README_LIMIT_BYTES = 20_000
+FENCE = re.compile(r"^\s*(```|~~~)")
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def prose_and_code(text: str) -> tuple[str, str]:
+    """A Markdown page split into its prose (fenced blocks and inline code removed) and its code (both kinds)."""
+    prose, code, fenced = [], [], False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if fenced:
+            code.append(line)
+            continue
+        code.extend(re.findall(r"`([^`]+)`", line))
+        prose.append(re.sub(r"`[^`]*`", "", line))
+    return "\n".join(prose), "\n".join(code)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text in lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link counts with its text only
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "").replace("*", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """Every heading anchor of a Markdown page, with GitHub's -1, -2... for repeated headings."""
+    seen: dict[str, int] = {}
+    found = set()
+    fenced = False
+    for line in page.read_text().splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        heading = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = github_slug(heading.group(1))
+            found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def relative_links() -> list[tuple[Path, str]]:
+    """(page, target) of every link and image in the prose of the README and the docs pages that has no scheme."""
+    return [
+        (page, target)
+        for page in PAGES
+        for target in LINK.findall(prose_and_code(page.read_text())[0])
+        if not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target)
+    ]
 
 
 def quickstart_commands() -> list[str]:
@@ -88,11 +146,16 @@ def test_pre_commit_config_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_gridwatch_command_in_the_readme_parses():
-    """Each `gridwatch ...` the README shows (in code, with its options) is accepted by the real argument parser."""
-    from app.tools.cli import build_parser
-
-    shown = re.findall(r"gridwatch ((?:serve|train|evaluate|simulate|load|bench|up)\b[^`|\\\n]*)", README)
+def test_every_gridwatch_command_in_readme_and_docs_parses():
+    """Each `gridwatch ...` the README or a docs page shows (in code, with its options) is accepted by the real
+    argument parser."""
+    shown = [
+        command
+        for page in PAGES
+        for command in re.findall(
+            r"gridwatch ((?:serve|train|evaluate|simulate|load|bench|up)\b[^`|\\\n]*)", page.read_text()
+        )
+    ]
     commands = {" ".join(part for part in line.split() if not part.startswith(("$(", "|"))) for line in shown}
     assert len(commands) >= 8, commands
     parser = build_parser()
@@ -105,3 +168,51 @@ def test_every_gridwatch_command_in_the_readme_parses():
             assert set(re.findall(r"--[a-z-]+|-n\b", command)) <= set(known), command
             continue
         parser.parse_args(argv)  # exits (fails the test) on an unknown option or a bad value
+
+
+def test_readme_is_a_first_read_under_20_kb():
+    size = len(README.encode())
+    assert size < README_LIMIT_BYTES, f"README.md is {size} bytes: move the depth into docs/"
+
+
+def test_readme_links_every_docs_page():
+    linked = {
+        (ROOT / unquote(target.partition("#")[0])).resolve() for page, target in relative_links() if page == PAGES[0]
+    }
+    assert not [page.name for page in DOCS if page.resolve() not in linked]
+
+
+def test_every_relative_link_in_readme_and_docs_resolves():
+    """Each relative link or image points to a file of this repository, and its #anchor to a heading (GitHub's
+    slugs) when the target is a Markdown page."""
+    links = relative_links()
+    assert len(links) >= 20, links
+    broken = []
+    for page, target in links:
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / unquote(path)).resolve() if path else page
+        where = f"{page.relative_to(ROOT)}: {target}"
+        if not resolved.is_relative_to(ROOT) or not resolved.exists():
+            broken.append(f"{where} (no such file in the repository)")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{where} (no such heading; {sorted(anchors(resolved))})")
+    assert not broken, "\n".join(broken)
+
+
+def test_github_slugs():
+    assert github_slug("Running it in a local cluster (kind + ctlptl + Helm)") == (
+        "running-it-in-a-local-cluster-kind--ctlptl--helm"
+    )
+    assert github_slug("Several workers (`WORKERS>1`)") == "several-workers-workers1"
+    assert github_slug("GridWatchBackendAbsent") == "gridwatchbackendabsent"
+    assert github_slug("The [runbook](runbook.md) and model_info") == "the-runbook-and-model_info"
+
+
+def test_every_make_target_in_readme_and_docs_exists():
+    """`make X` shown in code anywhere in the README or the docs names a real target (`make -n` knows it)."""
+    shown = {
+        target for page in PAGES for target in re.findall(r"\bmake ([a-z][a-z-]*)", prose_and_code(page.read_text())[1])
+    }
+    assert {"up", "test", "kind", "kind-test", "prometheus", "compose-up"} <= shown, shown
+    dry_run = subprocess.run(["make", "-n", *sorted(shown)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert dry_run.returncode == 0, dry_run.stderr

@@ -55,7 +55,7 @@ tools: ## install helm and checkov into .tools/bin (promtool and chromium come f
 clean: ## remove caches and test artifacts (not models/)
 	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus
 
-# --- Containers and the local kind cluster (needs Docker, kind, ctlptl, kubectl and helm; see the README) ---------
+# --- Containers and the local kind cluster (needs Docker, kind, ctlptl, kubectl and helm; see docs/deploy.md) ----
 CLUSTER ?= kind-gridwatch
 REGISTRY ?= localhost:5005
 NAMESPACE ?= gridwatch

@@ -3,18 +3,17 @@ server process. Each area's own fixtures live in its folder's conftest.py."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.detector.artifact import load_model, metadata_path, train_model
+from app.detector.artifact import load_model, train_model
 from app.detector.model import Detector, ModelConfig
 from app.serving.app import create_app
 from app.serving.settings import Settings
-from tests.support import ServerProcess
+from tests.support import ServerProcess, copy_model
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +34,7 @@ def detector(trained_artifact: Path) -> Detector:
 @pytest.fixture
 def model_dir(tmp_path: Path, trained_artifact: Path) -> Path:
     """A private model folder holding a copy of the session's trained model, free to damage."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    shutil.copy2(trained_artifact, folder / trained_artifact.name)
-    shutil.copy2(metadata_path(trained_artifact), metadata_path(folder / trained_artifact.name))
-    return folder
+    return copy_model(trained_artifact, tmp_path / "models")
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from app.sim import AnomalyKind, GridSimulator
+from app.tools.stats import latency_summary
 from ui.client import BackendClient
 from ui.config import BATCH_SIZE, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, Range
 from ui.traffic import RequestRecord, TrafficLog, timed_predict
@@ -118,21 +117,17 @@ class LoadTally:
     ) -> LoadReport:
         with self._lock:
             requests = self._requests
-            latencies = np.array(self._latencies_ms, dtype=np.float64)
+            latencies = list(self._latencies_ms)
             instances = dict(sorted(self._instances.items(), key=lambda item: (-item[1], item[0])))
             errors = sum(self._errors.values())
             messages = dict(self._errors.most_common(5))
-        percentiles = {}
-        if latencies.size:
-            p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-            percentiles = {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(latencies.max())}
         return LoadReport(
             action=action,
             requests=requests,
             ok=requests - errors,
             errors=errors,
             duration_s=duration_s,
-            latency_ms=percentiles,
+            latency_ms=latency_summary(latencies, quantiles=(50, 90, 99)),
             instances=instances,
             error_messages=messages,
             running=running,

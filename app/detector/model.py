@@ -36,7 +36,7 @@ QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99
 class ModelConfig:
     """Feature order and IsolationForest parameters.
 
-    Defaults were chosen by measurement (``gridwatch evaluate --sweep``, figures in the README), on simulated
+    Defaults were chosen by measurement (``gridwatch evaluate --sweep``, figures in docs/model.md), on simulated
     streams with 2 % anomalies:
 
     * ``max_samples=16384``: IsolationForest splits uniformly inside the range of each tree's subsample, so a

@@ -426,7 +426,7 @@ def test_values_schema_rejects_wrong_types_and_unknown_keys(chart: Path, setting
 
 def test_subchart_values_are_wired_for_this_use():
     """The upstream keys this chart relies on (kube-prometheus-stack 88.x values.yaml, its grafana subchart's
-    values.yaml, metrics-server 3.13 values.yaml; the README lists them)."""
+    values.yaml, metrics-server 3.13 values.yaml; docs/deploy.md lists them)."""
     stack = VALUES["kube-prometheus-stack"]
     spec = stack["prometheus"]["prometheusSpec"]
     assert "exemplar-storage" in spec["enableFeatures"]

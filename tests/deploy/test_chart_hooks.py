@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from app.detector.artifact import metadata_path
-from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
-from tests.ui.support import Answer, StubBackend
+from tests.support import ROOT, Answer, PrometheusProcess, ServerProcess, StubBackend, require_tool
 
 FILES = ROOT / "helm" / "gridwatch" / "files"
 JOB = yaml.safe_load((ROOT / "helm" / "gridwatch" / "values.yaml").read_text())["monitoring"]["serviceMonitor"][

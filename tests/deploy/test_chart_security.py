@@ -36,8 +36,7 @@ from tests.deploy.support import (
     template_args,
     values_file,
 )
-from tests.support import ServerProcess
-from tests.ui.support import Answer, StubBackend
+from tests.support import Answer, ServerProcess, StubBackend
 from ui.config import api_key_from_env
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())

@@ -17,7 +17,7 @@ from tests.support import ROOT
 CTLPTL = list(yaml.safe_load_all((ROOT / "ctlptl.yaml").read_text()))
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 APP_VERSION = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
-README = (ROOT / "README.md").read_text()
+DEPLOY_GUIDE = (ROOT / "docs" / "deploy.md").read_text()
 CLUSTER_FIELDS = {
     "apiVersion",
     "kind",
@@ -126,8 +126,8 @@ def test_test_and_down_targets():
     assert "docker compose -f docker/compose.yaml up --build" in make_n("compose-up")
 
 
-def test_readme_walkthrough_uses_only_existing_targets():
-    section = README.split("## Running it in a local cluster", 1)[1].split("\n## ", 1)[0]
+def test_deploy_guide_walkthrough_uses_only_existing_targets():
+    section = DEPLOY_GUIDE.split("## Running it in a local cluster", 1)[1].split("\n## ", 1)[0]
     targets = set(re.findall(r"make ([a-z][a-z-]+)", section))
     assert {"kind", "kind-test", "kind-forward", "kind-load", "kind-redeploy", "kind-down"} <= targets
     make_n(*targets)

@@ -1,6 +1,6 @@
 """Detection quality of the default model on labelled simulated streams it never saw.
 
-Floors are set under what was measured (README, "Detection quality"): at 2 % anomalies the default model measured
+Floors are set under what was measured (docs/model.md, "Detection quality"): at 2 % anomalies the default model measured
 precision 0.92, recall 0.998, ROC-AUC 0.9998, and every kind's recall >= 0.99.
 """
 

@@ -10,28 +10,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.support import ROOT, ServerProcess, free_port, wait_for_http
-from tests.ui.support import UI_SCRIPT, real_backend
+from app.tools.processes import free_port, wait_until_ready
+from tests.support import ROOT
+from tests.ui.support import UI_SCRIPT
 from tests.ui.test_logic import BLOCK_SKLEARN
 from ui.live import LiveSession, StreamSettings, stream_tick
 
 pytestmark = pytest.mark.slow
 
 SIGNAL_CHARTS = 3  # voltage, current, frequency
-
-
-@pytest.fixture(scope="module")
-def backend(trained_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real `gridwatch serve` for the module's page runs."""
-    with real_backend(trained_artifact, tmp_path_factory.mktemp("ui-models")) as server:
-        yield server
 
 
 def open_page(monkeypatch: pytest.MonkeyPatch, backend_url: str) -> AppTest:
@@ -231,7 +223,7 @@ def test_a_backend_that_is_not_ready_shows_a_warning(monkeypatch, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/livez", process=server, timeout=120)
+        wait_until_ready(f"{url}/livez", process=server, timeout=120)
         page = open_page(monkeypatch, url)
         assert "Backend not ready" in texts(page.warning)
         assert "failed" in texts(page.warning)

@@ -20,8 +20,9 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.support import ARTIFACTS, ServerProcess, free_port, require_tool
-from tests.ui.support import StreamlitProcess, real_backend
+from app.tools.processes import free_port
+from tests.support import ARTIFACTS, ServerProcess, require_tool
+from tests.ui.support import StreamlitProcess
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +34,6 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def chromium() -> str:
     return require_tool("chromium")
-
-
-@pytest.fixture(scope="module")
-def backend(trained_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with real_backend(trained_artifact, tmp_path_factory.mktemp("browser-models")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.support import ROOT, free_port
-from tests.ui.support import Answer, StubBackend, scoring_route
+from app.tools.processes import free_port
+from tests.support import ROOT, Answer, StubBackend
+from tests.ui.support import scoring_route
 from ui.client import BackendClient, BackendError, ErrorKind
 from ui.config import BATCH_SIZE, DEFAULT_BACKEND_URL, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, backend_url_from_env
 from ui.detection import DetectionStats, Outcome, outcomes

@@ -124,7 +124,7 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* checkov suppressions of the helm test pods, each with its reason (see the README's security scan section). */}}
+{{/* checkov suppressions of the helm test pods, each with its reason (tests/deploy/test_security_scan.py runs checkov). */}}
 {{- define "gridwatch.testPodCheckovSkips" -}}
 checkov.io/skip1: CKV_K8S_8=A helm test pod runs one check to completion; a liveness probe has nothing to guard
 checkov.io/skip2: CKV_K8S_9=A helm test pod serves nothing, so there is no readiness to probe

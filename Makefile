@@ -13,8 +13,16 @@ help: ## list the targets
 uv: ## install uv with pip if it is missing
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
-sync: uv ## create .venv with every extra and the dev tools, exactly as uv.lock pins them
+AOT_KERNELS := app/detector/.forest_aot.built
+
+sync: uv ## create .venv with every extra and the dev tools, exactly as uv.lock pins them, and build the kernels
 	@$(UV) sync --frozen --all-extras
+	@$(MAKE) --no-print-directory $(AOT_KERNELS)
+
+# The forest's kernels compiled ahead of time (app/detector/forest_aot.py): serving then needs neither numba nor LLVM.
+$(AOT_KERNELS): app/detector/forest_kernels.py app/detector/forest_aot.py
+	$(RUN) python -m app.detector.forest_aot
+	@touch $@
 
 up: sync ## start the local demo: API on :8000, UI on :8501 (trains a model on first start)
 	$(RUN) gridwatch up
@@ -53,7 +61,7 @@ tools: ## install helm and checkov into .tools/bin (promtool and chromium come f
 	.ci/install-checkov.sh .tools/bin
 
 clean: ## remove caches and test artifacts (not models/)
-	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus
+	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus app/detector/_forest_aot* $(AOT_KERNELS)
 
 # --- Containers and the local kind cluster (needs Docker, kind, ctlptl, kubectl and helm; see docs/deploy.md) ----
 CLUSTER ?= kind-gridwatch

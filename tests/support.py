@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import pytest
 
-from app.detector.artifact import metadata_path
+from app.detector.artifact import forest_path, metadata_path
 from app.tools.processes import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,10 +157,12 @@ class PrometheusProcess(HttpProcess):
 
 
 def copy_model(trained_artifact: Path, folder: Path) -> Path:
-    """``folder`` holding a copy of the session's trained model (artifact and metadata), free to damage."""
+    """``folder`` holding a copy of the session's trained model (estimator, compiled forest, metadata), free to
+    damage."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(trained_artifact, folder / trained_artifact.name)
     shutil.copy2(metadata_path(trained_artifact), metadata_path(folder / trained_artifact.name))
+    shutil.copy2(forest_path(trained_artifact), forest_path(folder / trained_artifact.name))
     return folder
 
 

@@ -1,49 +1,43 @@
-"""The model on disk: an artifact and its metadata, written atomically, verified before use.
+"""The model on disk: written atomically, verified before use, and loaded for serving without scikit-learn.
 
-The artifact is ``MODEL_DIR/MODEL_NAME`` (a joblib pickle of the fitted estimator) plus a JSON metadata file
-beside it (same stem, ``.json``). The metadata holds the SHA-256 of the artifact: a truncated or swapped file is
-detected before it is unpickled into service. Both files are written to a temporary name and renamed, so a crash
-or a second replica never sees half a file, and training is serialised across processes with a file lock.
+A model in ``MODEL_DIR`` is three files named after ``MODEL_NAME`` (default ``iso_forest.joblib``):
 
-``load_detector`` is the one entry every command uses (serve, train, evaluate, bench): load and verify, or train
-when allowed, then pick the scorer.
+* ``iso_forest.joblib``: the fitted scikit-learn estimator (a pickle), for training, evaluation and
+  ``SCORER=sklearn``;
+* ``iso_forest.npz``: the same forest compiled for serving (plain NumPy arrays: thresholds, node records, leaf
+  values, feature names; ``app.detector.forest``), loaded in milliseconds without scikit-learn and never unpickled;
+* ``iso_forest.json``: the metadata, holding the SHA-256 of both. A truncated or swapped file is detected before
+  it is used.
+
+Every file is written to a temporary name and renamed, so a crash or a second replica never sees half a file, and
+training is serialised across processes with a file lock. ``load_detector`` is the one entry every command uses
+(serve, evaluate, bench); a server that must train or convert a model does it in a child process
+(``app.detector.prepare``), so the serving process itself never imports scikit-learn.
+
+This module imports neither scikit-learn nor joblib.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
-import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
-import numpy as np
-import sklearn
-from filelock import FileLock, Timeout
-from sklearn.ensemble import IsolationForest
+from filelock import FileLock
 
-from app import __version__
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
-from app.detector.model import (
-    TRAINING_INTERVAL_S,
-    TRAINING_START,
-    Detector,
-    ModelConfig,
-    feature_statistics,
-    train_isolation_forest,
-    training_data,
-)
+from app.detector.forest import CompiledForest
+from app.detector.model import Detector, ModelConfig
 from app.detector.scorer import Scorer
-from app.sim import GridProfile
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +51,10 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 Evaluator = Callable[[Detector], dict[str, Any]]
 """Scores a freshly trained detector for its metadata (``app.detector.evaluate.evaluation_for_metadata``)."""
 
+PREPARE_UNAVAILABLE = 2
+PREPARE_ARTIFACT_ERROR = 3
+"""Exit codes of ``app.detector.prepare`` for the two named errors, so the server raises the same one."""
+
 
 def training_lock(artifact: Path) -> FileLock:
     """The file lock that serialises training into ``artifact``'s folder across processes."""
@@ -68,89 +66,9 @@ def metadata_path(artifact: Path) -> Path:
     return artifact.with_suffix(".json")
 
 
-def build_metadata(
-    estimator: IsolationForest,
-    config: ModelConfig,
-    X: np.ndarray,
-    *,
-    artifact_bytes: bytes,
-    artifact_name: str,
-    training_seconds: float,
-    evaluation: dict[str, Any] | None,
-) -> dict[str, Any]:
-    digest = hashlib.sha256(artifact_bytes).hexdigest()
-    return {
-        "model": "isolation_forest",
-        "model_version": digest[:12],
-        "artifact": {"file": artifact_name, "sha256": digest, "bytes": len(artifact_bytes)},
-        "trained_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
-        "training_seconds": round(training_seconds, 3),
-        "versions": {
-            "gridwatch": __version__,
-            "sklearn": sklearn.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-        "config": config.to_dict(),
-        "training": {
-            "samples": int(X.shape[0]),
-            "source": "simulator",
-            "interval_s": TRAINING_INTERVAL_S,
-            "start": TRAINING_START.isoformat(),
-            "profile": GridProfile().to_dict(),
-        },
-        "threshold": {
-            "score": 0.0,
-            "rule": "anomaly when score > 0, score = -decision_function",
-            "offset": float(estimator.offset_),
-        },
-        "feature_stats": feature_statistics(X, config.features),
-        "evaluation": evaluation,
-    }
-
-
-def train_model(
-    config: ModelConfig,
-    artifact: Path,
-    *,
-    evaluate: Evaluator | None = None,
-) -> Detector:
-    """Train, evaluate (if ``evaluate`` is given) and save atomically to ``artifact``. Returns the new detector.
-
-    The caller holds the training lock (``ensure_model`` does); this function only writes files atomically.
-    """
-    started = time.perf_counter()
-    X = training_data(config)
-    estimator = train_isolation_forest(config, X)
-    training_seconds = time.perf_counter() - started
-    artifact_bytes = _dump(estimator)
-    metadata = build_metadata(
-        estimator,
-        config,
-        X,
-        artifact_bytes=artifact_bytes,
-        artifact_name=artifact.name,
-        training_seconds=training_seconds,
-        evaluation=None,
-    )
-    detector = Detector(estimator, metadata, path=artifact, trained_now=True, load_seconds=training_seconds)
-    if evaluate is not None:
-        metadata["evaluation"] = evaluate(detector)
-    save_artifact(artifact, artifact_bytes, metadata)
-    logger.info(
-        "trained model %s in %.2fs (%d samples) and saved it to %s",
-        metadata["model_version"],
-        training_seconds,
-        X.shape[0],
-        artifact,
-    )
-    return detector
-
-
-def _dump(estimator: IsolationForest) -> bytes:
-    buffer = io.BytesIO()
-    joblib.dump(estimator, buffer)
-    return buffer.getvalue()
+def forest_path(artifact: Path) -> Path:
+    """Where the compiled forest of ``artifact`` lives: same folder, same stem, ``.npz``."""
+    return artifact.with_suffix(".npz")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -187,130 +105,167 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def save_artifact(artifact: Path, artifact_bytes: bytes, metadata: dict[str, Any]) -> None:
-    """Write the artifact, then its metadata, each atomically.
-
-    A reader between the two renames sees a hash mismatch and re-reads under the training lock (see
-    ``ensure_model``), so it never serves a model with the wrong metadata.
-    """
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(artifact, artifact_bytes)
+def _write_metadata(artifact: Path, metadata: dict[str, Any]) -> None:
     atomic_write_bytes(metadata_path(artifact), json.dumps(metadata, indent=2, sort_keys=True).encode())
 
 
-def load_model(artifact: Path) -> Detector:
-    """Load and verify an artifact; raises ``ModelArtifactError`` naming the file if it must not be used.
+def _file_entry(path: Path, data: bytes) -> dict[str, Any]:
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
-    Checks, in order: both files exist; the metadata is JSON; the artifact's SHA-256 matches the metadata (a
-    truncated copy or a half-finished write fails here, before unpickling); it unpickles into an
-    IsolationForest; it was trained with this scikit-learn version (pickles are only supported within one
-    version); it expects the configured number of features.
+
+def save_artifact(artifact: Path, artifact_bytes: bytes, forest: CompiledForest, metadata: dict[str, Any]) -> None:
+    """Write the estimator, its compiled forest, then the metadata naming both, each atomically.
+
+    A reader between the renames sees a hash mismatch and re-reads under the training lock, so it never serves a
+    model with the wrong metadata.
     """
-    started = time.perf_counter()
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(artifact, artifact_bytes)
+    save_forest(artifact, forest, metadata)
+
+
+def save_forest(artifact: Path, forest: CompiledForest, metadata: dict[str, Any]) -> None:
+    """Write the compiled forest beside ``artifact``, then the metadata with its entry (``forest``)."""
+    data = forest.to_npz()
+    target = forest_path(artifact)
+    atomic_write_bytes(target, data)
+    metadata["forest"] = _file_entry(target, data)
+    _write_metadata(artifact, metadata)
+
+
+def read_metadata(artifact: Path) -> dict[str, Any]:
+    """The metadata of ``artifact``, or ``ModelArtifactError`` if it is missing or not a JSON object."""
     meta_file = metadata_path(artifact)
-    if not artifact.is_file():
-        raise ModelArtifactError(artifact, "file not found")
     if not meta_file.is_file():
         raise ModelArtifactError(artifact, f"metadata file {meta_file} not found")
     try:
         metadata = json.loads(meta_file.read_text())
-        expected_digest = metadata["artifact"]["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise ModelArtifactError(artifact, f"metadata {meta_file} is unreadable: {exc}") from exc
-    payload = artifact.read_bytes()
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != expected_digest:
-        raise ModelArtifactError(
-            artifact,
-            f"SHA-256 {digest[:12]} does not match {expected_digest[:12]} recorded in {meta_file.name} "
-            f"({len(payload)} bytes on disk, {metadata['artifact'].get('bytes')} expected): "
-            "truncated, modified or half-written",
-        )
-    trained_with = metadata.get("versions", {}).get("sklearn")
-    if trained_with != sklearn.__version__:
-        raise ModelArtifactError(
-            artifact,
-            f"trained with scikit-learn {trained_with}, this process runs {sklearn.__version__}; "
-            "scikit-learn pickles are only valid within one version",
-        )
+    if not isinstance(metadata, dict):
+        raise ModelArtifactError(artifact, f"metadata {meta_file} is not a JSON object")
+    return metadata
+
+
+def verified_bytes(artifact: Path, path: Path, metadata: dict[str, Any], entry: str) -> bytes:
+    """The bytes of ``path``, checked against the SHA-256 recorded under ``metadata[entry]``."""
     try:
-        estimator = joblib.load(io.BytesIO(payload))
-    except Exception as exc:  # unpickling can fail in many ways; all mean the same to us
-        raise ModelArtifactError(artifact, f"cannot be unpickled: {exc!r}") from exc
-    if not isinstance(estimator, IsolationForest):
-        raise ModelArtifactError(artifact, f"holds a {type(estimator).__name__}, not an IsolationForest")
-    detector = Detector(estimator, metadata, path=artifact)
-    if estimator.n_features_in_ != len(detector.features):
+        expected = metadata[entry]["sha256"]
+    except (KeyError, TypeError) as exc:
+        raise ModelArtifactError(artifact, f"metadata {metadata_path(artifact).name} records no {entry}") from exc
+    if not path.is_file():
+        raise ModelArtifactError(artifact, f"{path.name}: file not found")
+    payload = path.read_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != expected:
         raise ModelArtifactError(
             artifact,
-            f"expects {estimator.n_features_in_} features, the metadata lists {len(detector.features)}",
+            f"{path.name}: SHA-256 {digest[:12]} does not match {str(expected)[:12]} recorded in "
+            f"{metadata_path(artifact).name} ({len(payload)} bytes on disk, {metadata[entry].get('bytes')} "
+            "expected): truncated, modified or half-written",
         )
-    detector.load_seconds = time.perf_counter() - started
-    logger.info("loaded model %s from %s in %.2fs", detector.version, artifact, detector.load_seconds)
+    return payload
+
+
+def load_forest(artifact: Path) -> Detector:
+    """The serving detector: the compiled forest beside ``artifact``, verified, without scikit-learn.
+
+    Checks, in order: the metadata is a JSON object naming the forest file and its SHA-256; the file's hash
+    matches; its arrays are what the kernels expect; the feature names the metadata lists are the ones the forest
+    was trained on (the verified forest carries them, so an edited metadata cannot reorder the columns).
+    """
+    started = time.perf_counter()
+    metadata = read_metadata(artifact)
+    entry = metadata.get("forest")
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ModelArtifactError(artifact, "the metadata names no compiled forest (saved by an older GridWatch)")
+    payload = verified_bytes(artifact, artifact.parent / name, metadata, "forest")
+    try:
+        forest = CompiledForest.from_npz(payload)
+    except Exception as exc:  # a damaged archive fails in many ways (zip, dtype, missing array); all mean the same
+        raise ModelArtifactError(artifact, f"{name} is not a usable compiled forest: {exc}") from exc
+    try:
+        listed = ModelConfig.from_dict(metadata.get("config", {})).features
+    except (TypeError, ValueError) as exc:
+        raise ModelArtifactError(artifact, f"metadata config is invalid: {exc}") from exc
+    if listed != forest.features:
+        raise ModelArtifactError(
+            artifact, f"the metadata lists features {list(listed)}, the forest was trained on {list(forest.features)}"
+        )
+    detector = Detector(forest, metadata, path=artifact, load_seconds=time.perf_counter() - started)
+    logger.info("loaded model %s from %s in %.3fs", detector.version, name, detector.load_seconds)
     return detector
 
 
-def ensure_model(
-    artifact: Path,
-    *,
-    train_if_missing: bool,
-    config: ModelConfig | None = None,
-    evaluate: Evaluator | None = None,
-) -> Detector:
-    """Load ``artifact``, or train and save it when it is missing or unusable and ``train_if_missing`` is set.
-
-    Without ``train_if_missing``, a missing artifact raises ``ModelUnavailableError`` and a bad one raises
-    ``ModelArtifactError``; a bad artifact is never used. With it, training happens under a file lock in the
-    model folder: of several processes starting at once on an empty shared folder, one trains and the others
-    wait and then load its artifact. A rejected artifact is kept as ``<name>.rejected`` for inspection.
-    """
-    config = config or ModelConfig()
-    try:
-        return load_model(artifact)
-    except ModelArtifactError as first_error:
-        if not train_if_missing:
-            if not artifact.exists():
-                raise ModelUnavailableError(
-                    f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
-                ) from first_error
-            raise
-        problem = first_error
-
-    try:
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        with training_lock(artifact):
-            try:  # another process may have finished training while we waited for the lock
-                return load_model(artifact)
-            except ModelArtifactError as error:
-                problem = error
-            if artifact.exists():
-                logger.warning("replacing unusable model: %s", problem)
-                artifact.replace(artifact.with_name(artifact.name + ".rejected"))
-            else:
-                logger.info("no model at %s, training one", artifact)
-            return train_model(config, artifact, evaluate=evaluate)
-    except OSError as exc:
-        if exc.errno not in _NOT_WRITABLE:
-            raise
-        raise ModelUnavailableError(
-            f"MODEL_DIR {artifact.parent} is not writable ({exc.strerror}) and holds no usable model "
-            f"({problem.reason}); mount a writable volume or provide a trained model"
-        ) from exc
-    except Timeout as exc:
-        raise ModelUnavailableError(
-            f"waited {LOCK_TIMEOUT_S:.0f}s for another process training into {artifact.parent}"
-        ) from exc
+def prepare_in_child(artifact: Path, *, train_if_missing: bool) -> None:
+    """Train, or convert an old model, in a child process (``python -m app.detector.prepare``), so that this
+    process never imports scikit-learn. The child's log lines are logged here; its failure is raised here as the
+    same named error."""
+    command = [sys.executable, "-m", "app.detector.prepare", str(artifact)]
+    if train_if_missing:
+        command.append("--train-if-missing")
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    last = ""
+    for line in process.stderr:
+        if line.strip():
+            last = line.strip()
+            logger.info("model preparation: %s", last)
+    code = process.wait()
+    if code == PREPARE_ARTIFACT_ERROR:
+        raise ModelArtifactError(artifact, last)
+    if code != 0:
+        reason = last if code == PREPARE_UNAVAILABLE else f"model preparation failed (exit {code}): {last}"
+        raise ModelUnavailableError(reason)
+    logger.info("model prepared in a child process in %.1fs", time.perf_counter() - started)
 
 
 def load_detector(
-    artifact: Path, *, train_if_missing: bool, scorer: Scorer = Scorer.auto, warm_up: bool = False
+    artifact: Path,
+    *,
+    train_if_missing: bool,
+    scorer: Scorer = Scorer.auto,
+    warm_up: bool = False,
+    with_estimator: bool = False,
 ) -> Detector:
-    """The detector every command starts from: ``ensure_model`` (training evaluated like ``gridwatch train``),
-    switched to ``scorer``, and with ``warm_up`` its kernels compiled now rather than in the first request."""
-    from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415 - sklearn.metrics only to train
+    """The detector every command starts from, switched to ``scorer``, and with ``warm_up`` its kernels compiled
+    now rather than in the first request.
 
-    detector = ensure_model(artifact, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)
+    Serving (the default) loads the compiled forest; if it is missing or unusable, a child process trains (when
+    ``train_if_missing``) or converts the model, and the forest is loaded again. ``with_estimator`` (evaluation, the
+    benchmark) and ``SCORER=sklearn`` load the scikit-learn estimator in this process instead.
+    """
+    if with_estimator or scorer is Scorer.sklearn:
+        detector = _load_with_estimator(artifact, train_if_missing=train_if_missing)
+    else:
+        try:
+            detector = load_forest(artifact)
+        except ModelArtifactError as problem:
+            if not train_if_missing and not artifact.exists() and not forest_path(artifact).exists():
+                raise ModelUnavailableError(
+                    f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
+                ) from problem
+            logger.info("%s; preparing it in a child process", problem)
+            started = time.perf_counter()
+            prepare_in_child(artifact, train_if_missing=train_if_missing)
+            try:
+                detector = load_forest(artifact)
+            except ModelArtifactError as still:  # a read-only folder the child could not write the forest into
+                logger.warning("%s; compiling the forest in this process, which loads scikit-learn", still)
+                detector = _load_with_estimator(artifact, train_if_missing=False)
+            detector.trained_now = True  # obtained by training (or converting) it, not by loading it
+            detector.load_seconds = time.perf_counter() - started
     detector.use(scorer)
     if warm_up:
         detector.warm_up()
     return detector
+
+
+def _load_with_estimator(artifact: Path, *, train_if_missing: bool) -> Detector:
+    # Imported here: scikit-learn (and its SciPy) only where the estimator itself is wanted.
+    from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415
+    from app.detector.training import ensure_model  # noqa: PLC0415
+
+    return ensure_model(artifact, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)

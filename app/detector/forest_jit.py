@@ -1,127 +1,64 @@
-"""numba kernels that walk a ``CompiledForest`` (see ``app.detector.forest`` for the layout and why it is exact).
+"""The compiled kernels of the forest, chosen once at import: ahead of time if the extension module was built,
+else just in time with numba, else none (``app.detector.forest`` then walks the trees in NumPy).
 
-Two traversals, chosen by measurement (``gridwatch bench``; figures in docs/benchmarks.md):
+* **Ahead of time** (``app.detector._forest_aot``, built by ``python -m app.detector.forest_aot``; the container
+  image and ``make sync`` build it): imports in a millisecond and loads neither numba nor LLVM, which keeps a
+  serving worker about 150 MB smaller and its start free of compilation. Its functions hold the GIL, so
+  ``path_length_sums`` scores big batches in slices, letting the event loop run between them.
+* **Just in time** (``app.detector.forest_kernels`` with numba): ``nogil=True``, so a worker thread scores while
+  the event loop serves. The machine code is cached (beside the source, in the user's cache folder, or in
+  ``NUMBA_CACHE_DIR``) so later starts skip the ~2 s compilation; where none of those is writable, numba refuses
+  ``cache=True`` and the kernels are compiled in memory at each start instead, which ``CACHED`` says.
 
-* ``_trees_outer``: every tree in turn, eight rows walking it together as eight independent chains held in
-  registers. A tree (about 27 kB) stays in L1/L2 while all rows pass through it, and the CPU overlaps the eight
-  chains' dependent loads. This reached about 2 ns per node step; a version keeping the eight chains in a small
-  array instead of registers was 2x slower, rows-outer orders 1.5 to 3x slower on batches.
-* ``_rows_outer``: for fewer than eight rows, each row walks eight trees at a time instead (the chains must come
-  from somewhere); twice as fast as ``_trees_outer`` for a single reading.
-
-Sums are added in tree order in both, so they equal scikit-learn's to the last bit. ``nogil=True`` lets a worker
-thread score while the event loop serves other requests.
-
-**Caching.** The machine code is cached (beside this file, in the user's cache folder, or in ``NUMBA_CACHE_DIR``) so
-later starts skip the ~2 s compilation. Where none of those is writable (a read-only root filesystem without
-``NUMBA_CACHE_DIR``), numba refuses ``cache=True`` at import; the kernels are then compiled in memory at each start
-instead of crashing the service, and ``CACHED`` says so (the "model ready" log line reports it).
+Both come from the same source and give the same sums, bit for bit (``tests/detector/test_forest.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:  # the pure-NumPy path in app.detector.forest takes over
-    AVAILABLE = False
-else:
-    AVAILABLE = True
-
 CHAINS = 8
-"""Independent traversals interleaved per loop iteration."""
+"""The kernels' unrolling, ``forest_kernels.CHAINS``, repeated here because the ahead-of-time path must not import
+that module (it imports numba); a test holds the two equal."""
+AOT_SLICE_ROWS = 256
+"""Rows per call of an ahead-of-time kernel: about 1 ms of scoring, after which the GIL can change hands."""
 
-CACHED = False
-"""Whether the compiled kernels are cached on disk (see "Caching" above)."""
+Kernel = Callable[..., np.ndarray]
 
 
-def _jit(function):  # type: ignore[no-untyped-def]
-    """``njit`` with an on-disk cache where numba finds a writable folder, without one where it does not."""
-    global CACHED  # noqa: PLW0603 - set once, at import
+def _ahead_of_time() -> tuple[Kernel, Kernel] | None:
     try:
-        compiled = njit(cache=True, nogil=True)(function)
+        from app.detector import _forest_aot  # noqa: PLC0415 - built, not written: absent on a fresh checkout
+    except ImportError:
+        return None
+    return _forest_aot.trees_outer, _forest_aot.rows_outer
+
+
+def _just_in_time() -> tuple[Kernel, Kernel, bool] | None:
+    try:
+        from numba import njit  # noqa: PLC0415
+    except ImportError:
+        return None
+    from app.detector import forest_kernels  # noqa: PLC0415 - imports numba
+
+    try:
+        kernels = [njit(cache=True, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
+        cached = True
     except RuntimeError:  # "cannot cache function ...: no locator available": nowhere writable to cache
-        return njit(cache=False, nogil=True)(function)
-    CACHED = True
-    return compiled
+        kernels = [njit(cache=False, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
+        cached = False
+    return kernels[0], kernels[1], cached
 
 
-if AVAILABLE:
-
-    @njit(inline="always")
-    def _step(node, rows, row, threshold, meta, shift, mask):  # pragma: no cover - compiled
-        packed = meta[node]
-        return (packed >> shift) + (rows[row, packed & mask] > threshold[node])
-
-    @_jit
-    def _trees_outer(rows, threshold, meta, leaf_value, roots, depth, shift, mask):  # pragma: no cover - compiled
-        n = rows.shape[0]
-        out = np.zeros(n)
-        full = n - n % CHAINS
-        for t in range(roots.shape[0]):
-            root = roots[t]
-            for s in range(0, full, CHAINS):
-                a = b = c = d = e = f = g = h = root
-                for _ in range(depth):
-                    a = _step(a, rows, s, threshold, meta, shift, mask)
-                    b = _step(b, rows, s + 1, threshold, meta, shift, mask)
-                    c = _step(c, rows, s + 2, threshold, meta, shift, mask)
-                    d = _step(d, rows, s + 3, threshold, meta, shift, mask)
-                    e = _step(e, rows, s + 4, threshold, meta, shift, mask)
-                    f = _step(f, rows, s + 5, threshold, meta, shift, mask)
-                    g = _step(g, rows, s + 6, threshold, meta, shift, mask)
-                    h = _step(h, rows, s + 7, threshold, meta, shift, mask)
-                out[s] += leaf_value[a]
-                out[s + 1] += leaf_value[b]
-                out[s + 2] += leaf_value[c]
-                out[s + 3] += leaf_value[d]
-                out[s + 4] += leaf_value[e]
-                out[s + 5] += leaf_value[f]
-                out[s + 6] += leaf_value[g]
-                out[s + 7] += leaf_value[h]
-            for r in range(full, n):
-                a = root
-                for _ in range(depth):
-                    a = _step(a, rows, r, threshold, meta, shift, mask)
-                out[r] += leaf_value[a]
-        return out
-
-    @_jit
-    def _rows_outer(rows, threshold, meta, leaf_value, roots, depth, shift, mask):  # pragma: no cover - compiled
-        n = rows.shape[0]
-        out = np.zeros(n)
-        trees = roots.shape[0]
-        full = trees - trees % CHAINS
-        for r in range(n):
-            total = 0.0
-            for t in range(0, full, CHAINS):
-                a, b, c, d = roots[t], roots[t + 1], roots[t + 2], roots[t + 3]
-                e, f, g, h = roots[t + 4], roots[t + 5], roots[t + 6], roots[t + 7]
-                for _ in range(depth):
-                    a = _step(a, rows, r, threshold, meta, shift, mask)
-                    b = _step(b, rows, r, threshold, meta, shift, mask)
-                    c = _step(c, rows, r, threshold, meta, shift, mask)
-                    d = _step(d, rows, r, threshold, meta, shift, mask)
-                    e = _step(e, rows, r, threshold, meta, shift, mask)
-                    f = _step(f, rows, r, threshold, meta, shift, mask)
-                    g = _step(g, rows, r, threshold, meta, shift, mask)
-                    h = _step(h, rows, r, threshold, meta, shift, mask)
-                total += leaf_value[a]
-                total += leaf_value[b]
-                total += leaf_value[c]
-                total += leaf_value[d]
-                total += leaf_value[e]
-                total += leaf_value[f]
-                total += leaf_value[g]
-                total += leaf_value[h]
-            for t in range(full, trees):
-                a = roots[t]
-                for _ in range(depth):
-                    a = _step(a, rows, r, threshold, meta, shift, mask)
-                total += leaf_value[a]
-            out[r] = total
-        return out
+_AOT = _ahead_of_time()
+_JIT = None if _AOT is not None else _just_in_time()
+KIND = "ahead-of-time" if _AOT is not None else ("just-in-time" if _JIT is not None else None)
+"""Which compiled kernels score: "ahead-of-time", "just-in-time", or None (NumPy)."""
+AVAILABLE = KIND is not None
+CACHED = _AOT is not None or (_JIT is not None and _JIT[2])
+"""Whether starting again skips compilation: always for ahead-of-time kernels, for numba if its cache is writable."""
 
 
 def path_length_sums(
@@ -134,5 +71,17 @@ def path_length_sums(
     feature_bits: int,
 ) -> np.ndarray:
     """Per row, the leaf values summed over the trees in order. ``rows`` is C-contiguous float32."""
-    kernel = _rows_outer if rows.shape[0] < CHAINS else _trees_outer
-    return kernel(rows, threshold, meta, leaf_value, roots, depth, feature_bits, (1 << feature_bits) - 1)
+    kernels = _AOT or _JIT
+    if kernels is None:
+        raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
+    trees_outer, rows_outer = kernels[0], kernels[1]
+    mask = (1 << feature_bits) - 1
+    if rows.shape[0] < CHAINS:
+        return rows_outer(rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask)
+    if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
+        return trees_outer(rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask)
+    parts = [
+        trees_outer(rows[start : start + AOT_SLICE_ROWS], threshold, meta, leaf_value, roots, depth, feature_bits, mask)
+        for start in range(0, rows.shape[0], AOT_SLICE_ROWS)
+    ]
+    return np.concatenate(parts)

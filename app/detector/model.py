@@ -5,7 +5,8 @@ anomalous** and a reading is flagged exactly when ``score > 0``. Flags are deriv
 separately, so the two always agree.
 
 This package knows nothing of HTTP, metrics or tracing: ``app.serving`` wraps a ``Detector`` for the service,
-``app.tools`` for the command line. How a model is saved, verified and loaded is ``app.detector.artifact``.
+``app.tools`` for the command line. How a model is saved, verified and loaded is ``app.detector.artifact``; how
+one is trained, ``app.detector.training``. Importing this module does not import scikit-learn.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
 from app import FEATURES
 from app.detector.forest import CompiledForest
 from app.detector.forest_jit import CHAINS
 from app.detector.scorer import Scorer
 from app.sim import GridProfile, GridSimulator
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 TRAINING_START = datetime(2026, 1, 1, tzinfo=UTC)
 """Fixed start of the simulated training period: the same config always trains the same model (same version)."""
@@ -88,24 +91,6 @@ def training_data(config: ModelConfig, profile: GridProfile | None = None) -> np
     return simulator.batch(config.train_samples).features()
 
 
-def train_isolation_forest(config: ModelConfig, X: np.ndarray | None = None) -> IsolationForest:
-    """Fit an IsolationForest on ``X`` (default: ``training_data(config)``).
-
-    The estimator is fitted on a plain array (no feature names), because requests arrive as arrays in
-    ``config.features`` order; ``n_jobs=1`` keeps one worker process on one core, scaling is the HPA's job.
-    """
-    if X is None:
-        X = training_data(config)
-    estimator = IsolationForest(
-        n_estimators=config.n_estimators,
-        max_samples=config.max_samples,
-        contamination=config.contamination,
-        random_state=config.random_state,
-        n_jobs=1,
-    )
-    return estimator.fit(X)
-
-
 def feature_statistics(X: np.ndarray, features: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Per-feature training statistics kept in the metadata; the drift monitor compares live windows to them."""
     stats: dict[str, dict[str, Any]] = {}
@@ -123,29 +108,38 @@ def feature_statistics(X: np.ndarray, features: tuple[str, ...]) -> dict[str, di
 
 @dataclass
 class Detector:
-    """A loaded model ready to serve: the estimator, the metadata stored beside it, and its compiled form.
+    """A loaded model ready to score: its compiled forest, the metadata stored beside it, and, where it was loaded
+    (training, evaluation, ``SCORER=sklearn``), the scikit-learn estimator it was compiled from.
 
-    The compiled form (``app.detector.forest``) is built once here, when the model is loaded or trained, and is
-    what ``predict_batch`` uses unless ``scorer`` says ``sklearn``.
+    Serving needs only the compiled forest (``app.detector.forest``), which scores exactly like the estimator:
+    a serving process never imports scikit-learn unless ``SCORER=sklearn`` asks for the estimator itself.
     """
 
-    estimator: IsolationForest
+    forest: CompiledForest
     metadata: dict[str, Any]
+    estimator: IsolationForest | None = None
     path: Path | None = None
     trained_now: bool = False
     load_seconds: float = 0.0
     scorer: Scorer = Scorer.auto
     config: ModelConfig = field(init=False)
-    forest: CompiledForest = field(init=False)
 
     def __post_init__(self) -> None:
         self.config = ModelConfig.from_dict(self.metadata.get("config", {}))
-        self.forest = CompiledForest.from_sklearn(self.estimator)
         self.use(self.scorer)
+
+    @classmethod
+    def from_estimator(cls, estimator: IsolationForest, metadata: dict[str, Any], **options: Any) -> Detector:
+        """A detector for a fitted estimator, its forest compiled here (in memory, nothing is written)."""
+        features = ModelConfig.from_dict(metadata.get("config", {})).features
+        return cls(CompiledForest.from_sklearn(estimator, features), metadata, estimator, **options)
 
     def use(self, scorer: Scorer) -> None:
         """Switch the scoring path (``auto`` resolves to numba if installed, else numpy)."""
-        self.scorer = scorer.resolved()
+        scorer = scorer.resolved()
+        if scorer is Scorer.sklearn and self.estimator is None:
+            raise ValueError("SCORER=sklearn needs the scikit-learn estimator, and this detector was loaded without")
+        self.scorer = scorer
 
     def warm_up(self) -> None:
         """Score once per kernel so compilation (or loading numba's cache) happens now, not in a request."""
@@ -159,7 +153,8 @@ class Detector:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return self.config.features
+        """The column order of every input row, as the verified forest was trained on it."""
+        return self.forest.features
 
     def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(flags, scores)`` for an ``(n, len(features))`` float array: ``scores = -decision_function`` and

@@ -35,6 +35,7 @@ from app.serving.metrics import HTTPMetricsMiddleware, render_metrics
 from app.serving.middleware import InternalErrorMiddleware, SecurityHeadersMiddleware
 from app.serving.parsing import parse_readings
 from app.serving.protocol import InflightLimit, read_body, require_api_key, require_json
+from app.serving.readiness import ServerReadiness
 from app.serving.schemas import (
     PREDICT_ERRORS,
     UNAUTHORIZED,
@@ -62,7 +63,13 @@ def create_app(
     these exporters, each span exported as it ends (tests). Settings default to the environment.
     """
     settings = settings or Settings()
-    holder = ModelHolder(loader or _default_loader(settings), drift_window=settings.drift_window, detector=detector)
+    readiness = ServerReadiness(settings.workers, settings.prometheus_multiproc_dir)
+    holder = ModelHolder(
+        loader or _default_loader(settings),
+        drift_window=settings.drift_window,
+        detector=detector,
+        on_ready=readiness.mark_ready,
+    )
     multiprocess_dir = settings.prometheus_multiproc_dir
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
     exemplars = tracing is not None and multiprocess_dir is None
@@ -97,7 +104,7 @@ def create_app(
     _add_middleware(app, settings, exemplars=exemplars)
     if tracing is not None:
         instrument(app, tracing)
-    _add_routes(app, settings, holder, inference)
+    _add_routes(app, settings, holder, readiness, inference)
     return app
 
 
@@ -117,7 +124,9 @@ def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> Non
     app.add_middleware(SecurityHeadersMiddleware)
 
 
-def _add_routes(app: FastAPI, settings: Settings, holder: ModelHolder, inference: Inference) -> None:
+def _add_routes(
+    app: FastAPI, settings: Settings, holder: ModelHolder, readiness: ServerReadiness, inference: Inference
+) -> None:
     """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
     limit; /model and /predict require the key when one is set."""
     multiprocess_dir = settings.prometheus_multiproc_dir
@@ -134,7 +143,7 @@ def _add_routes(app: FastAPI, settings: Settings, holder: ModelHolder, inference
 
     @app.get(
         "/health",
-        summary="Readiness: 200 once the model is loaded, 503 with a reason before.",
+        summary="Readiness: 200 once every worker has its model loaded, 503 with a reason before.",
         response_model=HealthResponse,
         responses={503: {"model": NotReadyResponse}},
     )
@@ -143,6 +152,10 @@ def _add_routes(app: FastAPI, settings: Settings, holder: ModelHolder, inference
         if holder.state is not ModelState.ready:
             body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        if not readiness.all_ready():
+            reason = f"this worker is ready, {readiness.ready_workers()} of {readiness.workers} workers are"
+            body = {"status": ModelState.loading.value, "reason": reason, "instance": instance}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
         model = holder.get().detector
         return JSONResponse(
             {

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-import sklearn
 from opentelemetry import trace
 
 from app.detector import forest_jit
@@ -69,12 +68,32 @@ class LoadedModel:
         return rows * forest.n_trees * forest.max_depth <= INLINE_BUDGET_STEPS
 
 
+def _kernel_note(scorer: Scorer) -> str:
+    """Which compiled kernels score, and a hint when each start compiles them again."""
+    if scorer is not Scorer.numba:
+        return ""
+    if not forest_jit.CACHED:
+        return (
+            f" {forest_jit.KIND}, compiled code not cached: set NUMBA_CACHE_DIR to a writable folder or build the "
+            "ahead-of-time kernels (python -m app.detector.forest_aot) to skip compiling at each start"
+        )
+    return f" {forest_jit.KIND}"
+
+
 class ModelHolder:
     """Holds the model once ``load`` has produced it; thread-safe, loaded exactly once."""
 
-    def __init__(self, loader: Callable[[], Detector], *, drift_window: int, detector: Detector | None = None) -> None:
+    def __init__(
+        self,
+        loader: Callable[[], Detector],
+        *,
+        drift_window: int,
+        detector: Detector | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self._loader = loader
         self._drift_window = drift_window
+        self._on_ready = on_ready
         self._loaded: LoadedModel | None = None
         self._error: str | None = None
         self._done = threading.Event()
@@ -114,21 +133,22 @@ class ModelHolder:
             self._done.set()
 
     def _ready(self, detector: Detector) -> None:
-        MODEL_INFO.labels(detector.version, sklearn.__version__).set(1)
+        # The scikit-learn version the model was trained with: serving itself runs without scikit-learn.
+        MODEL_INFO.labels(detector.version, detector.metadata.get("versions", {}).get("sklearn", "unknown")).set(1)
         source = "trained" if detector.trained_now else "loaded"
         MODEL_LOAD_DURATION.labels(source).set(detector.load_seconds)
         drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
         self._loaded = LoadedModel(detector, drift, DriftGauges(detector.features))
         self._done.set()
+        if self._on_ready is not None:
+            self._on_ready()
         logger.info(
             "model %s ready (%s in %.2fs, scored by %s%s)",
             detector.version,
             source,
             detector.load_seconds,
             detector.scorer.value,
-            ""
-            if detector.scorer is not Scorer.numba or forest_jit.CACHED
-            else ", compiled code not cached: set NUMBA_CACHE_DIR to a writable folder to skip compiling at each start",
+            _kernel_note(detector.scorer),
         )
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -27,7 +27,6 @@ summed over every live worker (the processes that write into ``PROMETHEUS_MULTIP
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -51,6 +50,7 @@ from prometheus_client.registry import Collector
 
 from app.detector.drift import DriftSnapshot
 from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label
+from app.serving.readiness import pid_alive
 
 # `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
 # also absent in multiprocess mode, so disabling them keeps both modes' exposition identical.
@@ -100,7 +100,7 @@ BATCH_SIZE = Histogram(
 )
 MODEL_INFO = Gauge(
     "model_info",
-    "Always 1; labels name the loaded model version and the scikit-learn version it runs on.",
+    "Always 1; labels name the loaded model version and the scikit-learn version it was trained with.",
     ["model_version", "sklearn_version"],
     multiprocess_mode="livemax",
 )
@@ -228,17 +228,6 @@ _SUMMED = {
     "process_virtual_memory_bytes": "Virtual memory of the live worker processes, summed, in bytes.",
     "process_open_fds": "Open file descriptors of the live worker processes, summed.",
 }
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
 
 
 def live_worker_pids(directory: Path) -> list[int]:

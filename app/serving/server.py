@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.serving.logs import configure_logging
+from app.serving.readiness import clear_markers
 from app.serving.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,6 +53,7 @@ def prepare_metrics_directory(settings: Settings) -> Path | None:
     directory.mkdir(parents=True, exist_ok=True)
     for entry in directory.glob("*.db"):
         entry.unlink()
+    clear_markers(directory)  # the workers' readiness markers live here too (app.serving.readiness)
     os.environ[MULTIPROC_ENV] = str(directory)
     return directory
 

@@ -125,9 +125,10 @@ def _train(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from dataclasses import replace
 
-    from app.detector.artifact import train_model, training_lock
+    from app.detector.artifact import training_lock
     from app.detector.evaluate import evaluation_for_metadata
     from app.detector.model import ModelConfig
+    from app.detector.training import train_model
 
     overrides = {
         "n_estimators": args.n_estimators,
@@ -175,7 +176,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from app.sim import DEFAULT_ANOMALY_KINDS
     from app.tools.report import print_evaluation, print_sweep
 
-    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
+    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing, with_estimator=True)
     report = evaluate_detector(
         detector,
         n=args.readings,
@@ -317,7 +318,7 @@ def _bench(args: argparse.Namespace) -> int:
     from app.tools.bench import BenchConfig, render_markdown, run_bench
     from app.tools.report import print_bench
 
-    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
+    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing, with_estimator=True)
     config = BenchConfig(
         sizes=tuple(args.sizes),
         min_seconds=args.min_seconds,

@@ -5,7 +5,6 @@ chart run these same files with `python -c` inside the backend image."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.detector.artifact import metadata_path
-from tests.support import ROOT, Answer, PrometheusProcess, ServerProcess, StubBackend, require_tool
+from tests.support import ROOT, Answer, PrometheusProcess, ServerProcess, StubBackend, copy_model, require_tool
 
 FILES = ROOT / "helm" / "gridwatch" / "files"
 JOB = yaml.safe_load((ROOT / "helm" / "gridwatch" / "values.yaml").read_text())["monitoring"]["serviceMonitor"][
@@ -39,9 +37,7 @@ def run_hook(script: str, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Path) -> Iterator[ServerProcess]:
     """One real `gridwatch serve` for the whole module, loading the session's trained model."""
-    models = tmp_path_factory.mktemp("models")
-    shutil.copy2(trained_artifact, models / trained_artifact.name)
-    shutil.copy2(metadata_path(trained_artifact), metadata_path(models / trained_artifact.name))
+    models = copy_model(trained_artifact, tmp_path_factory.mktemp("models"))
     with ServerProcess(env={"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "0"}) as process:
         yield process
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import IsolationForest
 
+from app import FEATURES
 from app.detector.forest import CompiledForest
 from app.detector.forest_jit import AVAILABLE, CHAINS
 from app.detector.model import Detector
@@ -24,7 +25,8 @@ BACKENDS = [Scorer.numba, Scorer.numpy] if AVAILABLE else [Scorer.numpy]
 
 @pytest.fixture(scope="module")
 def compiled(detector: Detector) -> CompiledForest:
-    return CompiledForest.from_sklearn(detector.estimator)
+    """The forest as serving has it: compiled, written to its .npz form and read back."""
+    return CompiledForest.from_npz(CompiledForest.from_sklearn(detector.estimator, detector.features).to_npz())
 
 
 def threshold_rows(forest: IsolationForest, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -133,7 +135,7 @@ def test_other_forest_shapes(params: dict[str, object], backend: Scorer):
     train = rng.normal(size=(600, 3)) * [2.0, 5.0, 0.1] + [230.0, 12.0, 50.0]
     forest = IsolationForest(random_state=3, **params).fit(train)
     X = np.concatenate([rng.normal(size=(300, 3)) * [4.0, 10.0, 0.5] + [230.0, 12.0, 50.0], train[:50]])
-    compiled = CompiledForest.from_sklearn(forest)
+    compiled = CompiledForest.from_npz(CompiledForest.from_sklearn(forest, FEATURES).to_npz())
     for size in (1, 5, len(X)):
         np.testing.assert_array_equal(compiled.decision_function(X[:size], backend), forest.decision_function(X[:size]))
 
@@ -157,13 +159,14 @@ def test_detector_serves_with_the_compiled_forest_and_every_scorer_agrees(detect
     X = GridSimulator(anomaly_rate=0.2, seed=8).batch(777).features()
     results = {}
     for scorer in (Scorer.sklearn, Scorer.numpy, *([Scorer.numba] if AVAILABLE else [])):
-        twin = Detector(detector.estimator, detector.metadata, scorer=scorer)
+        twin = Detector.from_estimator(detector.estimator, detector.metadata, scorer=scorer)
         results[scorer] = twin.predict_batch(X)
     flags, scores = results[Scorer.sklearn]
     for scorer, (other_flags, other_scores) in results.items():
         np.testing.assert_array_equal(other_scores, scores, err_msg=scorer)
         np.testing.assert_array_equal(other_flags, flags, err_msg=scorer)
-    assert Detector(detector.estimator, detector.metadata).scorer is (Scorer.numba if AVAILABLE else Scorer.numpy)
+    default = Detector.from_estimator(detector.estimator, detector.metadata)
+    assert default.scorer is (Scorer.numba if AVAILABLE else Scorer.numpy)
 
 
 def test_packing_is_compact_and_padded_to_one_depth(detector: Detector, compiled: CompiledForest):

@@ -14,10 +14,11 @@ import pytest
 import sklearn
 
 from app import FEATURES
-from app.detector.artifact import atomic_write_bytes, ensure_model, load_model, metadata_path, train_model
+from app.detector.artifact import atomic_write_bytes, metadata_path
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
 from app.detector.model import Detector, ModelConfig
 from app.detector.scorer import Scorer
+from app.detector.training import ensure_model, load_model, train_model
 from app.sim import GridSimulator
 
 SMALL = ModelConfig(n_estimators=20, max_samples=512, train_samples=2_000)
@@ -54,7 +55,8 @@ def test_round_trip_keeps_scores_and_metadata(trained_artifact: Path, detector: 
 def test_flags_agree_with_scikit_learn_predict(detector: Detector):
     """score > 0 flags exactly what scikit-learn's own predict() calls an outlier."""
     X = GridSimulator(anomaly_rate=0.2, seed=4).batch(2_000).features()
-    flags, scores = Detector(detector.estimator, detector.metadata, scorer=Scorer.sklearn).predict_batch(X)
+    reference = Detector.from_estimator(detector.estimator, detector.metadata, scorer=Scorer.sklearn)
+    flags, scores = reference.predict_batch(X)
     np.testing.assert_array_equal(flags, detector.estimator.predict(X) == -1)
     np.testing.assert_allclose(scores, -detector.estimator.decision_function(X))
     assert flags.any()

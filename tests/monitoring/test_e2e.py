@@ -31,7 +31,7 @@ from tests.monitoring.support import (
     rule_files,
     substitute,
 )
-from tests.support import ROOT, PrometheusProcess, ServerProcess, require_tool
+from tests.support import ROOT, PrometheusProcess, ServerProcess, copy_model, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -92,14 +92,7 @@ def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Path) -> Path:
-    import shutil
-
-    from app.detector.artifact import metadata_path
-
-    folder = tmp_path_factory.mktemp("e2e-models")
-    shutil.copy2(trained_artifact, folder / trained_artifact.name)
-    shutil.copy2(metadata_path(trained_artifact), metadata_path(folder / trained_artifact.name))
-    return folder
+    return copy_model(trained_artifact, tmp_path_factory.mktemp("e2e-models"))
 
 
 @pytest.fixture(scope="module")

@@ -246,7 +246,7 @@ def test_unexpected_error_is_a_logged_500_and_the_service_keeps_serving(
                 raise RuntimeError("boom")
             return super().predict_batch(X)
 
-    exploding = Exploding(detector.estimator, detector.metadata)
+    exploding = Exploding(detector.forest, detector.metadata)
     before = sample("requests_total", path="/predict", method="POST", status="500")
     with TestClient(create_app(settings, detector=exploding), raise_server_exceptions=False) as client:
         failed = client.post("/predict", json={"readings": [NORMAL] * 3})

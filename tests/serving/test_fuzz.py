@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app import FEATURES
-from app.detector.artifact import train_model
 from app.detector.model import Detector, ModelConfig
+from app.detector.training import train_model
 from app.serving.app import create_app
 from app.serving.errors import BatchTooLargeError, InvalidReadingsError
 from app.serving.parsing import parse_readings

@@ -10,7 +10,7 @@ from app.serving.metrics import DriftGauges
 
 
 def loaded(detector: Detector, scorer: Scorer) -> LoadedModel:
-    twin = Detector(detector.estimator, detector.metadata, scorer=scorer)
+    twin = Detector.from_estimator(detector.estimator, detector.metadata, scorer=scorer)
     drift = DriftMonitor(twin.features, twin.metadata["feature_stats"])
     return LoadedModel(twin, drift, DriftGauges(twin.features))
 

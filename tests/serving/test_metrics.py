@@ -58,7 +58,7 @@ def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, d
             release.wait(timeout=30)
             return super().predict_batch(X)
 
-    blocking = Blocking(detector.estimator, detector.metadata)
+    blocking = Blocking(detector.forest, detector.metadata)
     large = {"readings": [NORMAL] * 1000}  # above INLINE_BUDGET_STEPS for the default model
     with TestClient(create_app(settings, detector=blocking)) as client:
         idle = sample("requests_in_flight")

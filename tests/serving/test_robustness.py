@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from app.detector.artifact import load_model
+from app.detector.training import load_model
 from app.tools.loadgen import LoadConfig, run_load
 from app.tools.processes import wait_until_ready
 from tests.support import ROOT, ServerProcess, require_tool

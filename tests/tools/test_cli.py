@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.detector.artifact import load_model
+from app.detector.training import load_model
 from app.tools.cli import main
 
 

@@ -1,0 +1,276 @@
+"""Training, and the scikit-learn side of the artifact: the pickled estimator, checked and unpickled, and the
+serving form compiled from it.
+
+Everything here imports scikit-learn, so only training, evaluation, the benchmark and ``SCORER=sklearn`` come
+here; a serving process loads the compiled forest through ``app.detector.artifact`` and, when it has to train or
+convert an old model, does it in a child process (``app.detector.prepare``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from filelock import Timeout
+from sklearn.ensemble import IsolationForest
+
+from app import __version__
+from app.detector.artifact import (
+    _NOT_WRITABLE,
+    LOCK_TIMEOUT_S,
+    Evaluator,
+    forest_path,
+    load_forest,
+    read_metadata,
+    save_artifact,
+    save_forest,
+    training_lock,
+    verified_bytes,
+)
+from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.model import (
+    TRAINING_INTERVAL_S,
+    TRAINING_START,
+    Detector,
+    ModelConfig,
+    feature_statistics,
+    training_data,
+)
+from app.sim import GridProfile
+
+logger = logging.getLogger(__name__)
+
+
+def train_isolation_forest(config: ModelConfig, X: np.ndarray | None = None) -> IsolationForest:
+    """Fit an IsolationForest on ``X`` (default: ``training_data(config)``).
+
+    The estimator is fitted on a plain array (no feature names), because requests arrive as arrays in
+    ``config.features`` order; ``n_jobs=1`` keeps one worker process on one core, scaling is the HPA's job.
+    """
+    if X is None:
+        X = training_data(config)
+    estimator = IsolationForest(
+        n_estimators=config.n_estimators,
+        max_samples=config.max_samples,
+        contamination=config.contamination,
+        random_state=config.random_state,
+        n_jobs=1,
+    )
+    return estimator.fit(X)
+
+
+def build_metadata(
+    estimator: IsolationForest,
+    config: ModelConfig,
+    X: np.ndarray,
+    *,
+    artifact_bytes: bytes,
+    artifact_name: str,
+    training_seconds: float,
+    evaluation: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The metadata of a freshly trained model (the compiled forest's entry is added by ``save_forest``)."""
+    digest = hashlib.sha256(artifact_bytes).hexdigest()
+    return {
+        "model": "isolation_forest",
+        "model_version": digest[:12],
+        "artifact": {"file": artifact_name, "sha256": digest, "bytes": len(artifact_bytes)},
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "training_seconds": round(training_seconds, 3),
+        "versions": {
+            "gridwatch": __version__,
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "config": config.to_dict(),
+        "training": {
+            "samples": int(X.shape[0]),
+            "source": "simulator",
+            "interval_s": TRAINING_INTERVAL_S,
+            "start": TRAINING_START.isoformat(),
+            "profile": GridProfile().to_dict(),
+        },
+        "threshold": {
+            "score": 0.0,
+            "rule": "anomaly when score > 0, score = -decision_function",
+            "offset": float(estimator.offset_),
+        },
+        "feature_stats": feature_statistics(X, config.features),
+        "evaluation": evaluation,
+    }
+
+
+def train_model(config: ModelConfig, artifact: Path, *, evaluate: Evaluator | None = None) -> Detector:
+    """Train, evaluate (if ``evaluate`` is given) and save atomically: the estimator to ``artifact``, its compiled
+    forest beside it, then the metadata. Returns the new detector.
+
+    The caller holds the training lock (``ensure_model`` does); this function only writes files atomically.
+    """
+    started = time.perf_counter()
+    X = training_data(config)
+    estimator = train_isolation_forest(config, X)
+    training_seconds = time.perf_counter() - started
+    artifact_bytes = _dump(estimator)
+    metadata = build_metadata(
+        estimator,
+        config,
+        X,
+        artifact_bytes=artifact_bytes,
+        artifact_name=artifact.name,
+        training_seconds=training_seconds,
+        evaluation=None,
+    )
+    detector = Detector.from_estimator(
+        estimator, metadata, path=artifact, trained_now=True, load_seconds=training_seconds
+    )
+    if evaluate is not None:
+        metadata["evaluation"] = evaluate(detector)
+    save_artifact(artifact, artifact_bytes, detector.forest, metadata)
+    logger.info(
+        "trained model %s in %.2fs (%d samples) and saved it to %s",
+        metadata["model_version"],
+        training_seconds,
+        X.shape[0],
+        artifact,
+    )
+    return detector
+
+
+def _dump(estimator: IsolationForest) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    return buffer.getvalue()
+
+
+def load_model(artifact: Path) -> Detector:
+    """Load and verify the scikit-learn artifact; raises ``ModelArtifactError`` naming the file if it must not be
+    used.
+
+    Checks, in order: both files exist; the metadata is JSON; the artifact's SHA-256 matches the metadata (a
+    truncated copy or a half-finished write fails here, before unpickling); it was trained with this scikit-learn
+    version (pickles are only supported within one version); it unpickles into an IsolationForest; it expects the
+    configured number of features. The forest is compiled in memory; nothing is written.
+    """
+    started = time.perf_counter()
+    metadata = read_metadata(artifact)
+    payload = verified_bytes(artifact, artifact, metadata, "artifact")
+    trained_with = metadata.get("versions", {}).get("sklearn")
+    if trained_with != sklearn.__version__:
+        raise ModelArtifactError(
+            artifact,
+            f"trained with scikit-learn {trained_with}, this process runs {sklearn.__version__}; "
+            "scikit-learn pickles are only valid within one version",
+        )
+    try:
+        estimator = joblib.load(io.BytesIO(payload))
+    except Exception as exc:  # unpickling can fail in many ways; all mean the same to us
+        raise ModelArtifactError(artifact, f"cannot be unpickled: {exc!r}") from exc
+    if not isinstance(estimator, IsolationForest):
+        raise ModelArtifactError(artifact, f"holds a {type(estimator).__name__}, not an IsolationForest")
+    features = ModelConfig.from_dict(metadata.get("config", {})).features
+    if estimator.n_features_in_ != len(features):
+        raise ModelArtifactError(
+            artifact, f"expects {estimator.n_features_in_} features, the metadata lists {len(features)}"
+        )
+    detector = Detector.from_estimator(estimator, metadata, path=artifact)
+    detector.load_seconds = time.perf_counter() - started
+    logger.info("loaded model %s from %s in %.2fs", detector.version, artifact, detector.load_seconds)
+    return detector
+
+
+def _with_serving_forest(detector: Detector) -> Detector:
+    """Make sure the compiled forest beside the artifact is there and verified; write it if not (a model saved by
+    an older GridWatch, or a damaged forest file), under the training lock so two writers never interleave."""
+    artifact = detector.path
+    assert artifact is not None
+    try:
+        load_forest(artifact)
+    except ModelArtifactError as problem:
+        try:
+            with training_lock(artifact):
+                try:  # another process may have written it while we waited for the lock
+                    load_forest(artifact)
+                except ModelArtifactError:
+                    save_forest(artifact, detector.forest, read_metadata(artifact))
+                    logger.warning(
+                        "converted model %s to the serving format (%s): %s",
+                        detector.version,
+                        forest_path(artifact).name,
+                        problem.reason,
+                    )
+        except OSError as exc:
+            if exc.errno not in _NOT_WRITABLE:
+                raise
+            logger.warning(
+                "model %s has no serving form (%s) and MODEL_DIR %s is read-only (%s): the forest is compiled in "
+                "memory at each start, which needs scikit-learn; run `gridwatch train` or convert it in a writable "
+                "folder",
+                detector.version,
+                problem.reason,
+                artifact.parent,
+                exc.strerror,
+            )
+    return detector
+
+
+def ensure_model(
+    artifact: Path,
+    *,
+    train_if_missing: bool,
+    config: ModelConfig | None = None,
+    evaluate: Evaluator | None = None,
+) -> Detector:
+    """Load ``artifact`` (with its compiled forest written if it lacks one), or train and save it when it is missing
+    or unusable and ``train_if_missing`` is set.
+
+    Without ``train_if_missing``, a missing artifact raises ``ModelUnavailableError`` and a bad one raises
+    ``ModelArtifactError``; a bad artifact is never used. With it, training happens under a file lock in the
+    model folder: of several processes starting at once on an empty shared folder, one trains and the others
+    wait and then load its artifact. A rejected artifact is kept as ``<name>.rejected`` for inspection.
+    """
+    config = config or ModelConfig()
+    problem: ModelArtifactError | None = None
+    try:
+        try:
+            return _with_serving_forest(load_model(artifact))
+        except ModelArtifactError as first_error:
+            if not train_if_missing:
+                if not artifact.exists():
+                    raise ModelUnavailableError(
+                        f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
+                    ) from first_error
+                raise
+            problem = first_error
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        with training_lock(artifact):
+            try:  # another process may have finished training while we waited for the lock
+                return _with_serving_forest(load_model(artifact))
+            except ModelArtifactError as error:
+                problem = error
+            if artifact.exists():
+                logger.warning("replacing unusable model: %s", problem)
+                artifact.replace(artifact.with_name(artifact.name + ".rejected"))
+            else:
+                logger.info("no model at %s, training one", artifact)
+            return train_model(config, artifact, evaluate=evaluate)
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        reason = f" ({problem.reason})" if problem is not None else ""
+        raise ModelUnavailableError(
+            f"MODEL_DIR {artifact.parent} is not writable ({exc.strerror}) and holds no usable model{reason}; "
+            "mount a writable volume or provide a trained model"
+        ) from exc
+    except Timeout as exc:
+        raise ModelUnavailableError(
+            f"waited {LOCK_TIMEOUT_S:.0f}s for another process training into {artifact.parent}"
+        ) from exc

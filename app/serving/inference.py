@@ -9,6 +9,7 @@ reason) while the process is alive and answers ``/livez``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -122,7 +123,13 @@ class ModelHolder:
         if self._done.is_set():
             return
         try:
-            self._ready(self._loader())
+            detector = self._loader()
+            # Everything allocated so far (modules, the app, the model) lives as long as the process: freeze it out
+            # of the garbage collector's sight, so a full collection during traffic scans only what requests left
+            # (it made the 99th percentile latency three times the median at 32 connections).
+            gc.collect()
+            gc.freeze()
+            self._ready(detector)
         except GridWatchError as error:
             self._error = str(error)
             logger.error("model unavailable: %s", error)

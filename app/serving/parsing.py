@@ -29,6 +29,17 @@ _NUMBER_TYPES = frozenset({int, float})  # exact types: bool is a subclass of in
 _MISSING = object()
 
 
+MIN_READING_BYTES = 40
+"""The fewest bytes a reading takes in a body: ``{"voltage":1,"current":1,"frequency":1}`` is 40."""
+
+
+def most_readings(body: bytes, max_batch: int) -> int:
+    """An upper bound of the readings ``body`` can hold, known before parsing it, so that work can be refused
+    before it is done (``MAX_INFLIGHT_READINGS``). Real bodies, with decimals and spaces, hold about 60 bytes a
+    reading, so the bound overestimates them by half at most."""
+    return max(1, min(len(body) // MIN_READING_BYTES, max_batch))
+
+
 def parse_readings(body: bytes, features: Sequence[str], max_batch: int) -> np.ndarray:
     """Decode and validate a ``{"readings": [...]}`` body into an ``(n, len(features))`` float64 array.
 

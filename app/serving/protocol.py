@@ -1,4 +1,4 @@
-"""The HTTP mechanics of one /predict: content type, a bounded body, the API key, the in-flight limit.
+"""The HTTP mechanics of one /predict: content type, a bounded body, the API key, the in-flight limits.
 
 Each check raises a named error from ``app.serving.errors``; none of them decides a status code itself.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import Request
 
@@ -70,6 +72,37 @@ def require_api_key(request: Request, key: str | None) -> None:
     offered = request.headers.get(API_KEY_HEADER, "")
     if not hmac.compare_digest(offered.encode(), key.encode()):
         raise UnauthorizedError("missing or wrong API key: send it in the X-API-Key header")
+
+
+class ReadingBudget:
+    """At most ``limit`` readings being scored at once in this worker; a batch that would exceed it is refused.
+
+    ``MAX_INFLIGHT`` counts requests, but a request of 5,000 readings costs a hundred times one of 50: 64 of them
+    queue over a second of scoring, and clients time out on answers that come too late anyway. Bounding the
+    readings sheds that work at once instead (503 + Retry-After, counted in ``requests_shed_total``), keeps the
+    worker's latency and memory bounded, and leaves the event loop free for the probes. Readings are counted from
+    the body's size before it is parsed (``app.serving.parsing.most_readings``), so a refused batch costs no
+    parsing. A batch arriving while nothing is in flight is always admitted, so no single batch is refused for its
+    size alone (``MAX_BATCH`` does that, with 413). One event loop per worker: no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    @contextmanager
+    def admit(self, readings: int) -> Iterator[None]:
+        if self.current and self.current + readings > self.limit:
+            REQUESTS_SHED.inc()
+            raise OverloadedError(
+                f"{self.current} readings being scored, MAX_INFLIGHT_READINGS={self.limit}; retry in "
+                f"{OVERLOAD_RETRY_AFTER_SECONDS}s"
+            )
+        self.current += readings
+        try:
+            yield
+        finally:
+            self.current -= readings
 
 
 class InflightLimit:

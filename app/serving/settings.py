@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Most /predict requests one worker handles at once; beyond it, 503 with Retry-After at once.",
     )
+    max_inflight_readings: int = Field(
+        20_000,
+        ge=1,
+        description="Most readings one worker holds for scoring at once; a batch beyond it gets 503 with Retry-After "
+        "at once (a single batch is always admitted when none is in flight).",
+    )
     body_timeout: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request body; a slower one gets 408."
     )

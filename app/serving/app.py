@@ -14,14 +14,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.multiprocess import mark_process_dead
 from starlette.concurrency import run_in_threadpool
 
@@ -47,6 +46,9 @@ from app.serving.schemas import (
 )
 from app.serving.settings import Settings
 from app.serving.tracing import build_tracing, instrument
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size (about 1,000 readings) are parsed on the event loop; bigger ones in the thread pool.

@@ -1,8 +1,9 @@
 """OpenTelemetry tracing, configured only through the standard ``OTEL_*`` environment variables.
 
-Off by default (no exporter, no instrumentation, no overhead). ``OTEL_TRACES_EXPORTER`` picks ``console`` and/or
-``otlp``; without it, setting ``OTEL_EXPORTER_OTLP_ENDPOINT`` is enough to send traces over OTLP/HTTP.
-``OTEL_SERVICE_NAME`` names the service (default ``gridwatch``). The SDK itself reads the rest
+Off by default (no exporter, no instrumentation, no overhead: the SDK is not even imported).
+``OTEL_TRACES_EXPORTER`` picks ``console`` and/or ``otlp``; without it, setting ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
+enough to send traces over OTLP/HTTP. ``OTEL_SERVICE_NAME`` names the service (default ``gridwatch``). The SDK itself
+reads the rest
 (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER[_ARG]``, the OTLP endpoint, headers and timeouts,
 ``OTEL_BSP_*``).
 
@@ -21,21 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
 from opentelemetry import trace
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
 
 from app import __version__
 from app.serving.settings import Settings, TracesExporter
+
+if TYPE_CHECKING:  # the SDK and the instrumentation are imported only when tracing is on (lean default start)
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 UNTRACED_URLS = r"/metrics$,/health$,/livez$"
 """Regexes (FastAPI instrumentation syntax) of the routes that are never traced."""
@@ -58,6 +55,8 @@ class Tracing:
 
     def start(self) -> None:
         """Attach the exporters; called in the worker's lifespan, after the process exists for good."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor  # noqa: PLC0415
+
         if self._started:
             return
         for exporter in self.exporters:
@@ -72,6 +71,8 @@ class Tracing:
 
 def _exporter(kind: TracesExporter, settings: Settings) -> SpanExporter:
     if kind is TracesExporter.console:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
+
         return ConsoleSpanExporter()
     protocol = (settings.otel_exporter_otlp_protocol or "http/protobuf").lower()
     if protocol != "http/protobuf":
@@ -99,6 +100,9 @@ def build_tracing(
         exporters = [_exporter(kind, settings) for kind in settings.traces_exporters()]
     if not exporters:
         return None
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
     attributes = {
         SERVICE_NAME: settings.otel_service_name or DEFAULT_SERVICE_NAME,
         SERVICE_VERSION: __version__,
@@ -110,6 +114,8 @@ def build_tracing(
 
 def instrument(app: FastAPI, tracing: Tracing) -> None:
     """Give every request a server span (except ``UNTRACED_URLS``); the ASGI send/receive spans are left out."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
+
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=tracing.provider,

@@ -306,6 +306,14 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         default=2000,
         help="requests profiled in process to split /predict into stages (0: no profile)",
     )
+    bench.add_argument(
+        "--ready-starts", type=_positive_int, default=3, help="starts timed per server until ready (median reported)"
+    )
+    bench.add_argument(
+        "--profile-nonblocking",
+        action="store_true",
+        help="let py-spy sample the live server without pausing it (less overhead, torn stacks)",
+    )
     bench.add_argument("--no-http", action="store_true", help="only the scorer table")
     bench.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -327,10 +335,15 @@ def _bench(args: argparse.Namespace) -> int:
         connections=args.connections,
         fixed_rps=args.fixed_rps,
         profile_requests=args.profile_requests,
+        ready_starts=args.ready_starts,
+        profile_nonblocking=args.profile_nonblocking,
     )
     result = run_bench(detector, config)
     if args.write:
-        command = "gridwatch bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gridwatch bench"
+        import shlex
+
+        # The exact command, quoted as a shell needs it, when this process was started as `... bench ARGS`.
+        command = shlex.join(["gridwatch", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "gridwatch bench"
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(render_markdown(result, command))
     if args.json:

@@ -41,6 +41,7 @@ import httpx2
 import numpy as np
 import sklearn
 
+from app.detector import forest_jit
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.detector.model import Detector
 from app.detector.scorer import Scorer
@@ -162,6 +163,7 @@ def machine_info() -> dict[str, Any]:
         import numba  # noqa: PLC0415
 
         info["numba"] = numba.__version__
+    info["kernels"] = forest_jit.KIND or "none (NumPy)"
     return info
 
 
@@ -514,7 +516,8 @@ def _header_markdown(result: BenchResult, command: str) -> list[str]:
         f"* Machine: {machine['cpu']}, {machine['cpus']} CPUs, load average at start "
         f"{', '.join(map(str, machine['load_average_at_start']))}",
         f"* Software: Python {machine['python']}, NumPy {machine['numpy']}, scikit-learn {machine['scikit-learn']}"
-        + (f", numba {machine['numba']}" if "numba" in machine else ""),
+        + (f", numba {machine['numba']}" if "numba" in machine else "")
+        + f"; forest kernels: {machine.get('kernels', 'unknown')}",
         f"* Model {model['version']}: {model['trees']} trees, max_samples {model['max_samples']}, "
         f"{model['nodes']:,} nodes, depth {model['max_depth']}, artifact {model['artifact_mb']} MB",
     ]

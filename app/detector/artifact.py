@@ -46,7 +46,8 @@ LOCK_TIMEOUT_S = 600.0
 ARTIFACT_MODE = 0o644
 """Files readable by a server running under another uid than the trainer."""
 
-_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+"""The errnos that mean MODEL_DIR cannot be written (as opposed to a failing disk)."""
 
 Evaluator = Callable[[Detector], dict[str, Any]]
 """Scores a freshly trained detector for its metadata (``app.detector.evaluate.evaluation_for_metadata``)."""

@@ -24,8 +24,8 @@ from sklearn.ensemble import IsolationForest
 
 from app import __version__
 from app.detector.artifact import (
-    _NOT_WRITABLE,
     LOCK_TIMEOUT_S,
+    NOT_WRITABLE,
     Evaluator,
     forest_path,
     load_forest,
@@ -208,7 +208,7 @@ def _with_serving_forest(detector: Detector) -> Detector:
                         problem.reason,
                     )
         except OSError as exc:
-            if exc.errno not in _NOT_WRITABLE:
+            if exc.errno not in NOT_WRITABLE:
                 raise
             logger.warning(
                 "model %s has no serving form (%s) and MODEL_DIR %s is read-only (%s): the forest is compiled in "
@@ -263,7 +263,7 @@ def ensure_model(
                 logger.info("no model at %s, training one", artifact)
             return train_model(config, artifact, evaluate=evaluate)
     except OSError as exc:
-        if exc.errno not in _NOT_WRITABLE:
+        if exc.errno not in NOT_WRITABLE:
             raise
         reason = f" ({problem.reason})" if problem is not None else ""
         raise ModelUnavailableError(

@@ -12,6 +12,7 @@ standard library (which accepts those tokens) so the answer can name the offendi
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from collections.abc import Sequence
@@ -63,12 +64,20 @@ def _decode(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as fast_error:
+        if body.startswith(codecs.BOM_UTF8):
+            raise _json_invalid("the body starts with a byte-order mark: send UTF-8 without one") from None
+        try:  # json.loads(bytes) would guess UTF-16 or UTF-32 and accept them: decode strictly first
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _json_invalid(f"the body is not UTF-8 (byte {error.start})") from None
         try:  # accepts NaN, Infinity and 1e400, so validation can name the field that holds them
-            return json.loads(body)
+            return json.loads(text)
         except (ValueError, RecursionError):
-            raise InvalidReadingsError(
-                [{"type": "json_invalid", "loc": ["body"], "msg": f"malformed JSON: {fast_error}"}]
-            ) from None
+            raise _json_invalid(f"malformed JSON: {fast_error}") from None
+
+
+def _json_invalid(message: str) -> InvalidReadingsError:
+    return InvalidReadingsError([{"type": "json_invalid", "loc": ["body"], "msg": message}])
 
 
 def _readings_list(document: Any) -> list[Any]:

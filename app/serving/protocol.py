@@ -27,11 +27,23 @@ JSON_MEDIA_TYPE = "application/json"
 
 
 def require_json(request: Request) -> None:
-    """Reject a body that is not declared as JSON (415), naming what was sent."""
+    """Reject a body that is not declared as uncompressed UTF-8 JSON (415), naming what was sent.
+
+    Exactly ``application/json``: a suffix type (``application/anything+json``) promises a schema this service does
+    not have, a charset other than UTF-8 would be decoded by guesswork, and a compressed body would reach the parser
+    as garbage and be blamed on the client's JSON.
+    """
     content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != JSON_MEDIA_TYPE and not media_type.endswith("+json"):
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != JSON_MEDIA_TYPE:
         raise UnsupportedMediaTypeError(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'!r}")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {"utf-8", "utf8"}:
+            raise UnsupportedMediaTypeError(f"the body must be UTF-8, got charset {value.strip()!r}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in {"identity", ""}:
+        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -69,8 +81,8 @@ def require_api_key(request: Request, key: str | None) -> None:
     """
     if key is None:
         return
-    offered = request.headers.get(API_KEY_HEADER, "")
-    if not hmac.compare_digest(offered.encode(), key.encode()):
+    offered = request.headers.get(API_KEY_HEADER, "").strip(" \t")  # the key file is stripped the same way
+    if not hmac.compare_digest(offered.encode("latin-1"), key.encode("ascii")):
         raise UnauthorizedError("missing or wrong API key: send it in the X-API-Key header")
 
 

@@ -127,20 +127,35 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_api_key(self) -> Settings:
-        """Read the key once, at start-up: a missing, unreadable or empty key stops the service with a message."""
+        """Read the key once, at start-up: a key no client could send stops the service with a message.
+
+        A key travels in one HTTP header, so it must be one line of visible ASCII: a multi-line file, a non-ASCII
+        key (header bytes are read as latin-1, so it would match only by accident) or an empty one would lock every
+        client out while the service looked healthy. A UTF-8 byte-order mark, which some editors write, is dropped.
+        """
         if self.api_key_file is not None:
             try:
-                key = self.api_key_file.read_text().strip()
-            except OSError as error:
-                raise ValueError(f"API_KEY_FILE={self.api_key_file}: {error.strerror}") from None
+                key = self.api_key_file.read_text(encoding="utf-8-sig").strip()
+            except (OSError, UnicodeDecodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+                raise ValueError(f"API_KEY_FILE={self.api_key_file}: {reason}") from None
+            source = f"API_KEY_FILE={self.api_key_file}"
             if not key:
-                raise ValueError(f"API_KEY_FILE={self.api_key_file} is empty")
-            self._required_api_key = key
+                raise ValueError(f"{source} is empty")
         elif self.api_key is not None:
             key = self.api_key.get_secret_value().strip()
+            source = "API_KEY"
             if not key:
                 raise ValueError("API_KEY is set but empty; unset it to turn the key off")
-            self._required_api_key = key
+        else:
+            return self
+        if "\n" in key or "\r" in key:
+            raise ValueError(f"{source} holds several lines; an X-API-Key header carries one: keep one line")
+        if not all(" " < character < "\x7f" for character in key):
+            raise ValueError(
+                f"{source} holds spaces, control or non-ASCII characters; an HTTP header cannot carry them"
+            )
+        self._required_api_key = key
         return self
 
     def required_api_key(self) -> str | None:

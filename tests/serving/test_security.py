@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,12 +167,16 @@ def test_the_key_is_read_from_a_mounted_secret_file_which_wins(settings: Setting
         ({"API_KEY": "  "}, "API_KEY is set but empty"),
         ({"API_KEY_FILE": "{tmp}/empty"}, "is empty"),
         ({"API_KEY_FILE": "{tmp}/missing"}, "No such file or directory"),
+        ({"API_KEY_FILE": "{tmp}/two-lines"}, "holds several lines"),
+        ({"API_KEY": "cl\u00e9-secr\u00e8te"}, "non-ASCII characters"),
+        ({"API_KEY": "two words"}, "holds spaces"),
     ],
 )
 def test_an_empty_or_unreadable_key_stops_the_start_with_a_message(
     tmp_path: Path, environment: dict[str, str], message: str
 ):
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "two-lines").write_text("first-line\nsecond-line\n")
     environment = {name: value.format(tmp=tmp_path) for name, value in environment.items()}
     with pytest.raises(ValidationError, match=message):
         Settings(**{name.lower(): value for name, value in environment.items()})
@@ -187,6 +193,33 @@ def test_an_empty_or_unreadable_key_stops_the_start_with_a_message(
     assert message in started.stderr
     assert "Traceback" not in started.stderr
     assert not (tmp_path / "models").exists(), "refused before touching the model folder"
+
+
+@pytest.mark.slow
+def test_a_key_file_with_a_byte_order_mark_and_a_padded_header_still_match(model_dir: Path, tmp_path: Path):
+    """What editors and clients do to a key without meaning to: a UTF-8 BOM in the file, spaces around the header."""
+    secret = tmp_path / "api-key"
+    secret.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\n")
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "API_KEY_FILE": str(secret)}
+    with ServerProcess(env=env) as server:
+        for offered in (KEY, f"  {KEY} ", f"\t{KEY}"):  # raw: client libraries refuse to pad a header value
+            assert raw_predict(server.port, offered).startswith(b"HTTP/1.1 200"), repr(offered)
+        assert raw_predict(server.port, KEY[:-1]).startswith(b"HTTP/1.1 401")
+
+
+def raw_predict(port: int, api_key: str) -> bytes:
+    """POST /predict over a plain socket, the X-API-Key header exactly as given; returns the raw answer."""
+    body = json.dumps(READINGS).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-API-Key:{api_key}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head.encode("latin-1") + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
 
 
 # --- the UI sends the key -----------------------------------------------------------------------------------------

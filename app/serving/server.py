@@ -17,6 +17,8 @@ from app.serving.readiness import clear_markers
 from app.serving.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BOUNDED_PROTOCOL = "app.serving.connections:BoundedHttpToolsProtocol"
+"""uvicorn's httptools protocol with bounds on the request head's size and time (``app.serving.connections``)."""
 
 
 def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
@@ -30,9 +32,11 @@ def worker_app() -> FastAPI:
     leave logging alone) and builds its own app, model and tracer.
     """
     from app.serving.app import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
+    from app.serving.connections import BoundedHttpToolsProtocol  # noqa: PLC0415 - imports prometheus-client
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    BoundedHttpToolsProtocol.configure(settings)  # before uvicorn builds the first connection's protocol
     return create_app(settings)
 
 
@@ -80,6 +84,8 @@ def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "app.serving.server:worker_app",
         factory=True,
+        # By name: uvicorn imports it in each worker, so the supervisor never imports prometheus-client.
+        http=BOUNDED_PROTOCOL,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

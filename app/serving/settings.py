@@ -73,6 +73,17 @@ class Settings(BaseSettings):
         description="Most readings one worker holds for scoring at once; a batch beyond it gets 503 with Retry-After "
         "at once (a single batch is always admitted when none is in flight).",
     )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) read; beyond it, 431 and the connection closed.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to deliver a complete request head (after opening, or after the first "
+        "byte of a keep-alive request); else 408 (or, if it sent nothing, a plain close).",
+    )
     body_timeout: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request body; a slower one gets 408."
     )

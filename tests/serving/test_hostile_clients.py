@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -28,18 +31,90 @@ CASES = [
 ]
 
 
-def requests_total(url: str, status: int) -> float:
-    text = httpx2.get(f"{url}/metrics").text
-    prefix = f'requests_total{{method="POST",path="/predict",status="{status}"}}'
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
-
-
 def test_only_uncompressed_utf8_json_is_read_and_every_answer_is_counted_as_sent(server: ServerProcess):
-    before = {status: requests_total(server.url, status) for status in (200, 415, 422)}
+    before = {status: requests_total_of(server.url, str(status), "/predict") for status in (200, 415, 422)}
     seen = dict.fromkeys(before, 0)
     for content_type, headers, body, status, message in CASES:
         answer = httpx2.post(f"{server.url}/predict", content=body, headers={"Content-Type": content_type, **headers})
         assert answer.status_code == status, (content_type, headers, answer.text)
         assert message in answer.text
         seen[status] += 1
-    assert {status: requests_total(server.url, status) - before[status] for status in before} == seen
+    assert {
+        status: requests_total_of(server.url, str(status), "/predict") - before[status] for status in before
+    } == seen
+
+
+def peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def send_huge_head(port: int, megabytes: int) -> bytes:
+    """A request whose one header runs to ``megabytes`` MiB; returns what the server answered (b"" if it reset)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        try:
+            connection.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: ")
+            for _ in range(megabytes):
+                connection.sendall(b"a" * (1024 * 1024))
+            connection.sendall(b"\r\n\r\n")
+            return connection.recv(65536)
+        except OSError:  # the server closed a connection with unread bytes in it: the kernel sends a reset
+            return b""
+
+
+HEAD_MEMORY_CEILING_KIB = 400 * 1024
+"""Four times a serving worker's usual peak; four 40 MiB heads took one to 631 MB before the limit existed."""
+
+
+def test_huge_request_heads_are_refused_before_they_fill_memory(server: ServerProcess):
+    before = requests_total_of(server.url, "431")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: send_huge_head(server.port, 40), range(4)))
+    for answer in answers:
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert requests_total_of(server.url, "431") - before == 4, "each refusal counted, as the client was answered"
+    assert peak_kib(server.process.pid) < HEAD_MEMORY_CEILING_KIB
+    assert httpx2.get(f"{server.url}/livez").status_code == 200
+
+
+def requests_total_of(url: str, status: str, path: str = "") -> float:
+    """``requests_total`` for one status, summed over methods and over routes unless ``path`` names one."""
+    text = httpx2.get(f"{url}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("requests_total{") and f'status="{status}"' in line and f'path="{path}' in line
+    )
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """One whole HTTP answer (head, then Content-Length bytes of body): uvicorn writes the two separately."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(65536) or b"\r\n\r\n"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length and (chunk := connection.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_idle_and_trickling_connections_are_closed_after_the_header_timeout(model_dir: Path):
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "HEADER_TIMEOUT": "1"}
+    with ServerProcess(env=env) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+            assert idle.recv(100) == b"", "an idle connection is closed, nothing is answered"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as trickling:
+            trickling.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.")
+            answer = read_answer(trickling)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert b"HEADER_TIMEOUT=1" in answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as keep_alive:
+            for _ in range(2):  # a keep-alive follow-up gets its own header time
+                keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert read_answer(keep_alive).startswith(b"HTTP/1.1 200 ")
+        assert requests_total_of(server.url, "408") == 1

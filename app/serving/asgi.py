@@ -20,6 +20,16 @@ UNMATCHED_PATH = "unmatched"
 """The route label of every request that matched no route, so a URL scan adds one series, not thousands."""
 
 
+SERVER_ANSWERED = "gridwatch.server_answered"
+"""Scope key set when the server itself answered a request the application was still reading (uvicorn's 400 for a
+broken chunked body): the status the client really got, which the metrics and the access log record."""
+
+
+def status_sent(scope: Scope, status: int) -> int:
+    """What the client received for this request: the server's own answer if it gave one, else ``status``."""
+    return int(scope.get(SERVER_ANSWERED, status))
+
+
 def route_label(scope: Scope) -> str:
     """The route template that handled the request (set by the router in the shared scope), or UNMATCHED_PATH."""
     route = scope.get("route")

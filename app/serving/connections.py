@@ -12,8 +12,8 @@ adds both bounds at the lowest level, where the bytes arrive:
 * **HEADER_TIMEOUT**: a connection must deliver a complete head this many seconds after it opens (or after the
   first byte of a keep-alive follow-up request); otherwise it gets ``408`` (if it sent part of one) and is closed.
 
-Both refusals are counted in ``requests_total`` (route ``unmatched``, method ``other``) and logged, like every other
-answer, so an attack shows on the dashboards.
+Both refusals, and uvicorn's own 400s for requests it cannot parse, are counted in ``requests_total`` (route
+``unmatched``, method ``other``) and logged, like every other answer, so an attack shows on the dashboards.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.serving.asgi import UNMATCHED_PATH
+from app.serving.asgi import SERVER_ANSWERED, UNMATCHED_PATH
 from app.serving.metrics import REQUESTS
 from app.serving.settings import Settings
 
@@ -73,6 +73,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's own 400 (a malformed request line or headers, a broken chunked body), counted and logged.
+
+        If the application was already reading this request (a broken chunk mid-body), its metrics record it, so
+        the status is left in the request's scope for them instead of being counted here a second time.
+        """
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
+            self.scope[SERVER_ANSWERED] = HTTPStatus.BAD_REQUEST.value  # type: ignore[literal-required]
+        else:
+            REQUESTS.labels(UNMATCHED_PATH, "other", str(HTTPStatus.BAD_REQUEST.value)).inc()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        logger.warning("answered a connection from %s with 400: %s", client, msg)
+        super().send_400_response(msg)
 
     def _start_head(self) -> None:
         self._in_head = True

@@ -71,6 +71,14 @@ class UnsupportedMediaTypeError(RequestError):
     """A body that is not declared as JSON."""
 
 
+class ClientClosedError(GridWatchError):
+    """The client closed the connection before its request was read: no answer can reach it.
+
+    Answered (into the void) and counted as 499, nginx's "client closed request", so that aborted uploads show up
+    as what they are instead of as server errors that page someone; no traceback is logged.
+    """
+
+
 class RequestTimeoutError(RequestError):
     """The client did not finish sending its body within BODY_TIMEOUT seconds."""
 
@@ -94,6 +102,7 @@ ERROR_STATUS: dict[type[GridWatchError], int] = {
     BatchTooLargeError: 413,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
+    ClientClosedError: 499,
     OverloadedError: 503,
     ModelNotReadyError: 503,
     ModelUnavailableError: 503,

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label
+from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label, status_sent
 
 ACCESS_LOGGER = "gridwatch.access"
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -81,6 +81,7 @@ class AccessLogMiddleware(HttpMiddleware):
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
             client = scope.get("client")
+            status = status_sent(scope, status)
             self.logger.info(
                 "%s %s %d %.1fms",
                 scope["method"],

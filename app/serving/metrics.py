@@ -49,7 +49,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from app.detector.drift import DriftSnapshot
-from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label
+from app.serving.asgi import ASGIApp, HttpMiddleware, Message, Receive, Scope, Send, route_label, status_sent
 from app.serving.readiness import pid_alive
 
 # `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
@@ -166,6 +166,7 @@ class HTTPMetricsMiddleware(HttpMiddleware):
         self._histograms: dict[tuple[str, str], Histogram] = {}
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        status = status_sent(scope, status)
         path, method = route_label(scope), method_label(scope["method"])
         key = (path, method, str(status))
         counter = self._counters.get(key)

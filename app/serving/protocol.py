@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from app.serving.errors import (
     OVERLOAD_RETRY_AFTER_SECONDS,
+    ClientClosedError,
     OverloadedError,
     PayloadTooLargeError,
     RequestTimeoutError,
@@ -66,6 +68,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 if size > limit:
                     raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
                 chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedError(f"the client closed the connection after {size} bytes of its body") from None
     except TimeoutError:
         raise RequestTimeoutError(
             f"request body not received within BODY_TIMEOUT={timeout:g}s ({size} bytes arrived)"

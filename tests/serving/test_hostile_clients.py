@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,3 +119,46 @@ def test_idle_and_trickling_connections_are_closed_after_the_header_timeout(mode
                 keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 assert read_answer(keep_alive).startswith(b"HTTP/1.1 200 ")
         assert requests_total_of(server.url, "408") == 1
+
+
+def send_raw(port: int, data: bytes, *, read: bool = True) -> bytes:
+    """Bytes exactly as given on a fresh connection; with ``read``, everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(data)
+        if not read:
+            return b""
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_error_counts_are_what_clients_saw(server: ServerProcess):
+    """Aborted uploads are no server errors (499: the client left), and uvicorn's own 400s are counted too."""
+    before = {status: requests_total_of(server.url, status) for status in ("400", "499", "500")}
+    aborted = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"readings": ['
+    )
+    for _ in range(20):
+        send_raw(server.port, aborted, read=False)
+    broken_chunk = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
+    )
+    unparseable = [
+        broken_chunk,
+        b"GARBAGE\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    ]
+    for request in unparseable:
+        assert send_raw(server.port, request).startswith(b"HTTP/1.1 400 ")
+    expected = {"400": 3, "499": 20, "500": 0}
+    deadline = time.monotonic() + 30  # the server notices each closed upload on its own schedule
+    while True:
+        seen = {status: requests_total_of(server.url, status) - before[status] for status in before}
+        if seen == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # polling interval: the loop waits for the counts themselves
+    assert seen == expected
+    assert "unhandled error" not in server.log()

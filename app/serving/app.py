@@ -33,7 +33,14 @@ from app.serving.logs import AccessLogMiddleware
 from app.serving.metrics import HTTPMetricsMiddleware, render_metrics
 from app.serving.middleware import InternalErrorMiddleware, SecurityHeadersMiddleware
 from app.serving.parsing import most_readings, parse_readings
-from app.serving.protocol import InflightLimit, ReadingBudget, read_body, require_api_key, require_json
+from app.serving.protocol import (
+    BodyBytesBudget,
+    InflightLimit,
+    ReadingBudget,
+    read_body,
+    require_api_key,
+    require_json,
+)
 from app.serving.readiness import ServerReadiness
 from app.serving.schemas import (
     PREDICT_ERRORS,
@@ -142,6 +149,7 @@ def _add_routes(
     api_key = settings.required_api_key()
     inflight = InflightLimit(settings.max_inflight)
     budget = ReadingBudget(settings.max_inflight_readings)
+    buffered = BodyBytesBudget(settings.max_buffered_body_bytes)
     # Declared only when a key is required, so /docs shows the scheme (and an Authorize button) exactly then; the
     # check itself is require_api_key, in constant time.
     keyed = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if api_key else []
@@ -199,18 +207,17 @@ def _add_routes(
     )
     async def predict(request: Request) -> Response:
         require_api_key(request, api_key)
-        with inflight:
-            model = holder.get()
-            require_json(request)
-            body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-            with budget.admit(most_readings(body, settings.max_batch)):
-                batch = (body, model.detector.features, settings.max_batch)
-                inline = len(body) <= INLINE_PARSE_BYTES
-                X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
-                if model.scores_inline(X.shape[0]):
-                    scored = inference.score(model, X)
-                else:
-                    scored = await run_in_threadpool(inference.score, model, X)
+        model = holder.get()
+        require_json(request)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout, buffered)
+        with inflight, budget.admit(most_readings(body, settings.max_batch)):
+            batch = (body, model.detector.features, settings.max_batch)
+            inline = len(body) <= INLINE_PARSE_BYTES
+            X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
+            if model.scores_inline(X.shape[0]):
+                scored = inference.score(model, X)
+            else:
+                scored = await run_in_threadpool(inference.score, model, X)
         return JSONResponse(
             {
                 "predictions": scored.predictions(),

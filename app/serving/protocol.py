@@ -48,13 +48,40 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, or 408 if it takes
-    longer than ``timeout`` seconds to arrive.
+class BodyBytesBudget:
+    """At most ``limit`` bytes of request bodies held while they arrive, over all requests of this worker.
+
+    Bodies are read before a request takes its ``MAX_INFLIGHT`` slot, so that clients sending a byte a second
+    cannot hold every slot; what bounds the memory of the bodies still arriving is this budget: slow bodies hold
+    few bytes and cost it little, fast big ones are refused with 503 + Retry-After once it is spent. A body arriving
+    while no other is held is always let through (``MAX_BODY_BYTES`` alone bounds it). One event loop: no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    def take(self, size: int, held: int) -> None:
+        """Account ``size`` more bytes for a body already holding ``held``; 503 if the budget is spent."""
+        if self.current > held and self.current + size > self.limit:
+            REQUESTS_SHED.inc()
+            raise OverloadedError(
+                f"{self.current} bytes of request bodies being received, MAX_BUFFERED_BODY_BYTES={self.limit}; "
+                f"retry in {OVERLOAD_RETRY_AFTER_SECONDS}s"
+            )
+        self.current += size
+
+    def give_back(self, size: int) -> None:
+        self.current -= size
+
+
+async def read_body(request: Request, limit: int, timeout: float, buffered: BodyBytesBudget) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, 408 if it takes longer
+    than ``timeout`` seconds to arrive, 503 if the worker already holds ``buffered.limit`` bytes of bodies.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked or lying body is
     refused as soon as the running total passes the limit, so a huge upload never sits in memory. The timeout
-    bounds a client that trickles its body byte by byte: it cannot hold a slot of MAX_INFLIGHT for longer.
+    bounds a client that trickles its body byte by byte.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -64,6 +91,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
+                buffered.take(len(chunk), held=size)
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
@@ -74,6 +102,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         raise RequestTimeoutError(
             f"request body not received within BODY_TIMEOUT={timeout:g}s ({size} bytes arrived)"
         ) from None
+    finally:
+        buffered.give_back(size)
     return b"".join(chunks)
 
 
@@ -126,7 +156,8 @@ class InflightLimit:
 
     An unbounded queue turns a burst into seconds of latency for everyone and into memory growth; refusing at
     once with 503 + Retry-After lets the client back off or another replica answer. It is per worker process
-    (one event loop, so no lock is needed) and guards only /predict, so probes always get through.
+    (one event loop, so no lock is needed) and guards only /predict, so probes always get through. A request takes
+    its slot once its body has arrived (``BodyBytesBudget`` bounds the bodies still arriving).
     """
 
     def __init__(self, limit: int) -> None:

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Most /predict requests one worker handles at once; beyond it, 503 with Retry-After at once.",
     )
+    max_buffered_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of request bodies one worker holds while they arrive; beyond it, 503 with Retry-After "
+        "(bodies are read before a request takes its MAX_INFLIGHT slot, so slow senders cannot hold the slots).",
+    )
     max_inflight_readings: int = Field(
         20_000,
         ge=1,

@@ -162,3 +162,23 @@ def test_error_counts_are_what_clients_saw(server: ServerProcess):
         time.sleep(0.1)  # polling interval: the loop waits for the counts themselves
     assert seen == expected
     assert "unhandled error" not in server.log()
+
+
+def test_slow_senders_cannot_hold_the_in_flight_slots(model_dir: Path):
+    """64 clients that send their head and a byte of body, then nothing, while others keep scoring: a request takes
+    its MAX_INFLIGHT slot only once its body has arrived, so the legitimate ones are all answered."""
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "BODY_TIMEOUT": "30"}
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    with ServerProcess(env=env) as server:
+        stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(64)]
+        try:
+            for connection in stalled:
+                connection.sendall(head)
+            with httpx2.Client(timeout=30) as client:
+                statuses = [client.post(f"{server.url}/predict", json=READINGS).status_code for _ in range(50)]
+        finally:
+            for connection in stalled:
+                connection.close()
+    assert statuses == [200] * 50

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,19 @@ PREPARE_ARTIFACT_ERROR = 3
 """Exit codes of ``app.detector.prepare`` for the two named errors, so the server raises the same one."""
 
 
-def training_lock(artifact: Path) -> FileLock:
-    """The file lock that serialises training into ``artifact``'s folder across processes."""
-    return FileLock(artifact.parent / f".{artifact.name}.lock", timeout=LOCK_TIMEOUT_S)
+@contextmanager
+def training_lock(artifact: Path) -> Iterator[None]:
+    """Hold the file lock that serialises every write into ``artifact``'s folder across processes.
+
+    Every writer holds it, so a temporary file found once it is taken is the leftover of a writer that was killed
+    mid-write (a 30 MB one on a 256 MiB emptyDir): it is removed, and the log says so.
+    """
+    with FileLock(artifact.parent / f".{artifact.name}.lock", timeout=LOCK_TIMEOUT_S):
+        for leftover in artifact.parent.glob(f".{artifact.stem}.*.tmp"):
+            size = leftover.stat().st_size
+            leftover.unlink(missing_ok=True)
+            logger.warning("removed %s (%d bytes), left by a writer that did not finish", leftover.name, size)
+        yield
 
 
 def metadata_path(artifact: Path) -> Path:

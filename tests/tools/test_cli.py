@@ -121,3 +121,26 @@ def test_invalid_environment_is_refused_naming_the_variable(variable: str, value
 def test_python_dash_m_app_is_serve():
     result = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, check=True)
     assert "usage: gridwatch serve" in result.stdout
+
+
+def test_training_removes_what_a_killed_writer_left_behind(tmp_path: Path):
+    """A trainer killed mid-write leaves its temporary file; the next writer, holding the lock, removes it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    leftovers = [models / ".iso_forest.joblib.k1ll3d.tmp", models / ".iso_forest.npz.x9.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"\0" * 1_000_000)
+    unrelated = models / ".other_model.joblib.a1.tmp"  # another model's writer may still be at work
+    unrelated.write_bytes(b"\0")
+    trained = run_cli(
+        "train", "--model-dir", str(models), "--n-estimators", "5", "--max-samples", "256", "--train-samples", "1000",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert not [leftover for leftover in leftovers if leftover.exists()]
+    assert unrelated.exists()
+    assert "left by a writer that did not finish" in trained.stderr
+    assert sorted(p.name for p in models.iterdir() if p.suffix != ".lock" and not p.name.endswith(".tmp")) == [
+        "iso_forest.joblib",
+        "iso_forest.json",
+        "iso_forest.npz",
+    ]

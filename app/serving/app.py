@@ -85,6 +85,7 @@ def create_app(
         drift_window=settings.drift_window,
         detector=detector,
         on_ready=readiness.mark_ready,
+        model_dir=settings.model_dir,
     )
     multiprocess_dir = settings.prometheus_multiproc_dir
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 from opentelemetry import trace
@@ -91,8 +92,10 @@ class ModelHolder:
         drift_window: int,
         detector: Detector | None = None,
         on_ready: Callable[[], None] | None = None,
+        model_dir: Path | None = None,
     ) -> None:
         self._loader = loader
+        self._model_dir = model_dir
         self._drift_window = drift_window
         self._on_ready = on_ready
         self._loaded: LoadedModel | None = None
@@ -109,10 +112,18 @@ class ModelHolder:
 
     @property
     def reason(self) -> str:
-        """Why the model is not ready, for the 503 answers and the logs."""
+        """Why the model is not ready, for the 503 answers and ``/health``, which anyone may call: the model folder
+        is named ``$MODEL_DIR`` there, not by its path on the host (the log holds the full message)."""
         if self._error is not None:
-            return f"model failed to load: {self._error}"
+            return f"model failed to load: {self._without_model_dir(self._error)}"
         return "model is loading" if self._loaded is None else "ready"
+
+    def _without_model_dir(self, text: str) -> str:
+        if self._model_dir is None:
+            return text
+        for spelling in sorted({str(self._model_dir.resolve()), str(self._model_dir)}, key=len, reverse=True):
+            text = text.replace(spelling, "$MODEL_DIR")
+        return text
 
     def load(self) -> None:
         """Run the loader (load or train); blocking, meant for a worker thread. Failures are kept, not raised.

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -152,11 +153,35 @@ def read_metadata(artifact: Path) -> dict[str, Any]:
         raise ModelArtifactError(artifact, f"metadata file {meta_file} not found")
     try:
         metadata = json.loads(meta_file.read_text())
+    except OSError as exc:
+        raise ModelArtifactError(artifact, f"metadata {meta_file} cannot be read: {exc.strerror}") from exc
     except ValueError as exc:
         raise ModelArtifactError(artifact, f"metadata {meta_file} is unreadable: {exc}") from exc
     if not isinstance(metadata, dict):
         raise ModelArtifactError(artifact, f"metadata {meta_file} is not a JSON object")
     return metadata
+
+
+def check_metadata(artifact: Path, metadata: dict[str, Any]) -> ModelConfig:
+    """The configuration, once every field serving reads is known to be there and sound; ``ModelArtifactError``
+    otherwise, so that a damaged metadata is retrained (or reported) instead of crashing the worker later."""
+    try:
+        config = ModelConfig.from_dict(metadata.get("config", {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelArtifactError(artifact, f"metadata config is invalid: {exc}") from exc
+    if not isinstance(metadata.get("model_version"), str):
+        raise ModelArtifactError(artifact, "metadata has no model_version")
+    stats = metadata.get("feature_stats")
+    for name in config.features:
+        entry = stats.get(name) if isinstance(stats, dict) else None
+        mean, std = (entry.get("mean"), entry.get("std")) if isinstance(entry, dict) else (None, None)
+        if not (_finite_number(mean) and _finite_number(std) and std > 0):
+            raise ModelArtifactError(artifact, f"metadata feature_stats lack a finite mean and positive std for {name}")
+    return config
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verified_bytes(artifact: Path, path: Path, metadata: dict[str, Any], entry: str) -> bytes:
@@ -167,7 +192,10 @@ def verified_bytes(artifact: Path, path: Path, metadata: dict[str, Any], entry: 
         raise ModelArtifactError(artifact, f"metadata {metadata_path(artifact).name} records no {entry}") from exc
     if not path.is_file():
         raise ModelArtifactError(artifact, f"{path.name}: file not found")
-    payload = path.read_bytes()
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ModelArtifactError(artifact, f"{path.name} cannot be read: {exc.strerror}") from exc
     digest = hashlib.sha256(payload).hexdigest()
     if digest != expected:
         raise ModelArtifactError(
@@ -197,10 +225,7 @@ def load_forest(artifact: Path) -> Detector:
         forest = CompiledForest.from_npz(payload)
     except Exception as exc:  # a damaged archive fails in many ways (zip, dtype, missing array); all mean the same
         raise ModelArtifactError(artifact, f"{name} is not a usable compiled forest: {exc}") from exc
-    try:
-        listed = ModelConfig.from_dict(metadata.get("config", {})).features
-    except (TypeError, ValueError) as exc:
-        raise ModelArtifactError(artifact, f"metadata config is invalid: {exc}") from exc
+    listed = check_metadata(artifact, metadata).features
     if listed != forest.features:
         raise ModelArtifactError(
             artifact, f"the metadata lists features {list(listed)}, the forest was trained on {list(forest.features)}"

@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelUnavailableError as error:
         print(error, file=sys.stderr)
         return PREPARE_UNAVAILABLE
+    except OSError as error:  # a full disk, a folder that vanished: the reason, not a traceback
+        print(f"cannot prepare the model in {args.artifact.parent}: {error.strerror or error}", file=sys.stderr)
+        return PREPARE_UNAVAILABLE
     return 0
 
 

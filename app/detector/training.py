@@ -27,6 +27,7 @@ from app.detector.artifact import (
     LOCK_TIMEOUT_S,
     NOT_WRITABLE,
     Evaluator,
+    check_metadata,
     forest_path,
     load_forest,
     read_metadata,
@@ -162,6 +163,7 @@ def load_model(artifact: Path) -> Detector:
     """
     started = time.perf_counter()
     metadata = read_metadata(artifact)
+    features = check_metadata(artifact, metadata).features
     payload = verified_bytes(artifact, artifact, metadata, "artifact")
     trained_with = metadata.get("versions", {}).get("sklearn")
     if trained_with != sklearn.__version__:
@@ -176,7 +178,6 @@ def load_model(artifact: Path) -> Detector:
         raise ModelArtifactError(artifact, f"cannot be unpickled: {exc!r}") from exc
     if not isinstance(estimator, IsolationForest):
         raise ModelArtifactError(artifact, f"holds a {type(estimator).__name__}, not an IsolationForest")
-    features = ModelConfig.from_dict(metadata.get("config", {})).features
     if estimator.n_features_in_ != len(features):
         raise ModelArtifactError(
             artifact, f"expects {estimator.n_features_in_} features, the metadata lists {len(features)}"

@@ -102,6 +102,7 @@ def create_app(
         try:
             yield
         finally:
+            holder.close()
             if tracing is not None:
                 tracing.shutdown()
             if multiprocess_dir is not None:  # this worker's live gauges leave with it

@@ -41,6 +41,11 @@ from app.serving.metrics import (
 logger = logging.getLogger(__name__)
 
 
+RETRY_FIRST_S = 1.0
+RETRY_LONGEST_S = 60.0
+"""A failed model load is tried again after 1, 2, 4... seconds, then every minute."""
+
+
 class ModelState(StrEnum):
     loading = "loading"
     ready = "ready"
@@ -101,6 +106,7 @@ class ModelHolder:
         self._loaded: LoadedModel | None = None
         self._error: str | None = None
         self._done = threading.Event()
+        self._closed = threading.Event()
         if detector is not None:
             self._ready(detector)
 
@@ -114,9 +120,11 @@ class ModelHolder:
     def reason(self) -> str:
         """Why the model is not ready, for the 503 answers and ``/health``, which anyone may call: the model folder
         is named ``$MODEL_DIR`` there, not by its path on the host (the log holds the full message)."""
+        if self._loaded is not None:
+            return "ready"
         if self._error is not None:
-            return f"model failed to load: {self._without_model_dir(self._error)}"
-        return "model is loading" if self._loaded is None else "ready"
+            return f"model failed to load: {self._without_model_dir(self._error)} (trying again)"
+        return "model is loading"
 
     def _without_model_dir(self, text: str) -> str:
         if self._model_dir is None:
@@ -126,13 +134,28 @@ class ModelHolder:
         return text
 
     def load(self) -> None:
-        """Run the loader (load or train); blocking, meant for a worker thread. Failures are kept, not raised.
+        """Run the loader (load or train) until it succeeds; blocking, meant for a worker thread.
 
         A failure leaves the process alive but unready: ``/health`` answers 503 with the reason and the log holds
-        it, which is what an operator looks at when a pod never becomes ready.
+        it, which is what an operator looks at when a pod never becomes ready. The loader is then tried again after
+        1, 2, 4... seconds (at most ``RETRY_LONGEST_S``), so a model copied in later, or a folder that became
+        writable, is picked up without a restart (liveness cannot tell, so nothing else would restart the pod).
+        ``wait`` returns after the first attempt; ``close`` ends the retries.
         """
         if self._done.is_set():
             return
+        delay = RETRY_FIRST_S
+        while not self._attempt():
+            self._done.set()  # the first attempt's outcome is known
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, RETRY_LONGEST_S)
+
+    def close(self) -> None:
+        """Stop retrying (the worker is shutting down)."""
+        self._closed.set()
+
+    def _attempt(self) -> bool:
         try:
             detector = self._loader()
             # Everything allocated so far (modules, the app, the model) lives as long as the process: freeze it out
@@ -143,12 +166,11 @@ class ModelHolder:
             self._ready(detector)
         except GridWatchError as error:
             self._error = str(error)
-            logger.error("model unavailable: %s", error)
+            logger.error("model unavailable: %s (trying again)", error)
         except Exception as error:
             self._error = repr(error)
-            logger.exception("model loading crashed")
-        finally:
-            self._done.set()
+            logger.exception("model loading crashed (trying again)")
+        return self._loaded is not None
 
     def _ready(self, detector: Detector) -> None:
         # The scikit-learn version the model was trained with: serving itself runs without scikit-learn.

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support import ServerProcess
+from app.detector.artifact import metadata_path
+from tests.support import ServerProcess, copy_model
 
 pytestmark = pytest.mark.slow
 
@@ -182,3 +183,46 @@ def test_slow_senders_cannot_hold_the_in_flight_slots(model_dir: Path):
             for connection in stalled:
                 connection.close()
     assert statuses == [200] * 50
+
+
+def wait_for_health(url: str, status: int) -> dict:
+    """Poll /health until it answers ``status`` (bounded); returns its body."""
+    deadline = time.monotonic() + 120
+    while (answer := httpx2.get(f"{url}/health", timeout=10)).status_code != status:
+        assert time.monotonic() < deadline, f"/health never answered {status}: {answer.text}"
+        time.sleep(0.1)  # probe period: the loop waits for the answer itself
+    return answer.json()
+
+
+def test_a_model_that_appears_after_start_is_picked_up_without_a_restart(tmp_path: Path, trained_artifact: Path):
+    """TRAIN_IF_MISSING=0 on an empty folder: unready, saying why, until the model is copied in; then ready."""
+    models = tmp_path / "models"
+    models.mkdir()
+    env = {"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "0"}
+    with ServerProcess(env=env, ready_path="/livez") as server:
+        failed = wait_for_health(server.url, 503)
+        assert failed["status"] == "failed"
+        assert "TRAIN_IF_MISSING is off" in failed["reason"]
+        assert "trying again" in failed["reason"]
+        copy_model(trained_artifact, models)
+        assert wait_for_health(server.url, 200)["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda metadata: metadata.pop("feature_stats"),
+        lambda metadata: metadata["config"].update(contamination=7),
+        lambda metadata: metadata["feature_stats"]["voltage"].update(std=0),
+    ],
+)
+def test_a_model_whose_metadata_is_damaged_is_retrained(model_dir: Path, damage):
+    artifact = model_dir / "iso_forest.joblib"
+    metadata = json.loads(metadata_path(artifact).read_text())
+    damage(metadata)
+    metadata_path(artifact).write_text(json.dumps(metadata))
+    with ServerProcess(env={"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "1"}) as server:
+        assert httpx2.get(f"{server.url}/health").json()["status"] == "ok"
+        assert httpx2.post(f"{server.url}/predict", json=READINGS).status_code == 200
+    assert (model_dir / "iso_forest.joblib.rejected").exists()
+    assert "feature_stats" in json.loads(metadata_path(artifact).read_text())

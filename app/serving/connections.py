@@ -11,6 +11,10 @@ adds both bounds at the lowest level, where the bytes arrive:
   one read (64 KiB) is ever held for a head.
 * **HEADER_TIMEOUT**: a connection must deliver a complete head this many seconds after it opens (or after the
   first byte of a keep-alive follow-up request); otherwise it gets ``408`` (if it sent part of one) and is closed.
+* **MAX_CONNECTIONS** (default: the open-file limit minus 128): past it, each new connection makes room by closing
+  the one that has waited longest for its request head, rather than being refused itself, so a flood of idle
+  sockets cannot exhaust the worker's file descriptors and a kubelet's probe still gets in (1,100 idle sockets
+  used to make every ``/livez`` fail with a reset, silently).
 
 Both refusals, and uvicorn's own 400s for requests it cannot parse, are counted in ``requests_total`` (route
 ``unmatched``, method ``other``) and logged, like every other answer, so an attack shows on the dashboards.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -31,24 +36,46 @@ from app.serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+CONNECTIONS_RESERVED_FDS = 128
+"""File descriptors kept for everything but client connections: the listening socket, the model's files, logs,
+the metrics folder, the training child's pipes."""
+
+
+ROOM_WARNING_INTERVAL_S = 10.0
+"""At most one "connections closed to make room" warning this often, with the count since the last one."""
+
+
+def default_max_connections() -> int:
+    """The open-file limit of this process minus what it needs besides its clients."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = soft if soft != resource.RLIM_INFINITY else 65536
+    return max(16, limit - CONNECTIONS_RESERVED_FDS)
+
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """One client connection; bounds set once per worker process by ``configure`` (uvicorn builds the instances)."""
 
     max_head_bytes: ClassVar[int] = Settings.model_fields["max_header_bytes"].default
     head_timeout: ClassVar[float] = Settings.model_fields["header_timeout"].default
+    max_connections: ClassVar[int] = 1024 - CONNECTIONS_RESERVED_FDS
+    _last_room_warning: ClassVar[float] = float("-inf")
+    _closed_for_room: ClassVar[int] = 0
 
     @classmethod
     def configure(cls, settings: Settings) -> None:
         cls.max_head_bytes = settings.max_header_bytes
         cls.head_timeout = settings.header_timeout
+        cls.max_connections = settings.max_connections or default_max_connections()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = False
+        self._head_started = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -89,8 +116,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         logger.warning("answered a connection from %s with 400: %s", client, msg)
         super().send_400_response(msg)
 
+    def _make_room(self) -> None:
+        """Close the idle connections that have waited longest for a request, down to the limit; connections whose
+        request is being handled are never closed."""
+        waiting = sorted(
+            (c for c in self.connections if isinstance(c, BoundedHttpToolsProtocol) and c is not self and c._idle()),
+            key=lambda connection: connection._head_started,
+        )
+        excess = len(self.connections) - self.max_connections
+        for connection in waiting[:excess]:
+            connection._stop_head_timer()
+            connection.transport.close()
+        cls = type(self)
+        cls._closed_for_room += min(excess, len(waiting))
+        now = self.loop.time()
+        if now - cls._last_room_warning >= ROOM_WARNING_INTERVAL_S:  # a flood must not flood the log too
+            logger.warning(
+                "%d connections open, MAX_CONNECTIONS=%d: closed %d idle ones since the last warning",
+                len(self.connections),
+                self.max_connections,
+                cls._closed_for_room,
+            )
+            cls._last_room_warning, cls._closed_for_room = now, 0
+
+    def _idle(self) -> bool:
+        """No request of this connection is being handled: it waits for a head, or for a keep-alive follow-up."""
+        return self.cycle is None or self.cycle.response_complete
+
     def _start_head(self) -> None:
         self._in_head = True
+        self._head_started = self.loop.time()
         self._head_bytes = 0
         self._stop_head_timer()
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request head (request line and headers) read; beyond it, 431 and the connection closed.",
     )
+    max_connections: int | None = Field(
+        None,
+        ge=16,
+        description="Most client connections one worker keeps open; a new one beyond it closes the connection that has "
+        "waited longest for its request head. Default: the open-file limit minus 128.",
+    )
     header_timeout: float = Field(
         10.0,
         gt=0,

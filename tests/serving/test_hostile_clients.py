@@ -3,6 +3,7 @@ the service counts exactly what the client saw."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
@@ -226,3 +227,39 @@ def test_a_model_whose_metadata_is_damaged_is_retrained(model_dir: Path, damage)
         assert httpx2.post(f"{server.url}/predict", json=READINGS).status_code == 200
     assert (model_dir / "iso_forest.joblib.rejected").exists()
     assert "feature_stats" in json.loads(metadata_path(artifact).read_text())
+
+
+def closed_count(connections: list[socket.socket]) -> int:
+    """How many of ``connections`` the server has closed (their read side is at end of file), without blocking."""
+    count = 0
+    for connection in connections:
+        connection.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            count += connection.recv(1) == b""
+    return count
+
+
+def test_a_flood_of_idle_connections_cannot_lock_the_probes_out(model_dir: Path):
+    """Past MAX_CONNECTIONS, each new connection closes the one idle longest: probes still get in, the sockets
+    stay bounded, and the log says so (once per interval, not once per socket)."""
+    env = {
+        "MODEL_DIR": str(model_dir),
+        "TRAIN_IF_MISSING": "0",
+        "MAX_CONNECTIONS": "50",
+        "HEADER_TIMEOUT": "120",  # only making room closes them during the test
+        "LOG_LEVEL": "info",
+    }
+    with ServerProcess(env=env) as server:
+        flood = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(200)]
+        try:
+            assert httpx2.get(f"{server.url}/livez", timeout=30).status_code == 200
+            assert httpx2.get(f"{server.url}/health", timeout=30).status_code == 200
+            # At most 50 connections open at once: of the 200 idle ones, at least 150 were closed to make room.
+            deadline = time.monotonic() + 30
+            while (closed := closed_count(flood)) < 150 and time.monotonic() < deadline:
+                time.sleep(0.05)  # the closes travel on their own schedule; the loop waits for the count itself
+        finally:
+            for connection in flood:
+                connection.close()
+        assert closed >= 150
+        assert server.log().count("MAX_CONNECTIONS=50") == 1

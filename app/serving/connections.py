@@ -41,6 +41,8 @@ CONNECTIONS_RESERVED_FDS = 128
 the metrics folder, the training child's pipes."""
 
 
+SHUTDOWN_READ_GRACE_S = 0.2
+"""How long an idle connection stays open after SIGTERM, so a request already written to it is read and served."""
 ROOM_WARNING_INTERVAL_S = 10.0
 """At most one "connections closed to make room" warning this often, with the count since the last one."""
 
@@ -72,6 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = False
         self._head_started = 0.0
+        self._shutting_down = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head()
         if len(self.connections) > self.max_connections:
@@ -100,6 +103,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answer this last request with Connection: close
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own 400 (a malformed request line or headers, a broken chunked body), counted and logged.
@@ -138,6 +143,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 cls._closed_for_room,
             )
             cls._last_room_warning, cls._closed_for_room = now, 0
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (SIGTERM) of this connection, losing no request a client already sent.
+
+        uvicorn closes at once every connection without a request in progress. A request whose bytes are in flight,
+        written just before the signal, then meets a closed socket: the client gets a reset for a request it had
+        sent completely. So a connection that has begun a head is served first (and closed after its answer), and
+        an idle one is closed after ``SHUTDOWN_READ_GRACE_S``, long enough for bytes already sent to be read.
+        """
+        self._shutting_down = True
+        if not self._idle():
+            super().shutdown()  # a request in progress: answered, then closed
+        elif not (self._in_head and self._head_bytes):
+            self.loop.call_later(SHUTDOWN_READ_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self._idle() and not (self._in_head and self._head_bytes) and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._shutting_down and not self.transport.is_closing() and not self.pipeline:
+            self.transport.close()  # the request that arrived during the shutdown is answered: done
 
     def _idle(self) -> bool:
         """No request of this connection is being handled: it waits for a head, or for a keep-alive follow-up."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -263,3 +264,36 @@ def test_a_flood_of_idle_connections_cannot_lock_the_probes_out(model_dir: Path)
                 connection.close()
         assert closed >= 150
         assert server.log().count("MAX_CONNECTIONS=50") == 1
+
+
+LIVEZ = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_requests_sent_as_the_shutdown_begins_are_all_answered(model_dir: Path, attempt: int):
+    """Eight idle keep-alive connections, each sent a complete request the moment the server logs that it is
+    shutting down (a client pool racing the endpoint removal): every one is answered, and the server exits 0.
+    uvicorn used to close them at once as idle, and the clients got resets for requests they had sent."""
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "LOG_LEVEL": "info", "LOG_FORMAT": "text"}
+    server = ServerProcess(env=env)
+    with server:
+        connections = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(8)]
+        for connection in connections:  # each served once: idle keep-alive connections, as a client pool holds them
+            connection.sendall(LIVEZ)
+            assert read_answer(connection).startswith(b"HTTP/1.1 200 ")
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "Shutting down" not in server.log():
+            assert time.monotonic() < deadline, "the server never began its shutdown"
+            time.sleep(0.005)  # polling the log for the condition itself
+        answers = []
+        for connection in connections:
+            try:
+                connection.sendall(LIVEZ)
+                answers.append(read_answer(connection)[:15])
+            except OSError as error:
+                answers.append(repr(error).encode())
+        for connection in connections:
+            connection.close()
+        assert answers == [b"HTTP/1.1 200 OK"] * 8, attempt
+        assert server.process.wait(timeout=60) == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,6 +17,8 @@ from fastapi import FastAPI
 from app.serving.logs import configure_logging
 from app.serving.readiness import clear_markers
 from app.serving.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 BOUNDED_PROTOCOL = "app.serving.connections:BoundedHttpToolsProtocol"
@@ -80,18 +84,45 @@ def run_server(settings: Settings) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run_uvicorn(settings: Settings) -> None:
-    uvicorn.run(
-        "app.serving.server:worker_app",
-        factory=True,
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that a second signal during the drain does not force the exit.
+
+    uvicorn turns SIGINT after SIGTERM into an immediate exit: every request in flight got a plain-text 500 and the
+    lifespan shutdown was skipped. The drain is already bounded by GRACEFUL_TIMEOUT (and the pod's termination grace
+    period), so further signals are noted in the log and otherwise ignored. Only the first signal is re-raised after
+    the drain, so SIGTERM still ends in exit 0 (``run_server``).
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            logger.info("signal %d during the shutdown: still draining, for at most GRACEFUL_TIMEOUT", sig)
+            return
+        super().handle_exit(sig, frame)
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "app": "app.serving.server:worker_app",
+        "factory": True,
         # By name: uvicorn imports it in each worker, so the supervisor never imports prometheus-client.
-        http=BOUNDED_PROTOCOL,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.value,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=settings.graceful_timeout,
-    )
+        "http": BOUNDED_PROTOCOL,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_level": settings.log_level.value,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.graceful_timeout,
+    }
+
+
+def _run_uvicorn(settings: Settings) -> None:
+    options = _uvicorn_options(settings)
+    if settings.workers > 1:  # uvicorn's supervisor starts its own servers in the workers
+        uvicorn.run(**options)
+        return
+    server = DrainingServer(uvicorn.Config(**options))
+    server.run()
+    if not server.started:  # as uvicorn.run does: a server that could not start is a failed start
+        raise SystemExit(3)

@@ -282,10 +282,7 @@ def test_requests_sent_as_the_shutdown_begins_are_all_answered(model_dir: Path, 
             connection.sendall(LIVEZ)
             assert read_answer(connection).startswith(b"HTTP/1.1 200 ")
         server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while "Shutting down" not in server.log():
-            assert time.monotonic() < deadline, "the server never began its shutdown"
-            time.sleep(0.005)  # polling the log for the condition itself
+        wait_for_log(server, "Shutting down")
         answers = []
         for connection in connections:
             try:
@@ -297,3 +294,40 @@ def test_requests_sent_as_the_shutdown_begins_are_all_answered(model_dir: Path, 
             connection.close()
         assert answers == [b"HTTP/1.1 200 OK"] * 8, attempt
         assert server.process.wait(timeout=60) == 0
+
+
+def test_a_second_signal_during_the_drain_does_not_drop_the_requests_in_flight(model_dir: Path):
+    """SIGTERM, then SIGINT while eight requests are still arriving: they are all answered 200 and the lifespan
+    shutdown runs (uvicorn used to force its exit on the second signal: plain-text 500s, no clean shutdown)."""
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "LOG_LEVEL": "info", "LOG_FORMAT": "text"}
+    body = json.dumps(READINGS).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    server = ServerProcess(env=env)
+    with server:
+        connections = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(8)]
+        for connection in connections:
+            connection.sendall(head + body[:5])  # in flight: the server is reading their bodies
+        assert "POST /predict" not in server.log(), "nothing answered yet: all eight are in flight"
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, "Shutting down")
+        server.process.send_signal(signal.SIGINT)
+        wait_for_log(server, "still draining")
+        for connection in connections:
+            connection.sendall(body[5:])
+        answers = [read_answer(connection)[:15] for connection in connections]
+        for connection in connections:
+            connection.close()
+        assert answers == [b"HTTP/1.1 200 OK"] * 8
+        assert server.process.wait(timeout=60) == 0
+        assert "Application shutdown complete" in server.log()
+
+
+def wait_for_log(server: ServerProcess, text: str) -> None:
+    """Until ``text`` is in the server's log (bounded)."""
+    deadline = time.monotonic() + 30
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"the server never logged {text!r}"
+        time.sleep(0.005)  # polling the log for the condition itself

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import httpx2
 import pytest
 
 from app.detector.artifact import forest_path, metadata_path
@@ -252,3 +254,22 @@ class StubBackend:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A memory figure of a live process from ``/proc/<pid>/status`` in KiB: ``VmRSS`` now, ``VmHWM`` its peak."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def wait_for_status(url: str, status: int, *, field: str, value: str) -> dict:
+    """Poll ``url`` until it answers ``status`` with ``value`` in the JSON ``field`` (bounded); returns the body."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = httpx2.get(url)
+        if answer.status_code == status and answer.json().get(field) == value:
+            return answer.json()
+        time.sleep(0.1)  # polling interval
+    raise AssertionError(f"{url} never answered {status} with {field}={value}")

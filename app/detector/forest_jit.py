@@ -43,13 +43,15 @@ def _just_in_time() -> tuple[Kernel, Kernel, bool] | None:
         return None
     from app.detector import forest_kernels  # noqa: PLC0415 - imports numba
 
+    def compiled(cache: bool) -> list[Kernel]:
+        return [njit(cache=cache, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
+
     try:
-        kernels = [njit(cache=True, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
-        cached = True
+        trees_outer, rows_outer = compiled(cache=True)
     except RuntimeError:  # "cannot cache function ...: no locator available": nowhere writable to cache
-        kernels = [njit(cache=False, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
-        cached = False
-    return kernels[0], kernels[1], cached
+        trees_outer, rows_outer = compiled(cache=False)
+        return trees_outer, rows_outer, False
+    return trees_outer, rows_outer, True
 
 
 _AOT = _ahead_of_time()

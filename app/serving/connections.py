@@ -115,10 +115,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
             self.scope[SERVER_ANSWERED] = HTTPStatus.BAD_REQUEST.value  # type: ignore[literal-required]
+            self._log_refusal(HTTPStatus.BAD_REQUEST, msg)
         else:
-            REQUESTS.labels(UNMATCHED_PATH, "other", str(HTTPStatus.BAD_REQUEST.value)).inc()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
-        logger.warning("answered a connection from %s with 400: %s", client, msg)
+            self._count_and_log_refusal(HTTPStatus.BAD_REQUEST, msg)
         super().send_400_response(msg)
 
     def _make_room(self) -> None:
@@ -205,6 +204,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
         self._in_head = False
         self._stop_head_timer()
+        self._count_and_log_refusal(status, reason)
+
+    def _count_and_log_refusal(self, status: HTTPStatus, reason: str) -> None:
+        """An answer the application never saw: counted under the ``unmatched`` route, like any unknown URL."""
         REQUESTS.labels(UNMATCHED_PATH, "other", str(status.value)).inc()
+        self._log_refusal(status, reason)
+
+    def _log_refusal(self, status: HTTPStatus, reason: str) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
-        logger.warning("refused a connection from %s with %d: %s", client, status.value, reason)
+        logger.warning("answered a connection from %s with %d: %s", client, status.value, reason)

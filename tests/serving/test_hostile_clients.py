@@ -16,7 +16,7 @@ import httpx2
 import pytest
 
 from app.detector.artifact import metadata_path
-from tests.support import ServerProcess, copy_model
+from tests.support import ServerProcess, copy_model, status_kib, wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +48,6 @@ def test_only_uncompressed_utf8_json_is_read_and_every_answer_is_counted_as_sent
     } == seen
 
 
-def peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def send_huge_head(port: int, megabytes: int) -> bytes:
     """A request whose one header runs to ``megabytes`` MiB; returns what the server answered (b"" if it reset)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
@@ -79,7 +72,7 @@ def test_huge_request_heads_are_refused_before_they_fill_memory(server: ServerPr
     for answer in answers:
         assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:80]
     assert requests_total_of(server.url, "431") - before == 4, "each refusal counted, as the client was answered"
-    assert peak_kib(server.process.pid) < HEAD_MEMORY_CEILING_KIB
+    assert status_kib(server.process.pid, "VmHWM") < HEAD_MEMORY_CEILING_KIB
     assert httpx2.get(f"{server.url}/livez").status_code == 200
 
 
@@ -187,27 +180,18 @@ def test_slow_senders_cannot_hold_the_in_flight_slots(model_dir: Path):
     assert statuses == [200] * 50
 
 
-def wait_for_health(url: str, status: int) -> dict:
-    """Poll /health until it answers ``status`` (bounded); returns its body."""
-    deadline = time.monotonic() + 120
-    while (answer := httpx2.get(f"{url}/health", timeout=10)).status_code != status:
-        assert time.monotonic() < deadline, f"/health never answered {status}: {answer.text}"
-        time.sleep(0.1)  # probe period: the loop waits for the answer itself
-    return answer.json()
-
-
 def test_a_model_that_appears_after_start_is_picked_up_without_a_restart(tmp_path: Path, trained_artifact: Path):
     """TRAIN_IF_MISSING=0 on an empty folder: unready, saying why, until the model is copied in; then ready."""
     models = tmp_path / "models"
     models.mkdir()
     env = {"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "0"}
     with ServerProcess(env=env, ready_path="/livez") as server:
-        failed = wait_for_health(server.url, 503)
+        failed = wait_for_status(f"{server.url}/health", 503, field="status", value="failed")
         assert failed["status"] == "failed"
         assert "TRAIN_IF_MISSING is off" in failed["reason"]
         assert "trying again" in failed["reason"]
         copy_model(trained_artifact, models)
-        assert wait_for_health(server.url, 200)["status"] == "ok"
+        assert wait_for_status(f"{server.url}/health", 200, field="status", value="ok")["status"] == "ok"
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ import httpx2
 import pytest
 
 from app.sim import GridSimulator
-from tests.serving.test_robustness import rss_kib
-from tests.support import ServerProcess
+from tests.support import ServerProcess, status_kib
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +24,6 @@ PROBE_TIMEOUT_S = 10.0
 """Far above what a probe takes (docs/performance.md has the figures): a probe that misses it was not answered."""
 MEMORY_CEILING_KIB = 1024 * 1024
 """A gigabyte: several times what a busy worker holds, far below what unbounded queueing reached."""
-
-
-def peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def shed_total(url: str) -> float:
@@ -80,7 +72,7 @@ def test_big_batches_from_64_senders_are_shed_while_probes_answer(model_dir: Pat
         assert probes, "the probes ran"
         assert {status for _, status in probes} == {200}, "liveness and readiness answered throughout"
         assert shed_total(server.url) - shed_before == answers[503], "every 503 a client saw is counted as shed"
-        assert peak_kib(server.process.pid) < MEMORY_CEILING_KIB
+        assert status_kib(server.process.pid, "VmHWM") < MEMORY_CEILING_KIB
         body_64 = {"readings": records[:64]}
         assert httpx2.post(f"{server.url}/predict", json=body_64).status_code == 200, "serves normally after"
-        assert rss_kib(server.process.pid) < MEMORY_CEILING_KIB
+        assert status_kib(server.process.pid, "VmRSS") < MEMORY_CEILING_KIB

@@ -23,7 +23,7 @@ from app.detector.artifact import forest_path
 from app.detector.training import load_model
 from app.tools.loadgen import LoadConfig, run_load
 from app.tools.processes import wait_until_ready
-from tests.support import ROOT, ServerProcess, require_tool
+from tests.support import ROOT, ServerProcess, require_tool, status_kib, wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -141,18 +141,11 @@ def test_a_client_trickling_its_body_gets_408_and_holds_nothing(hardened: Server
 # --- overload -----------------------------------------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_overload_is_shed_with_503_and_the_service_recovers(model_dir: Path):
     env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "MAX_INFLIGHT": "2"}
     with ServerProcess(env=env) as server:
         pid = server.process.pid
-        before = rss_kib(pid)
+        before = status_kib(pid, "VmRSS")
         probes: list[int] = []
         stop = threading.Event()
 
@@ -168,7 +161,7 @@ def test_overload_is_shed_with_503_and_the_service_recovers(model_dir: Path):
         report = run_load(LoadConfig(url=server.url, rps=300, duration=3.0, batch_size=2000, workers=64))
         stop.set()
         prober.join()
-        peak = rss_kib(pid)
+        peak = status_kib(pid, "VmRSS")
 
         assert report.succeeded > 0
         assert set(report.failures) == {"HTTP 503"}  # every request got 200 or 503, nothing else
@@ -265,16 +258,6 @@ def test_truncated_artifact_is_refused_or_retrained(model_dir: Path):
         version = httpx2.get(f"{retraining.url}/health").json()["model_version"]
     assert load_model(artifact).version == version
     assert (model_dir / "iso_forest.joblib.rejected").stat().st_size == 1000
-
-
-def wait_for_status(url: str, status: int, *, field: str, value: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer = httpx2.get(url)
-        if answer.status_code == status and answer.json().get(field) == value:
-            return answer.json()
-        time.sleep(0.1)  # polling interval
-    raise AssertionError(f"{url} never answered {status} with {field}={value}")
 
 
 # --- a read-only root filesystem, as the chart runs it ------------------------------------------------------------

@@ -55,7 +55,7 @@ from app.tools.server_probes import READY_POLL_S, ServerStartError, process_memo
 from app.tools.wrk import ClosedLoopResult, find_wrk, post_script, run_wrk
 
 SERVER_START_TIMEOUT_S = 180.0
-GRIDWATCH = "gridwatch (compiled forest, orjson)"
+GRIDWATCH = "gridwatch (compiled forest, msgspec)"
 BASELINE = "baseline (FastAPI + pydantic + scikit-learn)"
 
 

@@ -16,7 +16,7 @@ from app.detector.artifact import metadata_path
 from app.detector.errors import ModelArtifactError
 from app.detector.model import Detector
 from app.serving.app import create_app
-from app.serving.parsing import MAX_REPORTED_ERRORS
+from app.serving.body_errors import MAX_REPORTED_ERRORS
 from app.serving.settings import Settings
 from app.sim import GridSimulator
 
@@ -157,7 +157,7 @@ def test_bad_field_is_named_with_its_row(client: TestClient, reading, field, mes
 
 @pytest.mark.parametrize(
     ("literal", "shown"),
-    [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")],
+    [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e999", "1e999")],
 )
 def test_non_finite_numbers_are_named_with_their_row(client: TestClient, literal: str, shown: str):
     body = '{"readings": [{"voltage": 230.0, "current": 1.0, "frequency": 50.0}, ' + (
@@ -202,8 +202,14 @@ def test_many_bad_rows_are_reported_with_a_count_of_the_rest(client: TestClient)
     response = client.post("/predict", json={"readings": [{"voltage": "x"}] * 100})
     assert response.status_code == 422
     detail = response.json()["detail"]
-    assert len(detail) == MAX_REPORTED_ERRORS + 1
-    assert detail[-1]["msg"] == f"{300 - MAX_REPORTED_ERRORS} more errors not listed"
+    listed = MAX_REPORTED_ERRORS // 3  # whole readings are listed, three errors each, within the cap
+    assert len(detail) == listed * 3 + 1
+    assert {tuple(error["loc"][:3]) for error in detail[:-1]} == {("body", "readings", row) for row in range(listed)}
+    assert detail[-1] == {
+        "type": "too_many_errors",
+        "loc": ["body", "readings"],
+        "msg": f"100 of 100 readings are invalid; the errors of the first {listed} are listed",
+    }
 
 
 def test_batch_over_max_batch_is_413(settings: Settings, detector: Detector):

@@ -8,6 +8,7 @@ import gzip
 import json
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -315,3 +316,75 @@ def wait_for_log(server: ServerProcess, text: str) -> None:
     while text not in server.log():
         assert time.monotonic() < deadline, f"the server never logged {text!r}"
         time.sleep(0.005)  # polling the log for the condition itself
+
+
+PADDED_BODY_BYTES = 4 * 1024 * 1024 - 4096
+"""Just under MAX_BODY_BYTES: the largest body a client may send."""
+PARSE_MEMORY_CEILING_KIB = 200 * 1024
+"""Twice a serving worker's usual peak; padded bodies like these took one past 500 MB when every field was built."""
+
+
+def padded_body(readings: list[dict]) -> bytes:
+    """``readings`` plus, in a field the service ignores, a few million bytes of tiny JSON objects."""
+    head = b'{"readings": ' + json.dumps(readings).encode() + b', "padding": ['
+    count = (PADDED_BODY_BYTES - len(head)) // 3
+    return head + b",".join([b"{}"] * count) + b"]}"
+
+
+def test_padding_in_ignored_fields_and_batches_of_bad_rows_cost_no_memory_and_leave_the_probes_answering(
+    server: ServerProcess,
+):
+    """Item 3 of the hostile-clients review: 16 senders of padded bodies, valid and invalid, and of 10,000-row batches
+    that are all wrong, against one worker. Every answer names the problem, memory stays near its usual peak, and
+    the probes answer throughout (their timeout is far above what they take: a miss means they were starved)."""
+    valid = padded_body(READINGS["readings"])
+    invalid = padded_body([{"voltage": "high", "current": 10.4, "frequency": 50.01}])
+    all_wrong = json.dumps({"readings": [{"voltage": None, "current": 1.0}] * 10_000}).encode()
+    bodies = [valid, invalid, all_wrong] * 16
+    answers: list[tuple[int, dict]] = []
+    probes: list[int] = []
+    done = threading.Event()
+
+    def send(body: bytes) -> None:
+        with httpx2.Client(timeout=60) as client:
+            answer = client.post(f"{server.url}/predict", content=body, headers={"Content-Type": "application/json"})
+            answers.append((answer.status_code, answer.json()))
+
+    def probe() -> None:
+        with httpx2.Client(timeout=10) as client:
+            while not done.is_set():
+                probes.append(client.get(f"{server.url}/livez").status_code)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(send, bodies))
+    finally:
+        done.set()
+        prober.join()
+
+    assert status_kib(server.process.pid, "VmHWM") < PARSE_MEMORY_CEILING_KIB
+    assert probes, "the probe ran"
+    assert set(probes) == {200}
+    statuses = {status for status, _ in answers}
+    assert statuses <= {200, 422, 503}, statuses
+    assert sum(status == 200 for status, _ in answers) > 0, "valid padded bodies are scored"
+    refusals = [answer["detail"] for status, answer in answers if status == 422]
+    assert {len(detail) for detail in refusals} == {1, 21}, "both kinds of invalid body were answered"
+    for detail in refusals:
+        if len(detail) == 1:
+            assert detail == [
+                {
+                    "type": "float_type",
+                    "loc": ["body", "readings", 0, "voltage"],
+                    "msg": "must be a number, got string 'high'",
+                }
+            ]
+        else:
+            assert detail[0] == {
+                "type": "float_type",
+                "loc": ["body", "readings", 0, "voltage"],
+                "msg": "must be a number, got null",
+            }
+            assert detail[-1]["msg"] == "10000 of 10000 readings are invalid; the errors of the first 10 are listed"

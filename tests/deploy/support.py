@@ -29,6 +29,9 @@ because it pins no version. Rendering (`--kube-version`) and schema validation b
 
 RELEASE = "gridwatch"
 NAMESPACE = "gridwatch"
+JOB = "gridwatch"
+"""The job label of the backend's series: fixed in the chart (gridwatch.jobName), because every rule and dashboard
+selects it."""
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -44,10 +47,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "models-on-pvc": {"backend": {"modelStorage": {"persistence": {"enabled": True, "size": "2Gi"}}}},
     "three-fixed-replicas": {"backend": {"autoscaling": {"enabled": False}, "replicaCount": 3}},
     "production": yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
+    "second-release": yaml.safe_load((CHART_DIR / "values-second-release.yaml").read_text()),
 }
 """The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
-a PersistentVolumeClaim, a fixed replica count without the HPA, and the chart's values-production.yaml (API key from
-an existing Secret)."""
+a PersistentVolumeClaim, a fixed replica count without the HPA, the chart's values-production.yaml (API key from
+an existing Secret) and values-second-release.yaml (here under the default release name; tests/deploy/
+test_chart_releases.py renders it as a second release in its own namespace)."""
 
 API_KEY = "s3cret-from-values"
 EXISTING_SECRET = {"apiKey": {"enabled": True, "existingSecret": "ops-api-key", "secretKey": "token"}}
@@ -92,8 +97,10 @@ def values_file(directory: Path, values: dict[str, Any], name: str = "values") -
     return path
 
 
-def template_args(chart: Path, values: Path | None, *, release: str = RELEASE, extra: Iterable[str] = ()) -> list[str]:
-    args = ["template", release, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBERNETES_VERSION]
+def template_args(
+    chart: Path, values: Path | None, *, release: str = RELEASE, namespace: str = NAMESPACE, extra: Iterable[str] = ()
+) -> list[str]:
+    args = ["template", release, str(chart), "--namespace", namespace, "--kube-version", KUBERNETES_VERSION]
     if values is not None:
         args += ["--values", str(values)]
     return [*args, *extra]
@@ -121,10 +128,15 @@ class Rendered:
 
 
 def render(
-    chart: Path, values: dict[str, Any] | None = None, *, release: str = RELEASE, extra: Iterable[str] = ()
+    chart: Path,
+    values: dict[str, Any] | None = None,
+    *,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    extra: Iterable[str] = (),
 ) -> Rendered:
     values_path = values_file(chart.parent, values, name=f"values-{release}") if values else None
-    output = helm(*template_args(chart, values_path, release=release, extra=extra)).stdout
+    output = helm(*template_args(chart, values_path, release=release, namespace=namespace, extra=extra)).stdout
     return Rendered([doc for doc in yaml.safe_load_all(output) if doc])
 
 

@@ -18,6 +18,7 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 from app.serving.settings import Settings
 from tests.deploy.support import (
     CHART_DIR,
+    JOB,
     KUBERNETES_VERSION,
     NAMESPACE,
     RELEASE,
@@ -91,6 +92,7 @@ def test_dashboards_and_rules_enter_the_chart_through_symlinks_not_copies():
         "Chart.yaml",
         "values.yaml",
         "values-production.yaml",
+        "values-second-release.yaml",
         "values.schema.json",
     }
     assert stray == set(), f"second copies of dashboards or rules inside the chart: {stray}"
@@ -210,7 +212,20 @@ def test_servicemonitor_targets_the_backend_service_port(default: Rendered):
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     job = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}["job"]
-    assert job == VALUES["monitoring"]["serviceMonitor"]["jobName"] == "gridwatch"
+    assert job == JOB == "gridwatch"
+
+
+def test_the_job_label_is_fixed_because_the_rules_and_dashboards_select_it(chart: Path):
+    """Every rule and dashboard selects job="gridwatch" (tests/deploy/test_chart_monitoring_content.py): a job name
+    value could only break them silently, so there is none, and setting the old one fails loudly."""
+    assert "jobName" not in VALUES["monitoring"]["serviceMonitor"]
+    refused = helm(*template_args(chart, None, extra=["--set", "monitoring.serviceMonitor.jobName=grid"]), check=False)
+    assert refused.returncode != 0
+    assert "jobName" in refused.stderr
+    assert "not allowed" in refused.stderr
+    test_pod = render(chart, {}).get("Pod", f"{RELEASE}-test-prometheus-target")
+    env = {e["name"]: e.get("value") for e in pod_spec(test_pod)["containers"][0]["env"]}
+    assert env["JOB"] == JOB, "the helm test looks for the same job"
 
 
 @pytest.mark.parametrize("release", [RELEASE, "demo"])
@@ -227,6 +242,53 @@ def test_monitoring_objects_carry_the_release_label_the_stack_selects(chart: Pat
     assert len(monitoring) == 2
     for obj in monitoring:
         assert obj["metadata"]["labels"]["release"] == release
+
+
+SOURCE_RUNBOOK = "https://github.com/gridwatch/gridwatch/blob/main/docs/runbook.md"
+"""The runbook address the rule files carry; the chart points it at monitoring.prometheusRule.runbookBaseUrl."""
+OWN_RUNBOOK = "https://runbooks.example.org/gridwatch.html"
+RUNBOOK_RULES = f"""\
+groups:
+  - name: sample
+    rules:
+      - alert: SampleDown
+        expr: up == 0
+        annotations:
+          runbook_url: {SOURCE_RUNBOOK}#sampledown
+      - alert: SampleElsewhere
+        expr: up == 0
+        annotations:
+          runbook_url: https://wiki.example.org/sample
+      - record: job:up:sum
+        expr: sum by (job) (up)
+"""
+
+
+def _alert_runbooks(objects: Rendered) -> dict[str, str]:
+    (rule,) = objects.of_kind("PrometheusRule")
+    return {
+        r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r
+    }
+
+
+def test_runbook_links_follow_the_runbook_base_value(chart: Path, tmp_path: Path):
+    assert VALUES["monitoring"]["prometheusRule"]["runbookBaseUrl"] == SOURCE_RUNBOOK, "the default changes nothing"
+    own = {"monitoring": {"prometheusRule": {"runbookBaseUrl": OWN_RUNBOOK}}}
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "sample.yaml").write_text(RUNBOOK_RULES)
+    sample = chart_copy(tmp_path / "sample", rules=rules)
+    assert _alert_runbooks(render(sample, own)) == {
+        "SampleDown": f"{OWN_RUNBOOK}#sampledown",
+        "SampleElsewhere": "https://wiki.example.org/sample",
+    }, "links into the repository's runbook move, others stay"
+    assert _alert_runbooks(render(sample))["SampleDown"] == f"{SOURCE_RUNBOOK}#sampledown"
+
+    shipped = _alert_runbooks(render(chart))
+    assert shipped
+    assert all(url.startswith(f"{SOURCE_RUNBOOK}#") for url in shipped.values()), "every alert follows the value"
+    moved = _alert_runbooks(render(chart, own))
+    assert moved == {name: url.replace(SOURCE_RUNBOOK, OWN_RUNBOOK) for name, url in shipped.items()}
 
 
 def test_hpa_scales_the_backend_deployment_on_cpu(default: Rendered):
@@ -275,14 +337,37 @@ def test_network_policy_lets_the_ui_prometheus_and_tests_in_and_nobody_else(defa
     ui_pod = pod_labels(default.get("Deployment", UI))
     prometheus_pod = {"app.kubernetes.io/name": "prometheus", "operator.prometheus.io/name": "gridwatch-stack"}
     assert _peers_admitting(policy, ui_pod, own_namespace)
-    assert _peers_admitting(policy, prometheus_pod, own_namespace)
-    assert _peers_admitting(policy, prometheus_pod, monitoring_namespace), "a Prometheus elsewhere too"
+    assert _peers_admitting(policy, prometheus_pod, own_namespace), "the bundled stack's Prometheus, beside it"
+    assert not _peers_admitting(policy, prometheus_pod, monitoring_namespace), "a pod label alone proves nothing"
+    assert not _peers_admitting(policy, prometheus_pod, {}), "nor a namespace without its name label"
     for test_pod in default.of_kind("Pod"):
         assert _peers_admitting(policy, pod_labels(test_pod), own_namespace)
     assert not _peers_admitting(policy, {"app": "intruder"}, own_namespace)
     assert not _peers_admitting(policy, ui_pod, monitoring_namespace), "only this release's UI"
     ui_policy = default.get("NetworkPolicy", UI)
     assert selects(ui_policy["spec"]["podSelector"]["matchLabels"], ui_pod)
+
+
+def test_network_policy_admits_prometheus_from_the_namespace_it_is_told(chart: Path, tmp_path: Path):
+    """Without the bundled stack, Prometheus runs elsewhere: that one namespace, and the rendering insists on it."""
+    own_stack_off = {"kube-prometheus-stack": {"enabled": False}, "metrics-server": {"enabled": False}}
+    missing = helm(*template_args(chart, values_file(tmp_path, own_stack_off)), check=False)
+    assert missing.returncode != 0
+    assert "networkPolicy.prometheus.namespace is required" in missing.stderr
+    elsewhere = render(chart, {**own_stack_off, "networkPolicy": {"prometheus": {"namespace": "monitoring"}}})
+    policy = elsewhere.get("NetworkPolicy", BACKEND)
+    prometheus_pod = {"app.kubernetes.io/name": "prometheus"}
+    assert _peers_admitting(policy, prometheus_pod, {"kubernetes.io/metadata.name": "monitoring"})
+    assert not _peers_admitting(policy, prometheus_pod, {"kubernetes.io/metadata.name": NAMESPACE})
+    assert not _peers_admitting(
+        policy, {"app.kubernetes.io/name": "grafana"}, {"kubernetes.io/metadata.name": "monitoring"}
+    )
+    # Nobody scrapes without the ServiceMonitor: then no Prometheus peer at all.
+    unscraped = VALUE_SETS["monitoring-disabled"]
+    policy = render(chart, unscraped).get("NetworkPolicy", BACKEND)
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert not [peer for peer in peers if "namespaceSelector" in peer]
+    assert not _peers_admitting(policy, prometheus_pod, {"kubernetes.io/metadata.name": NAMESPACE})
 
 
 # --- security and operations ---------------------------------------------------------------------------------------
@@ -414,6 +499,10 @@ def test_grafana_admin_password_comes_from_a_stable_documented_secret(chart: Pat
         ("backend.autoscaling.enabled=sometimes", "/backend/autoscaling/enabled"),
         ("backend.image.pullPolicy=Sometimes", "/backend/image/pullPolicy"),
         ("monitoring.serviceMonitor.interval=often", "/monitoring/serviceMonitor/interval"),
+        ("monitoring.prometheusRelease=not a release", "/monitoring/prometheusRelease"),
+        ("monitoring.prometheusRule.runbookBaseUrl=docs/runbook.md", "/monitoring/prometheusRule/runbookBaseUrl"),
+        ("networkPolicy.prometheus.namespace=Monitoring", "/networkPolicy/prometheus/namespace"),
+        ("networkPolicy.prometheus.namespaceSelector.x=y", "/networkPolicy/prometheus"),
         ("backend.replicas=2", "/backend"),
     ],
 )
@@ -442,6 +531,9 @@ def test_subchart_values_are_wired_for_this_use():
     assert VALUES["metrics-server"]["args"] == ["--kubelet-insecure-tls"]
     for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
         assert stack[component]["enabled"] is False
+    # Unset, kube-prometheus-stack renders serviceMonitorNamespaceSelector: {} (every namespace), which lets the
+    # first release's Prometheus find a second release's ServiceMonitor.
+    assert not spec.get("serviceMonitorNamespaceSelector")
 
 
 def test_notes_print_the_port_forward_commands(chart: Path, default: Rendered):

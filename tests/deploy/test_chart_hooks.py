@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.support import JOB
 from tests.support import ROOT, Answer, PrometheusProcess, ServerProcess, StubBackend, copy_model, require_tool
 
 FILES = ROOT / "helm" / "gridwatch" / "files"
-JOB = yaml.safe_load((ROOT / "helm" / "gridwatch" / "values.yaml").read_text())["monitoring"]["serviceMonitor"][
-    "jobName"
-]
 
 pytestmark = pytest.mark.slow
 

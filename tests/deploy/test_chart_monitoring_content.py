@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.support import RELEASE, Rendered, chart_copy, pod_spec, render
+from tests.deploy.support import JOB, RELEASE, Rendered, chart_copy, pod_spec, render
 from tests.support import ROOT, require_tool
 
 DASHBOARDS = ROOT / "grafana-dashboards"
@@ -197,7 +197,7 @@ def test_real_rule_files_pass_promtool_as_they_are():
 
 def test_one_backend_job_name_everywhere():
     """Rules and dashboards select the backend by job; the chart, compose and local Prometheus must all name it so."""
-    job = VALUES["monitoring"]["serviceMonitor"]["jobName"]
+    job = JOB
     selected = set()
     for path in [*RULES.glob("*.yaml"), *DASHBOARDS.glob("*.json")]:
         selected |= set(re.findall(r'job\s*=\s*\\?"([^"\\]+)\\?"', path.read_text()))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.support import JOB
 from tests.support import ROOT, require_tool
 
 DOCKER = ROOT / "docker"
@@ -250,7 +251,7 @@ def test_compose_prometheus_loads_the_rules_and_scrapes_the_backend_with_the_cha
     assert all(pattern.startswith(rules_target + "/") for pattern in config["rule_files"])
     assert all("/" not in pattern[len(rules_target) + 1 :] for pattern in config["rule_files"]), "not tests/"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    backend = jobs[CHART_VALUES["monitoring"]["serviceMonitor"]["jobName"]]
+    backend = jobs[JOB]
     assert backend["static_configs"][0]["targets"] == ["backend:8000"]
     assert backend["metrics_path"] == "/metrics"
     result = subprocess.run(

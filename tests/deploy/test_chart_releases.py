@@ -234,3 +234,15 @@ def test_a_label_named_release_is_refused_in_favour_of_prometheus_release(tmp_pa
     )
     assert result.returncode != 0
     assert "set monitoring.prometheusRelease instead" in result.stderr
+
+
+def test_the_second_release_notes_say_who_monitors_it(tmp_path: Path):
+    chart = chart_copy(tmp_path)
+    values = values_file(tmp_path, SECOND_VALUES)
+    result = helm(
+        "install", SECOND_RELEASE, str(chart), "-n", SECOND_NAMESPACE, "--dry-run=client", "--values", str(values)
+    )
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert f'the Prometheus of release "{RELEASE}" scrapes this release' in notes
+    assert "Prometheus scrape target" in notes, "its helm test asks that Prometheus"
+    assert "port-forward svc/gridwatch-stack-prometheus" not in notes, "no stack of its own to forward to"

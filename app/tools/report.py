@@ -28,7 +28,7 @@ def print_training(detector: Detector) -> None:
     console.print(
         f"model [bold]{meta['model_version']}[/] saved to {detector.path} "
         f"({meta['artifact']['bytes'] / 1e6:.1f} MB, trained in {meta['training_seconds']:.2f}s "
-        f"on {meta['training']['samples']} readings)"
+        f"on {meta['training']['samples']} readings{_training_source(meta['training'])})"
     )
     if meta.get("evaluation"):
         evaluation = meta["evaluation"]
@@ -36,6 +36,17 @@ def print_training(detector: Detector) -> None:
             f"evaluation at {evaluation['anomaly_rate']:.1%} anomalies: precision {evaluation['precision']:.3f}, "
             f"recall {evaluation['recall']:.3f}, F1 {evaluation['f1']:.3f}, ROC-AUC {evaluation['roc_auc']:.4f}"
         )
+
+
+def _training_source(training: dict) -> str:
+    if training.get("source") != "file":
+        return ""
+    left_out = [
+        f"{training[key]} {label}"
+        for key, label in (("excluded_anomalies", "labelled anomalies"), ("holdout_rows", "held out"))
+        if training.get(key)
+    ]
+    return f" of {training['file']}" + (f"; left out: {', '.join(left_out)}" if left_out else "")
 
 
 def print_evaluation(detector: Detector, report: EvaluationReport) -> None:
@@ -46,7 +57,8 @@ def print_evaluation(detector: Detector, report: EvaluationReport) -> None:
         f"contamination={config.contamination}"
     )
     console.print(
-        f"{report.readings} readings, {report.anomalies} anomalies ({report.anomaly_rate:.1%}), seed {report.seed}"
+        f"{report.readings} readings, {report.anomalies} anomalies ({report.anomaly_rate:.1%}), "
+        + (f"seed {report.seed}" if report.seed >= 0 else "labelled data file")
     )
     overall = Table("precision", "recall", "F1", "ROC-AUC", "false-positive rate", "flagged")
     overall.add_row(

@@ -48,6 +48,7 @@ from app.detector.model import (
     feature_statistics,
     training_data,
 )
+from app.detector.registry import ModelStore
 from app.sim import GridProfile
 
 logger = logging.getLogger(__name__)
@@ -300,6 +301,44 @@ def _with_serving_forest(detector: Detector) -> Detector:
     return detector
 
 
+def train_version(
+    store: ModelStore,
+    config: ModelConfig,
+    *,
+    promote: bool,
+    evaluate: Evaluator | None = None,
+    X: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> tuple[Detector, bool]:
+    """Train a new version into ``store`` and activate it when ``promote`` is set or no version is active yet.
+
+    Returns the detector (its path the version's artifact) and whether it is now the active version. Takes the
+    folder's lock; ``train_version_locked`` is the same for a caller that holds it.
+    """
+    with store.lock():
+        return train_version_locked(store, config, promote=promote, evaluate=evaluate, X=X, source=source)
+
+
+def train_version_locked(
+    store: ModelStore,
+    config: ModelConfig,
+    *,
+    promote: bool,
+    evaluate: Evaluator | None = None,
+    X: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> tuple[Detector, bool]:
+    store.migrate_legacy()
+    with store.staging() as staged:
+        detector = train_model(config, staged, evaluate=evaluate, X=X, source=source)
+        detector.path = store.commit(staged, detector.version)
+    activate = promote or store.active_version() is None
+    if activate:
+        store.set_active(detector.version)
+        logger.info("model %s is the active version", detector.version)
+    return detector, activate
+
+
 def ensure_model(
     artifact: Path,
     *,
@@ -307,39 +346,45 @@ def ensure_model(
     config: ModelConfig | None = None,
     evaluate: Evaluator | None = None,
 ) -> Detector:
-    """Load ``artifact`` (with its compiled forest written if it lacks one), or train and save it when it is missing
-    or unusable and ``train_if_missing`` is set.
+    """Load the active version of the model ``artifact`` (``MODEL_DIR/MODEL_NAME``) addresses, with its compiled
+    forest written if it lacks one, or train a new version and activate it when there is none or it is unusable
+    and ``train_if_missing`` is set.
 
-    Without ``train_if_missing``, a missing artifact raises ``ModelUnavailableError`` and a bad one raises
-    ``ModelArtifactError``; a bad artifact is never used. With it, training happens under a file lock in the
-    model folder: of several processes starting at once on an empty shared folder, one trains and the others
-    wait and then load its artifact. A rejected artifact is kept as ``<name>.rejected`` for inspection.
+    Without ``train_if_missing``, a missing model raises ``ModelUnavailableError`` and a bad one raises
+    ``ModelArtifactError``; a bad model is never used. With it, training happens under the folder's lock: of
+    several processes starting at once on an empty shared folder, one trains and the others wait and then load
+    its version. An unusable model from before versions is kept as ``<name>.rejected`` for inspection; an unusable
+    version stays in ``versions/`` and the new one replaces it as the active version.
     """
     config = config or ModelConfig()
+    store = ModelStore.of(artifact)
     problem: ModelArtifactError | None = None
     try:
         try:
-            return _with_serving_forest(load_model(artifact))
+            return _with_serving_forest(load_model(store.active_artifact()))
         except ModelArtifactError as first_error:
             if not train_if_missing:
-                if not artifact.exists():
+                if not first_error.path.exists():
                     raise ModelUnavailableError(
-                        f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
+                        f"no model at {first_error.path} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
                     ) from first_error
                 raise
             problem = first_error
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        with training_lock(artifact):
+        with store.lock():
+            current = store.active_artifact()
             try:  # another process may have finished training while we waited for the lock
-                return _with_serving_forest(load_model(artifact))
+                return _with_serving_forest(load_model(current))
             except ModelArtifactError as error:
                 problem = error
-            if artifact.exists():
+            if current == store.legacy_artifact and current.exists():
                 logger.warning("replacing unusable model: %s", problem)
-                artifact.replace(artifact.with_name(artifact.name + ".rejected"))
+                current.replace(current.with_name(current.name + ".rejected"))
+            elif current.exists():
+                logger.warning("replacing unusable version: %s", problem)
             else:
-                logger.info("no model at %s, training one", artifact)
-            return train_model(config, artifact, evaluate=evaluate)
+                logger.info("no model at %s, training one", current)
+            detector, _ = train_version_locked(store, config, promote=True, evaluate=evaluate)
+            return detector
     except OSError as exc:
         if exc.errno not in NOT_WRITABLE:
             raise

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description="Anomaly detection on electricity-grid readings.")
     parser.add_argument("--version", action="version", version=f"gridwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_train, _add_evaluate, _add_simulate, _add_load, _add_bench, _add_up):
+    for add in (_add_serve, _add_train, _add_evaluate, _add_models, _add_simulate, _add_load, _add_bench, _add_up):
         add(commands)
     return parser
 
@@ -127,6 +127,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="with a labelled --data file: the share of rows, from its end, kept out of training to evaluate on",
     )
     train.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values instead of failing")
+    train.add_argument(
+        "--promote", action="store_true", help="make the new version the active one (the first version always is)"
+    )
     train.add_argument("--n-estimators", type=_positive_int)
     train.add_argument("--max-samples", type=_positive_int)
     train.add_argument("--contamination", type=float)
@@ -140,10 +143,10 @@ def _train(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from dataclasses import replace
 
-    from app.detector.artifact import training_lock
     from app.detector.evaluate import evaluation_for_metadata
     from app.detector.model import ModelConfig
-    from app.detector.training import train_model
+    from app.detector.registry import ModelStore
+    from app.detector.training import train_version
 
     overrides = {
         "n_estimators": args.n_estimators,
@@ -161,16 +164,20 @@ def _train(args: argparse.Namespace) -> int:
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid)
         config, training = recorded_training(readings, config, holdout=args.holdout)
-    artifact = settings.model_path
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    with training_lock(artifact):
-        detector = train_model(config, artifact, **training)
+    store = ModelStore.of(settings.model_path)
+    detector, active = train_version(store, config, promote=args.promote, **training)
     if args.json:
         print(json.dumps(detector.metadata, indent=2))
     else:
         from app.tools.report import print_training
 
         print_training(detector)
+        if not active:
+            print(
+                f"version {detector.version} is not active (the active one is {store.active_version()}): "
+                f"`gridwatch models promote {detector.version}` activates it",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -239,6 +246,43 @@ def _evaluate(args: argparse.Namespace) -> int:
         print_evaluation(detector, report)
         if sweep is not None:
             print_sweep(detector, sweep)
+    return 0
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="list the model versions in MODEL_DIR, promote one, roll back")
+    models.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every version, its evaluation, and which one is active")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    promote = actions.add_parser("promote", help="make VERSION the active model (servers pick it up)")
+    promote.add_argument("version")
+    actions.add_parser("rollback", help="make the previously active version active again")
+    models.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    settings = _model_command_settings(args.model_dir)
+    from app.detector.registry import ModelStore
+
+    store = ModelStore.of(settings.model_path)
+    if args.action == "promote":
+        replaced = store.promote(args.version)
+        print(f"active model: {args.version} (was {replaced or 'none'})")
+    elif args.action == "rollback":
+        print(f"active model: {store.rollback()}")
+    else:
+        active = store.active_version()
+        versions = [
+            {**entry, "active": entry.get("version") == active or bool(entry.get("legacy"))}
+            for entry in store.versions()
+        ]
+        if args.json:
+            print(json.dumps({"active": active, "versions": versions}, indent=2))
+        else:
+            from app.tools.report import print_versions
+
+            print_versions(versions)
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
@@ -206,3 +206,29 @@ def _print_live_profile(console: Console, result: BenchResult) -> None:
     for hot in profile.hottest:
         hottest.add_row(hot.stage, f"{hot.share:.1%}")
     console.print(hottest)
+
+
+def print_versions(versions: list[dict]) -> None:
+    """The model versions of a folder, oldest first, the active one marked."""
+    table = Table(
+        Column("", width=1),
+        Column("version", no_wrap=True),
+        Column("trained (UTC)", no_wrap=True),
+        Column("on", overflow="fold"),
+    )
+    for heading in ("precision", "recall", "F1"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for entry in versions:
+        evaluation = entry.get("evaluation") or {}
+        table.add_row(
+            "*" if entry.get("active") else "",
+            entry.get("version") or "(before versions)",
+            (entry.get("trained_at") or "")[:16].replace("T", " ") or entry.get("error", ""),
+            str(entry.get("source") or ""),
+            *(
+                f"{evaluation[key]:.3f}" if evaluation.get(key) is not None else ""
+                for key in ("precision", "recall", "f1")
+            ),
+        )
+    console = _console()
+    console.print(table if versions else "no model yet: `gridwatch train` makes the first version")

@@ -31,6 +31,7 @@ from app.detector.artifact import (
     check_metadata,
     forest_path,
     load_forest,
+    metadata_path,
     read_metadata,
     save_artifact,
     save_forest,
@@ -207,7 +208,8 @@ def train_model(
 
 
 CONTAMINATION_GRID = tuple(
-    round(value, 4) for value in (*np.arange(1, 100) * 0.0001, *np.arange(10, 100) * 0.001, *np.arange(10, 50) * 0.01)
+    round(float(value), 4)
+    for value in (*np.arange(1, 100) * 0.0001, *np.arange(10, 100) * 0.001, *np.arange(10, 50) * 0.01)
 )
 """The contaminations whose thresholds are stored with a model: 0.0001 steps to 1 %, 0.001 to 10 %, 0.01 to 49 %."""
 
@@ -378,7 +380,9 @@ def ensure_model(
                 problem = error
             if current == store.legacy_artifact and current.exists():
                 logger.warning("replacing unusable model: %s", problem)
-                current.replace(current.with_name(current.name + ".rejected"))
+                for path in (current, forest_path(current), metadata_path(current)):
+                    if path.exists():
+                        path.replace(path.with_name(path.name + ".rejected"))
             elif current.exists():
                 logger.warning("replacing unusable version: %s", problem)
             else:

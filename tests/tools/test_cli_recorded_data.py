@@ -72,7 +72,8 @@ def test_train_on_a_recorded_file_then_evaluate_on_another(tmp_path: Path):
     assert metadata["evaluation"]["on"] == "holdout"
     assert metadata["evaluation"]["readings"] == 1200
     assert metadata["config"]["train_samples"] == training["samples"]
-    assert read_metadata(models / "iso_forest.joblib")["model_version"] == metadata["model_version"]
+    version = metadata["model_version"]
+    assert read_metadata(models / "versions" / version / "iso_forest.joblib")["model_version"] == version
 
     evaluated = gridwatch("evaluate", "--model-dir", str(models), "--data", str(test_file), "--sweep", "--json")
     assert evaluated.returncode == 0, evaluated.stderr

@@ -102,6 +102,8 @@ class PredictResult:
     served_by: str
     latency_s: float
     """Wall-clock time of the request as the UI saw it (connection, transfer, scoring)."""
+    model_version: str | None = None
+    """The model version that scored the batch (None from a backend that predates hot swaps)."""
 
 
 class BackendClient:
@@ -155,6 +157,7 @@ class BackendClient:
                 anomalies=int(body["anomalies"]),
                 served_by=str(body["served_by"]),
                 latency_s=latency,
+                model_version=str(body["model_version"]) if body.get("model_version") else None,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise BackendError(

@@ -51,6 +51,8 @@ class BatchSummary:
     injected: int
     served_by: str
     latency_s: float
+    model_version: str | None = None
+    """The model version that scored it: after a promotion it changes before the next /health check shows it."""
 
 
 @dataclass
@@ -83,6 +85,7 @@ def scored_frame(batch: ReadingBatch, result: PredictResult) -> pd.DataFrame:
             "score": result.scores,
             "outcome": outcomes(batch.is_anomaly, result.flags),
             "served_by": result.served_by,
+            "model_version": result.model_version or "",
         }
     )
 
@@ -156,6 +159,7 @@ class LiveSession:
             injected=int(batch.is_anomaly.sum()),
             served_by=result.served_by,
             latency_s=result.latency_s,
+            model_version=result.model_version,
         )
         return True
 

@@ -99,6 +99,14 @@ def render_status(live: LiveSession) -> None:
             st.badge("Backend error", icon=":material/error:", color="red")
         else:
             st.badge("Backend unreachable", icon=":material/cloud_off:", color="red")
+        last = live.last_batch
+        if last is not None and last.model_version:
+            swapped = state.health is not None and last.model_version != state.health.model_version
+            st.badge(
+                f"last batch scored by model {last.model_version}",
+                icon=":material/swap_horiz:" if swapped else None,
+                color="orange" if swapped else "blue",
+            )
         if live.streaming:
             st.badge("streaming", icon=":material/play_circle:", color="violet")
         if live.sustained_running:

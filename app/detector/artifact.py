@@ -274,21 +274,27 @@ def load_detector(
     ``train_if_missing``) or converts the model, and the forest is loaded again. ``with_estimator`` (evaluation, the
     benchmark) and ``SCORER=sklearn`` load the scikit-learn estimator in this process instead.
     """
+    from app.detector.registry import ModelStore, RegistryError  # noqa: PLC0415 (it builds on this module)
+
+    store = ModelStore.of(artifact)
     if with_estimator or scorer is Scorer.sklearn:
         detector = _load_with_estimator(artifact, train_if_missing=train_if_missing)
     else:
         try:
-            detector = load_forest(artifact)
+            active = store.active_artifact()
+            detector = load_forest(active)
+        except RegistryError as error:
+            raise ModelUnavailableError(str(error)) from error
         except ModelArtifactError as problem:
-            if not train_if_missing and not artifact.exists() and not forest_path(artifact).exists():
+            if not train_if_missing and not active.exists() and not forest_path(active).exists():
                 raise ModelUnavailableError(
-                    f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
+                    f"no model at {active} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
                 ) from problem
             logger.info("%s; preparing it in a child process", problem)
             started = time.perf_counter()
             prepare_in_child(artifact, train_if_missing=train_if_missing)
             try:
-                detector = load_forest(artifact)
+                detector = load_forest(store.active_artifact())
             except ModelArtifactError as still:  # a read-only folder the child could not write the forest into
                 logger.warning("%s; compiling the forest in this process, which loads scikit-learn", still)
                 detector = _load_with_estimator(artifact, train_if_missing=False)

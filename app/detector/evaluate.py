@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from app.detector.model import Detector, training_data
+from app.detector.dataset import RecordedReadings
+from app.detector.model import FEATURES, Detector, training_data
 from app.sim import DEFAULT_ANOMALY_KINDS, AnomalyKind, GridSimulator, ReadingBatch
 
 EVALUATION_START = datetime(2026, 6, 1, tzinfo=UTC)
@@ -124,6 +125,26 @@ def evaluate_detector(
     return report_from_scores(batch, flags, scores, anomaly_rate=anomaly_rate, seed=seed)
 
 
+def recorded_batch(readings: RecordedReadings) -> ReadingBatch:
+    """Labelled recorded readings in the simulator's batch form, so every report works on both."""
+    if readings.is_anomaly is None:
+        raise ValueError("evaluating needs labelled readings: an is_anomaly column")
+    n = len(readings)
+    kinds = readings.anomaly_kind or tuple(None for _ in range(n))
+    if readings.anomaly_kind is None:  # no kind column: every labelled anomaly is of one unnamed kind
+        kinds = tuple("labelled" if flag else None for flag in readings.is_anomaly)
+    columns = dict(zip(FEATURES, readings.X.T, strict=True))
+    return ReadingBatch(timestamp=np.zeros(n), is_anomaly=readings.is_anomaly, anomaly_kind=kinds, **columns)
+
+
+def evaluate_recorded(detector: Detector, readings: RecordedReadings) -> EvaluationReport:
+    """Score labelled recorded readings with the detector as it serves and compare with their labels."""
+    batch = recorded_batch(readings)
+    flags, scores = detector.predict_batch(readings.X)
+    rate = round(float(batch.is_anomaly.mean()), 4)
+    return report_from_scores(batch, flags, scores, anomaly_rate=rate, seed=-1)
+
+
 def evaluation_for_metadata(detector: Detector) -> dict[str, Any]:
     """The default evaluation, as stored in the model metadata when a model is trained."""
     return evaluate_detector(detector).to_dict()
@@ -136,21 +157,32 @@ def sweep_contamination(
     n: int = DEFAULT_EVALUATION_SIZE,
     anomaly_rate: float = DEFAULT_EVALUATION_RATE,
     seed: int = DEFAULT_EVALUATION_SEED,
+    readings: RecordedReadings | None = None,
 ) -> list[tuple[float, EvaluationReport]]:
-    """What each contamination would give, without retraining.
+    """What each contamination would give, without retraining, on the simulated stream or on ``readings``.
 
-    For a given ``random_state`` the trees do not depend on contamination: it only sets the threshold
-    (``offset_``) at that quantile of the training scores. So one forest, its training scores and a quantile per
-    candidate reproduce exactly what retraining with each value would flag.
+    For a given ``random_state`` the trees do not depend on contamination: it only sets the threshold at that
+    quantile of the training scores. A model stores those quantiles (``threshold.contamination_offsets``, written
+    at training), so one forest and a threshold per candidate reproduce what retraining with each value would flag,
+    whatever it was trained on. Older models without the table are swept from their simulated training set.
     """
-    estimator = detector.estimator
-    training_scores = estimator.score_samples(training_data(detector.config))
-    batch = labelled_stream(n=n, anomaly_rate=anomaly_rate, seed=seed)
-    raw = estimator.score_samples(batch.features())
-    results = []
-    for contamination in contaminations:
-        offset = np.percentile(training_scores, 100.0 * contamination)
-        scores = offset - raw  # = -(raw - offset) = -decision_function at that contamination
-        report = report_from_scores(batch, scores > 0.0, scores, anomaly_rate=anomaly_rate, seed=seed)
-        results.append((contamination, report))
-    return results
+    if readings is None:
+        batch = labelled_stream(n=n, anomaly_rate=anomaly_rate, seed=seed)
+    else:
+        batch = recorded_batch(readings)
+        anomaly_rate, seed = round(float(batch.is_anomaly.mean()), 4), -1
+    _, scores = detector.predict_batch(batch.features())
+    thresholds = _thresholds(detector, contaminations)
+    return [
+        (contamination, report_from_scores(batch, scores > t, scores - t, anomaly_rate=anomaly_rate, seed=seed))
+        for contamination, t in zip(contaminations, thresholds, strict=True)
+    ]
+
+
+def _thresholds(detector: Detector, contaminations: Sequence[float]) -> np.ndarray:
+    """The score above which each contamination flags, relative to the model's own threshold (0)."""
+    table = detector.metadata.get("threshold", {}).get("contamination_offsets")
+    if table:
+        return np.interp(contaminations, table["contamination"], table["score"])
+    _, training_scores = detector.predict_batch(training_data(detector.config))
+    return np.percentile(training_scores, 100.0 * (1.0 - np.asarray(contaminations)))

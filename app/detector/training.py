@@ -13,6 +13,7 @@ import io
 import logging
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,16 @@ from app.detector.artifact import (
     check_metadata,
     forest_path,
     load_forest,
+    metadata_path,
     read_metadata,
     save_artifact,
     save_forest,
     training_lock,
     verified_bytes,
 )
+from app.detector.dataset import DataFileError, RecordedReadings
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.evaluate import evaluate_recorded
 from app.detector.model import (
     TRAINING_INTERVAL_S,
     TRAINING_START,
@@ -45,6 +49,7 @@ from app.detector.model import (
     feature_statistics,
     training_data,
 )
+from app.detector.registry import ModelStore
 from app.sim import GridProfile
 
 logger = logging.getLogger(__name__)
@@ -77,6 +82,7 @@ def build_metadata(
     artifact_name: str,
     training_seconds: float,
     evaluation: dict[str, Any] | None,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata of a freshly trained model (the compiled forest's entry is added by ``save_forest``)."""
     digest = hashlib.sha256(artifact_bytes).hexdigest()
@@ -93,13 +99,7 @@ def build_metadata(
             "python": platform.python_version(),
         },
         "config": config.to_dict(),
-        "training": {
-            "samples": int(X.shape[0]),
-            "source": "simulator",
-            "interval_s": TRAINING_INTERVAL_S,
-            "start": TRAINING_START.isoformat(),
-            "profile": GridProfile().to_dict(),
-        },
+        "training": {"samples": int(X.shape[0]), **(source or simulator_source())},
         "threshold": {
             "score": 0.0,
             "rule": "anomaly when score > 0, score = -decision_function",
@@ -110,14 +110,73 @@ def build_metadata(
     }
 
 
-def train_model(config: ModelConfig, artifact: Path, *, evaluate: Evaluator | None = None) -> Detector:
+def simulator_source() -> dict[str, Any]:
+    """How the default training set is drawn, as the metadata records it."""
+    return {
+        "source": "simulator",
+        "interval_s": TRAINING_INTERVAL_S,
+        "start": TRAINING_START.isoformat(),
+        "profile": GridProfile().to_dict(),
+    }
+
+
+MIN_TRAINING_ROWS = 1_000
+"""Fewer normal readings than this make thresholds at a 0.2 % contamination meaningless (two readings decide it)."""
+
+
+def recorded_training(
+    readings: RecordedReadings, config: ModelConfig, *, holdout: float
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The configuration and ``train_model`` arguments that train on recorded readings.
+
+    Labelled anomalies are left out of training. With labels, the last ``holdout`` share of the rows (the most
+    recent, in a file in time order) is kept out of training and evaluated on, and that evaluation is stored in
+    the metadata; without labels every row trains and the metadata holds no evaluation.
+    """
+    if not readings.labelled or holdout <= 0.0:
+        train, evaluation_rows = readings, None
+    else:
+        split = round(len(readings) * (1.0 - holdout))
+        train, evaluation_rows = readings.rows(np.arange(split)), readings.rows(np.arange(split, len(readings)))
+    normal = train.X if train.is_anomaly is None else train.X[~train.is_anomaly]
+    if normal.shape[0] < MIN_TRAINING_ROWS:
+        raise DataFileError(
+            Path(readings.source.get("file", "data")),
+            f"too few normal readings to train on: {normal.shape[0]}, at least {MIN_TRAINING_ROWS} are needed",
+        )
+    config = replace(config, train_samples=normal.shape[0], max_samples=min(config.max_samples, normal.shape[0]))
+    source = {
+        **readings.source,
+        "excluded_anomalies": int(len(train) - normal.shape[0]),
+        "holdout_rows": 0 if evaluation_rows is None else len(evaluation_rows),
+    }
+    evaluate = None
+    if evaluation_rows is not None and len(evaluation_rows):
+        held_out = evaluation_rows
+
+        def evaluate(detector: Detector) -> dict[str, Any]:
+            return {**evaluate_recorded(detector, held_out).to_dict(), "on": "holdout"}
+
+    return config, {"X": normal, "source": source, "evaluate": evaluate}
+
+
+def train_model(
+    config: ModelConfig,
+    artifact: Path,
+    *,
+    evaluate: Evaluator | None = None,
+    X: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> Detector:
     """Train, evaluate (if ``evaluate`` is given) and save atomically: the estimator to ``artifact``, its compiled
     forest beside it, then the metadata. Returns the new detector.
 
-    The caller holds the training lock (``ensure_model`` does); this function only writes files atomically.
+    ``X`` is the training set (default: the simulator's, ``training_data(config)``), ``source`` how it was obtained
+    (kept in the metadata). The caller holds the training lock (``ensure_model`` does); this function only writes
+    files atomically.
     """
     started = time.perf_counter()
-    X = training_data(config)
+    X = training_data(config) if X is None else X
     estimator = train_isolation_forest(config, X)
     training_seconds = time.perf_counter() - started
     artifact_bytes = _dump(estimator)
@@ -129,10 +188,12 @@ def train_model(config: ModelConfig, artifact: Path, *, evaluate: Evaluator | No
         artifact_name=artifact.name,
         training_seconds=training_seconds,
         evaluation=None,
+        source=source,
     )
     detector = Detector.from_estimator(
         estimator, metadata, path=artifact, trained_now=True, load_seconds=training_seconds
     )
+    metadata["threshold"]["contamination_offsets"] = contamination_offsets(detector, X)
     if evaluate is not None:
         metadata["evaluation"] = evaluate(detector)
     save_artifact(artifact, artifact_bytes, detector.forest, metadata)
@@ -144,6 +205,25 @@ def train_model(config: ModelConfig, artifact: Path, *, evaluate: Evaluator | No
         artifact,
     )
     return detector
+
+
+CONTAMINATION_GRID = tuple(
+    round(float(value), 4)
+    for value in (*np.arange(1, 100) * 0.0001, *np.arange(10, 100) * 0.001, *np.arange(10, 50) * 0.01)
+)
+"""The contaminations whose thresholds are stored with a model: 0.0001 steps to 1 %, 0.001 to 10 %, 0.01 to 49 %."""
+
+
+def contamination_offsets(detector: Detector, X: np.ndarray) -> dict[str, list[float]]:
+    """Where the threshold would sit for each contamination of ``CONTAMINATION_GRID``, from the training scores.
+
+    Contamination only places the threshold at that quantile of the training set's scores, so with this table
+    ``gridwatch evaluate --sweep`` shows what another contamination would flag without the training data, which for
+    a model trained on a recorded file may no longer be at hand. Scores come from the compiled forest (fast).
+    """
+    _, scores = detector.predict_batch(X)
+    offsets = np.percentile(scores, 100.0 * (1.0 - np.asarray(CONTAMINATION_GRID)))
+    return {"contamination": list(CONTAMINATION_GRID), "score": [float(value) for value in offsets]}
 
 
 def _dump(estimator: IsolationForest) -> bytes:
@@ -223,6 +303,44 @@ def _with_serving_forest(detector: Detector) -> Detector:
     return detector
 
 
+def train_version(
+    store: ModelStore,
+    config: ModelConfig,
+    *,
+    promote: bool,
+    evaluate: Evaluator | None = None,
+    X: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> tuple[Detector, bool]:
+    """Train a new version into ``store`` and activate it when ``promote`` is set or no version is active yet.
+
+    Returns the detector (its path the version's artifact) and whether it is now the active version. Takes the
+    folder's lock; ``train_version_locked`` is the same for a caller that holds it.
+    """
+    with store.lock():
+        return train_version_locked(store, config, promote=promote, evaluate=evaluate, X=X, source=source)
+
+
+def train_version_locked(
+    store: ModelStore,
+    config: ModelConfig,
+    *,
+    promote: bool,
+    evaluate: Evaluator | None = None,
+    X: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> tuple[Detector, bool]:
+    store.migrate_legacy()
+    with store.staging() as staged:
+        detector = train_model(config, staged, evaluate=evaluate, X=X, source=source)
+        detector.path = store.commit(staged, detector.version)
+    activate = promote or store.active_version() is None
+    if activate:
+        store.set_active(detector.version)
+        logger.info("model %s is the active version", detector.version)
+    return detector, activate
+
+
 def ensure_model(
     artifact: Path,
     *,
@@ -230,39 +348,47 @@ def ensure_model(
     config: ModelConfig | None = None,
     evaluate: Evaluator | None = None,
 ) -> Detector:
-    """Load ``artifact`` (with its compiled forest written if it lacks one), or train and save it when it is missing
-    or unusable and ``train_if_missing`` is set.
+    """Load the active version of the model ``artifact`` (``MODEL_DIR/MODEL_NAME``) addresses, with its compiled
+    forest written if it lacks one, or train a new version and activate it when there is none or it is unusable
+    and ``train_if_missing`` is set.
 
-    Without ``train_if_missing``, a missing artifact raises ``ModelUnavailableError`` and a bad one raises
-    ``ModelArtifactError``; a bad artifact is never used. With it, training happens under a file lock in the
-    model folder: of several processes starting at once on an empty shared folder, one trains and the others
-    wait and then load its artifact. A rejected artifact is kept as ``<name>.rejected`` for inspection.
+    Without ``train_if_missing``, a missing model raises ``ModelUnavailableError`` and a bad one raises
+    ``ModelArtifactError``; a bad model is never used. With it, training happens under the folder's lock: of
+    several processes starting at once on an empty shared folder, one trains and the others wait and then load
+    its version. An unusable model from before versions is kept as ``<name>.rejected`` for inspection; an unusable
+    version stays in ``versions/`` and the new one replaces it as the active version.
     """
     config = config or ModelConfig()
+    store = ModelStore.of(artifact)
     problem: ModelArtifactError | None = None
     try:
         try:
-            return _with_serving_forest(load_model(artifact))
+            return _with_serving_forest(load_model(store.active_artifact()))
         except ModelArtifactError as first_error:
             if not train_if_missing:
-                if not artifact.exists():
+                if not first_error.path.exists():
                     raise ModelUnavailableError(
-                        f"no model at {artifact} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
+                        f"no model at {first_error.path} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
                     ) from first_error
                 raise
             problem = first_error
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        with training_lock(artifact):
+        with store.lock():
+            current = store.active_artifact()
             try:  # another process may have finished training while we waited for the lock
-                return _with_serving_forest(load_model(artifact))
+                return _with_serving_forest(load_model(current))
             except ModelArtifactError as error:
                 problem = error
-            if artifact.exists():
+            if current == store.legacy_artifact and current.exists():
                 logger.warning("replacing unusable model: %s", problem)
-                artifact.replace(artifact.with_name(artifact.name + ".rejected"))
+                for path in (current, forest_path(current), metadata_path(current)):
+                    if path.exists():
+                        path.replace(path.with_name(path.name + ".rejected"))
+            elif current.exists():
+                logger.warning("replacing unusable version: %s", problem)
             else:
-                logger.info("no model at %s, training one", artifact)
-            return train_model(config, artifact, evaluate=evaluate)
+                logger.info("no model at %s, training one", current)
+            detector, _ = train_version_locked(store, config, promote=True, evaluate=evaluate)
+            return detector
     except OSError as exc:
         if exc.errno not in NOT_WRITABLE:
             raise

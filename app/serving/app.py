@@ -27,11 +27,13 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.detector.artifact import load_detector
 from app.detector.model import Detector
-from app.serving.errors import JSONResponse, install_error_handlers
+from app.detector.registry import ModelStore
+from app.serving.errors import JSONResponse, ModelRefusedError, install_error_handlers
 from app.serving.inference import Inference, ModelHolder, ModelState
 from app.serving.logs import AccessLogMiddleware
 from app.serving.metrics import HTTPMetricsMiddleware, render_metrics
 from app.serving.middleware import InternalErrorMiddleware, SecurityHeadersMiddleware
+from app.serving.model_swap import ModelWatcher
 from app.serving.parsing import most_readings, parse_readings
 from app.serving.protocol import (
     BodyBytesBudget,
@@ -49,6 +51,7 @@ from app.serving.schemas import (
     HealthResponse,
     NotReadyResponse,
     PredictResponse,
+    ReloadResponse,
     predict_request_schema,
 )
 from app.serving.settings import Settings
@@ -87,6 +90,9 @@ def create_app(
         on_ready=readiness.mark_ready,
         model_dir=settings.model_dir,
     )
+    watcher = ModelWatcher(
+        holder, ModelStore.of(settings.model_path), interval=settings.model_poll_interval, scorer=settings.scorer
+    )
     multiprocess_dir = settings.prometheus_multiproc_dir
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
     exemplars = tracing is not None and multiprocess_dir is None
@@ -99,9 +105,11 @@ def create_app(
         if tracing is not None:
             tracing.start()
         threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
+        threading.Thread(target=watcher.run, name="model-watcher", daemon=True).start()
         try:
             yield
         finally:
+            watcher.close()
             holder.close()
             if tracing is not None:
                 tracing.shutdown()
@@ -123,6 +131,7 @@ def create_app(
     if tracing is not None:
         instrument(app, tracing)
     _add_routes(app, settings, holder, readiness, inference)
+    _add_model_reload(app, settings, holder, watcher)
     return app
 
 
@@ -226,6 +235,7 @@ def _add_routes(
                 "anomalies": scored.anomalies,
                 "total": len(scored.flags),
                 "served_by": request.app.state.instance,
+                "model_version": model.detector.version,
             }
         )
 
@@ -238,6 +248,35 @@ def _add_routes(
     async def metrics(request: Request) -> Response:
         content, content_type = render_metrics(request.headers.get("accept", ""), multiprocess_dir)
         return Response(content, media_type=content_type)
+
+
+def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, watcher: ModelWatcher) -> None:
+    api_key = settings.required_api_key()
+    keyed = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if api_key else []
+
+    @app.post(
+        "/model/reload",
+        summary="Serve MODEL_DIR's active version now, without waiting for the next poll (this worker).",
+        response_model=ReloadResponse,
+        responses={
+            **UNAUTHORIZED,
+            409: {"model": ErrorResponse, "description": "The active version failed to load; the old one serves."},
+            503: {"model": ErrorResponse, "description": "Model not loaded yet."},
+        },
+        dependencies=keyed,
+    )
+    async def reload_model(request: Request) -> Response:
+        require_api_key(request, api_key)
+        holder.get()  # 503 while the first model is still loading
+        outcome = await run_in_threadpool(watcher.check)
+        if outcome.refused is not None:
+            raise ModelRefusedError(
+                f"version {outcome.refused} was not loaded, {outcome.serving} keeps serving: "
+                f"{holder.without_model_dir(outcome.reason or '')}"
+            )
+        return JSONResponse(
+            {"model_version": outcome.serving, "previous": outcome.previous, "swapped": outcome.swapped}
+        )
 
 
 def _default_loader(settings: Settings) -> Callable[[], Detector]:

@@ -33,6 +33,10 @@ class ModelNotReadyError(GridWatchError):
     """The service is up but its model is still loading (or failed to load); retry later."""
 
 
+class ModelRefusedError(GridWatchError):
+    """The active version named in MODEL_DIR could not be loaded; the version serving before keeps serving."""
+
+
 class OverloadedError(GridWatchError):
     """MAX_INFLIGHT requests are already being handled by this worker: shed load now rather than queue it."""
 
@@ -105,6 +109,7 @@ ERROR_STATUS: dict[type[GridWatchError], int] = {
     ClientClosedError: 499,
     OverloadedError: 503,
     ModelNotReadyError: 503,
+    ModelRefusedError: 409,
     ModelUnavailableError: 503,
     ModelArtifactError: 503,
 }

@@ -123,10 +123,10 @@ class ModelHolder:
         if self._loaded is not None:
             return "ready"
         if self._error is not None:
-            return f"model failed to load: {self._without_model_dir(self._error)} (trying again)"
+            return f"model failed to load: {self.without_model_dir(self._error)} (trying again)"
         return "model is loading"
 
-    def _without_model_dir(self, text: str) -> str:
+    def without_model_dir(self, text: str) -> str:
         if self._model_dir is None:
             return text
         for spelling in sorted({str(self._model_dir.resolve()), str(self._model_dir)}, key=len, reverse=True):
@@ -173,8 +173,7 @@ class ModelHolder:
         return self._loaded is not None
 
     def _ready(self, detector: Detector) -> None:
-        # The scikit-learn version the model was trained with: serving itself runs without scikit-learn.
-        MODEL_INFO.labels(detector.version, detector.metadata.get("versions", {}).get("sklearn", "unknown")).set(1)
+        _export_model_info(detector)
         source = "trained" if detector.trained_now else "loaded"
         MODEL_LOAD_DURATION.labels(source).set(detector.load_seconds)
         drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
@@ -191,6 +190,23 @@ class ModelHolder:
             _kernel_note(detector.scorer),
         )
 
+    def version(self) -> str | None:
+        """The version serving now, or None while none is loaded."""
+        loaded = self._loaded
+        return None if loaded is None else loaded.detector.version
+
+    def swap(self, detector: Detector) -> None:
+        """Serve ``detector`` from now on (``app.serving.model_swap``): one assignment, so a request that already
+        took the old model finishes with it and the next one gets the new one; the drift window starts afresh,
+        measured against the new model's training statistics."""
+        old = self._loaded
+        drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
+        self._loaded = LoadedModel(detector, drift, DriftGauges(detector.features))
+        _export_model_info(detector)
+        if old is not None and old.detector.version != detector.version:
+            MODEL_INFO.labels(*_info_labels(old.detector)).set(0)
+        logger.info("model %s ready (swapped in, scored by %s)", detector.version, detector.scorer.value)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading has finished (ready or failed); True if it finished in time."""
         return self._done.wait(timeout)
@@ -199,6 +215,15 @@ class ModelHolder:
         if self._loaded is None:
             raise ModelNotReadyError(self.reason)
         return self._loaded
+
+
+def _info_labels(detector: Detector) -> tuple[str, str]:
+    # The scikit-learn version the model was trained with: serving itself runs without scikit-learn.
+    return detector.version, detector.metadata.get("versions", {}).get("sklearn", "unknown")
+
+
+def _export_model_info(detector: Detector) -> None:
+    MODEL_INFO.labels(*_info_labels(detector)).set(1)
 
 
 @dataclass(frozen=True)

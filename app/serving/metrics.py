@@ -306,3 +306,13 @@ def render_metrics(accept: str, multiprocess_dir: Path | None) -> tuple[bytes, s
     PlatformCollector(registry=registry)
     ServerProcessCollector(multiprocess_dir, registry=registry)
     return encoder(registry), content_type
+
+
+MODEL_SWAPS = Counter(
+    "model_swaps",
+    "Changes of the serving model to MODEL_DIR's active version without a restart (result: swapped, or failed when "
+    "the new version could not be loaded and the old one kept serving).",
+    ["result"],
+)
+for _result in ("swapped", "failed"):
+    MODEL_SWAPS.labels(_result)  # exported at 0 from the start, so the first swap is an increase

@@ -34,6 +34,13 @@ class PredictResponse(BaseModel):
     anomalies: int = Field(description="How many readings were flagged.")
     total: int = Field(description="How many readings were scored.")
     served_by: str = Field(description="Instance (pod or host, and process id) that answered.")
+    model_version: str = Field(description="The model version that scored the whole batch.")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str = Field(description="The version serving after the reload.")
+    previous: str | None = Field(description="The version it replaced, or null when it was already serving.")
+    swapped: bool = Field(description="Whether the serving version changed.")
 
 
 class HealthResponse(BaseModel):

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(
         LogFormat.json, description="`json` (one object per line, for log collectors) or `text` (for a terminal)."
     )
+    model_poll_interval: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between checks of MODEL_DIR's active version: a promotion or rollback is served within "
+        "this time, without a restart (0: only on POST /model/reload).",
+    )
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description="Anomaly detection on electricity-grid readings.")
     parser.add_argument("--version", action="version", version=f"gridwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_train, _add_evaluate, _add_simulate, _add_load, _add_bench, _add_up):
+    for add in (_add_serve, _add_train, _add_evaluate, _add_models, _add_simulate, _add_load, _add_bench, _add_up):
         add(commands)
     return parser
 
@@ -110,8 +110,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="train a model on simulated data and save it atomically")
+    train = commands.add_parser(
+        "train", help="train a model on simulated data or on recorded readings (--data) and save it atomically"
+    )
     train.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    train.add_argument(
+        "--data",
+        type=Path,
+        help="CSV or Parquet file of recorded readings (columns voltage, current, frequency; optional is_anomaly, "
+        "whose true rows are left out of training)",
+    )
+    train.add_argument(
+        "--holdout",
+        type=_rate,
+        default=0.2,
+        help="with a labelled --data file: the share of rows, from its end, kept out of training to evaluate on",
+    )
+    train.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values instead of failing")
+    train.add_argument(
+        "--promote", action="store_true", help="make the new version the active one (the first version always is)"
+    )
     train.add_argument("--n-estimators", type=_positive_int)
     train.add_argument("--max-samples", type=_positive_int)
     train.add_argument("--contamination", type=float)
@@ -125,10 +143,10 @@ def _train(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from dataclasses import replace
 
-    from app.detector.artifact import training_lock
     from app.detector.evaluate import evaluation_for_metadata
     from app.detector.model import ModelConfig
-    from app.detector.training import train_model
+    from app.detector.registry import ModelStore
+    from app.detector.training import train_version
 
     overrides = {
         "n_estimators": args.n_estimators,
@@ -138,22 +156,42 @@ def _train(args: argparse.Namespace) -> int:
         "random_state": args.seed,
     }
     config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    artifact = settings.model_path
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    with training_lock(artifact):
-        detector = train_model(config, artifact, evaluate=evaluation_for_metadata)
+    training: dict[str, object] = {"evaluate": evaluation_for_metadata}
+    if args.data is not None:
+        from app import FEATURES
+        from app.detector.dataset import read_readings
+        from app.detector.training import recorded_training
+
+        readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid)
+        config, training = recorded_training(readings, config, holdout=args.holdout)
+    store = ModelStore.of(settings.model_path)
+    detector, active = train_version(store, config, promote=args.promote, **training)
     if args.json:
         print(json.dumps(detector.metadata, indent=2))
     else:
         from app.tools.report import print_training
 
         print_training(detector)
+        if not active:
+            print(
+                f"version {detector.version} is not active (the active one is {store.active_version()}): "
+                f"`gridwatch models promote {detector.version}` activates it",
+                file=sys.stderr,
+            )
     return 0
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("evaluate", help="precision/recall/F1/ROC-AUC on labelled simulated data")
+    evaluate = commands.add_parser(
+        "evaluate", help="precision/recall/F1/ROC-AUC on labelled simulated data or a labelled file (--data)"
+    )
     evaluate.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    evaluate.add_argument(
+        "--data", type=Path, help="CSV or Parquet file of labelled readings (needs an is_anomaly column)"
+    )
+    evaluate.add_argument(
+        "--drop-invalid", action="store_true", help="leave out rows with bad values instead of failing"
+    )
     evaluate.add_argument("--anomaly-rate", type=_rate, default=0.02)
     evaluate.add_argument("-n", "--readings", type=_positive_int, default=20_000)
     evaluate.add_argument("--seed", type=int, default=2026)
@@ -171,24 +209,33 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
+    from app import FEATURES
     from app.detector.artifact import load_detector
-    from app.detector.evaluate import evaluate_detector, sweep_contamination
+    from app.detector.evaluate import evaluate_detector, evaluate_recorded, sweep_contamination
     from app.sim import DEFAULT_ANOMALY_KINDS
     from app.tools.report import print_evaluation, print_sweep
 
-    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing, with_estimator=True)
-    report = evaluate_detector(
-        detector,
-        n=args.readings,
-        anomaly_rate=args.anomaly_rate,
-        seed=args.seed,
-        kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
-    )
+    readings = None
+    if args.data is not None:
+        from app.detector.dataset import read_readings
+
+        readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid, require_labels=True)
+    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
+    if readings is None:
+        report = evaluate_detector(
+            detector,
+            n=args.readings,
+            anomaly_rate=args.anomaly_rate,
+            seed=args.seed,
+            kinds=args.kinds or DEFAULT_ANOMALY_KINDS,
+        )
+    else:
+        report = evaluate_recorded(detector, readings)
     sweep = None
     if args.sweep is not None:
         candidates = args.sweep or [0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
         sweep = sweep_contamination(
-            detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed
+            detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed, readings=readings
         )
     if args.json:
         document = {"model_version": detector.version, "report": report.to_dict()}
@@ -199,6 +246,43 @@ def _evaluate(args: argparse.Namespace) -> int:
         print_evaluation(detector, report)
         if sweep is not None:
             print_sweep(detector, sweep)
+    return 0
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="list the model versions in MODEL_DIR, promote one, roll back")
+    models.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every version, its evaluation, and which one is active")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    promote = actions.add_parser("promote", help="make VERSION the active model (servers pick it up)")
+    promote.add_argument("version")
+    actions.add_parser("rollback", help="make the previously active version active again")
+    models.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    settings = _model_command_settings(args.model_dir)
+    from app.detector.registry import ModelStore
+
+    store = ModelStore.of(settings.model_path)
+    if args.action == "promote":
+        replaced = store.promote(args.version)
+        print(f"active model: {args.version} (was {replaced or 'none'})")
+    elif args.action == "rollback":
+        print(f"active model: {store.rollback()}")
+    else:
+        active = store.active_version()
+        versions = [
+            {**entry, "active": entry.get("version") == active or bool(entry.get("legacy"))}
+            for entry in store.versions()
+        ]
+        if args.json:
+            print(json.dumps({"active": active, "versions": versions}, indent=2))
+        else:
+            from app.tools.report import print_versions
+
+            print_versions(versions)
     return 0
 
 
@@ -217,17 +301,31 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--grid", choices=["eu", "na"], default="eu", help="230 V/50 Hz or 120 V/60 Hz")
     simulate.add_argument(
         "--format",
-        choices=["jsonl", "json", "request"],
+        choices=["jsonl", "json", "request", "csv", "parquet"],
         default="jsonl",
-        help="one reading per line, a JSON array, or a /predict request body",
+        help="one reading per line, a JSON array, a /predict request body, or a data file for `train --data` "
+        "(csv, parquet: needs --out)",
     )
+    simulate.add_argument("--out", type=Path, help="write to this file (atomically) instead of standard output")
+    simulate.add_argument("--voltage-noise", type=float, help="sensor noise of the voltage, volts (default 1.0)")
+    simulate.add_argument("--current-noise", type=float, help="relative noise of the current (default 0.05)")
+    simulate.add_argument("--frequency-std", type=float, help="spread of the frequency, hertz (default 0.02)")
     simulate.set_defaults(handler=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from app.sim import DEFAULT_ANOMALY_KINDS, GridProfile, GridSimulator
+    from app.tools.data_files import write_readings
 
     profile = GridProfile.north_american() if args.grid == "na" else GridProfile()
+    noise = {
+        "voltage_noise": args.voltage_noise,
+        "current_noise": args.current_noise,
+        "frequency_std": args.frequency_std,
+    }
+    profile = replace(profile, **{name: value for name, value in noise.items() if value is not None})
     simulator = GridSimulator(
         profile=profile,
         anomaly_rate=args.anomaly_rate,
@@ -237,7 +335,12 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     records = simulator.batch(args.readings).to_records()
-    if args.format == "jsonl":
+    if args.format in {"csv", "parquet"} or args.out is not None:
+        if args.out is None:
+            raise ValueError(f"--format {args.format} writes a file: give it with --out FILE")
+        write_readings(records, args.out, args.format)
+        print(f"wrote {len(records)} readings to {args.out}", file=sys.stderr)
+    elif args.format == "jsonl":
         sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
     elif args.format == "json":
         print(json.dumps(records, indent=2))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
@@ -28,7 +28,7 @@ def print_training(detector: Detector) -> None:
     console.print(
         f"model [bold]{meta['model_version']}[/] saved to {detector.path} "
         f"({meta['artifact']['bytes'] / 1e6:.1f} MB, trained in {meta['training_seconds']:.2f}s "
-        f"on {meta['training']['samples']} readings)"
+        f"on {meta['training']['samples']} readings{_training_source(meta['training'])})"
     )
     if meta.get("evaluation"):
         evaluation = meta["evaluation"]
@@ -36,6 +36,17 @@ def print_training(detector: Detector) -> None:
             f"evaluation at {evaluation['anomaly_rate']:.1%} anomalies: precision {evaluation['precision']:.3f}, "
             f"recall {evaluation['recall']:.3f}, F1 {evaluation['f1']:.3f}, ROC-AUC {evaluation['roc_auc']:.4f}"
         )
+
+
+def _training_source(training: dict) -> str:
+    if training.get("source") != "file":
+        return ""
+    left_out = [
+        f"{training[key]} {label}"
+        for key, label in (("excluded_anomalies", "labelled anomalies"), ("holdout_rows", "held out"))
+        if training.get(key)
+    ]
+    return f" of {training['file']}" + (f"; left out: {', '.join(left_out)}" if left_out else "")
 
 
 def print_evaluation(detector: Detector, report: EvaluationReport) -> None:
@@ -46,7 +57,8 @@ def print_evaluation(detector: Detector, report: EvaluationReport) -> None:
         f"contamination={config.contamination}"
     )
     console.print(
-        f"{report.readings} readings, {report.anomalies} anomalies ({report.anomaly_rate:.1%}), seed {report.seed}"
+        f"{report.readings} readings, {report.anomalies} anomalies ({report.anomaly_rate:.1%}), "
+        + (f"seed {report.seed}" if report.seed >= 0 else "labelled data file")
     )
     overall = Table("precision", "recall", "F1", "ROC-AUC", "false-positive rate", "flagged")
     overall.add_row(
@@ -194,3 +206,29 @@ def _print_live_profile(console: Console, result: BenchResult) -> None:
     for hot in profile.hottest:
         hottest.add_row(hot.stage, f"{hot.share:.1%}")
     console.print(hottest)
+
+
+def print_versions(versions: list[dict]) -> None:
+    """The model versions of a folder, oldest first, the active one marked."""
+    table = Table(
+        Column("", width=1),
+        Column("version", no_wrap=True),
+        Column("trained (UTC)", no_wrap=True),
+        Column("on", overflow="fold"),
+    )
+    for heading in ("precision", "recall", "F1"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for entry in versions:
+        evaluation = entry.get("evaluation") or {}
+        table.add_row(
+            "*" if entry.get("active") else "",
+            entry.get("version") or "(before versions)",
+            (entry.get("trained_at") or "")[:16].replace("T", " ") or entry.get("error", ""),
+            str(entry.get("source") or ""),
+            *(
+                f"{evaluation[key]:.3f}" if evaluation.get(key) is not None else ""
+                for key in ("precision", "recall", "f1")
+            ),
+        )
+    console = _console()
+    console.print(table if versions else "no model yet: `gridwatch train` makes the first version")

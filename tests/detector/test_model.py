@@ -17,6 +17,7 @@ from app import FEATURES
 from app.detector.artifact import atomic_write_bytes, metadata_path
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
 from app.detector.model import Detector, ModelConfig
+from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.detector.training import ensure_model, load_model, train_model
 from app.sim import GridSimulator
@@ -119,7 +120,8 @@ def test_unusable_artifact_is_retrained_when_allowed_and_kept_aside(tmp_path: Pa
     detector = ensure_model(artifact, train_if_missing=True, config=SMALL)
     assert detector.trained_now
     assert detector.version == original.version  # same config, same deterministic model
-    assert load_model(artifact).version == original.version
+    assert load_model(ModelStore.of(artifact).active_artifact()).version == original.version
+    assert detector.path == tmp_path / "versions" / original.version / "model.joblib"
     assert (tmp_path / "model.joblib.rejected").read_bytes() == b"garbage"
 
 
@@ -171,8 +173,10 @@ def test_missing_model_is_trained_when_allowed(tmp_path: Path):
     artifact = tmp_path / "sub" / "model.joblib"
     detector = ensure_model(artifact, train_if_missing=True, config=SMALL)
     assert detector.trained_now
-    assert artifact.is_file()
-    assert metadata_path(artifact).is_file()
+    active = ModelStore.of(artifact).active_artifact()
+    assert active == artifact.parent / "versions" / detector.version / "model.joblib"
+    assert active.is_file()
+    assert metadata_path(active).is_file()
     assert not ensure_model(artifact, train_if_missing=True, config=SMALL).trained_now  # second start loads
 
 

@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from app.detector.artifact import metadata_path
+from app.detector.registry import ModelStore
 from tests.support import ServerProcess, copy_model, status_kib, wait_for_status
 
 pytestmark = pytest.mark.slow
@@ -212,7 +213,10 @@ def test_a_model_whose_metadata_is_damaged_is_retrained(model_dir: Path, damage)
         assert httpx2.get(f"{server.url}/health").json()["status"] == "ok"
         assert httpx2.post(f"{server.url}/predict", json=READINGS).status_code == 200
     assert (model_dir / "iso_forest.joblib.rejected").exists()
-    assert "feature_stats" in json.loads(metadata_path(artifact).read_text())
+    assert (model_dir / "iso_forest.json.rejected").exists(), "the damaged metadata is kept for inspection"
+    retrained = ModelStore(model_dir).active_artifact()
+    assert retrained.parent.parent.name == "versions", "the retrained model is a version, and the active one"
+    assert "feature_stats" in json.loads(metadata_path(retrained).read_text())
 
 
 def closed_count(connections: list[socket.socket]) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from app.detector import forest_jit
 from app.detector.artifact import forest_path, metadata_path
+from app.detector.registry import ModelStore
 from app.tools.processes import wait_until_ready
 from tests.support import ServerProcess
 
@@ -61,8 +62,9 @@ def test_first_start_trains_in_a_child_while_probes_answer(tmp_path: Path):
         assert set(seen) <= {200}, "liveness answered throughout the training"
         assert_lean(server.process.pid)
         assert "model preparation: no model at" in server.log()
-    assert forest_path(models / "iso_forest.joblib").is_file()
-    assert "forest" in json.loads(metadata_path(models / "iso_forest.joblib").read_text())
+    active = ModelStore(models).active_artifact()
+    assert forest_path(active).is_file()
+    assert "forest" in json.loads(metadata_path(active).read_text())
 
 
 def test_a_model_saved_without_its_compiled_forest_is_converted_once(model_dir: Path):

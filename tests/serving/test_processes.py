@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,8 +47,8 @@ def test_serve_trains_a_model_on_first_start(tmp_path: Path):
     env = {"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "1"}
     with ServerProcess(env=env) as server:
         version = httpx2.get(f"{server.url}/health").json()["model_version"]
-    assert (models / "iso_forest.joblib").is_file()
-    assert (models / "iso_forest.json").is_file()
+    assert (models / "versions" / version / "iso_forest.joblib").is_file()
+    assert json.loads((models / "active.json").read_text())["version"] == version
     with ServerProcess(env={**env, "TRAIN_IF_MISSING": "0"}) as again:  # the second start loads it
         assert httpx2.get(f"{again.url}/health").json()["model_version"] == version
 

@@ -20,6 +20,7 @@ import pytest
 
 from app.detector import forest_jit
 from app.detector.artifact import forest_path
+from app.detector.registry import ModelStore
 from app.detector.training import load_model
 from app.tools.loadgen import LoadConfig, run_load
 from app.tools.processes import wait_until_ready
@@ -222,12 +223,10 @@ def test_two_servers_starting_at_once_on_an_empty_folder_share_one_model(tmp_pat
         for server in servers:
             server.stop()
     assert len(versions) == 1
-    assert load_model(models / "iso_forest.joblib").version in versions
-    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == [
-        "iso_forest.joblib",
-        "iso_forest.json",
-        "iso_forest.npz",
-    ]
+    (version,) = versions
+    assert load_model(models / "versions" / version / "iso_forest.joblib").version == version
+    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == ["active.json", "versions"]
+    assert [p.name for p in (models / "versions").iterdir()] == [version]
     trained = sum(server.log().count("trained model") for server in servers)
     assert trained == 1  # one trained under the lock, the other waited and loaded
 
@@ -256,7 +255,7 @@ def test_truncated_artifact_is_refused_or_retrained(model_dir: Path):
     assert "SHA-256" in reason
     with ServerProcess(env={**env, "TRAIN_IF_MISSING": "1"}) as retraining:
         version = httpx2.get(f"{retraining.url}/health").json()["model_version"]
-    assert load_model(artifact).version == version
+    assert load_model(ModelStore(model_dir).active_artifact()).version == version
     assert (model_dir / "iso_forest.joblib.rejected").stat().st_size == 1000
 
 

@@ -80,7 +80,9 @@ def test_train_then_evaluate(tmp_path: Path):
     assert trained.returncode == 0, trained.stderr
     metadata = json.loads(trained.stdout)
     assert metadata["config"]["n_estimators"] == 20
-    assert load_model(models / "iso_forest.joblib").version == metadata["model_version"]
+    version = metadata["model_version"]
+    assert load_model(models / "versions" / version / "iso_forest.joblib").version == version
+    assert json.loads((models / "active.json").read_text())["version"] == version, "the first version is active"
 
     evaluated = run_cli(
         "evaluate", "--model-dir", str(models), "-n", "3000", "--sweep", "0.001", "0.01", "--json",
@@ -140,7 +142,6 @@ def test_training_removes_what_a_killed_writer_left_behind(tmp_path: Path):
     assert unrelated.exists()
     assert "left by a writer that did not finish" in trained.stderr
     assert sorted(p.name for p in models.iterdir() if p.suffix != ".lock" and not p.name.endswith(".tmp")) == [
-        "iso_forest.joblib",
-        "iso_forest.json",
-        "iso_forest.npz",
+        "active.json",
+        "versions",
     ]

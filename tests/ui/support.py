@@ -17,8 +17,11 @@ from tests.support import ROOT, Answer, HttpProcess, Route
 UI_SCRIPT = ROOT / "ui" / "main.py"
 
 
-def scoring_route(threshold_voltage: float = 300.0, served_by: str = "stub:1") -> Route:
-    """A /predict that flags readings above ``threshold_voltage`` volts: a predictable stand-in for the model."""
+def scoring_route(
+    threshold_voltage: float = 300.0, served_by: str = "stub:1", model_version: str | None = "stub-v1"
+) -> Route:
+    """A /predict that flags readings above ``threshold_voltage`` volts: a predictable stand-in for the model.
+    ``model_version=None`` answers as a backend from before hot swaps did, without the field."""
 
     def score(body: dict[str, Any] | None) -> Answer:
         readings = (body or {}).get("readings", [])
@@ -26,15 +29,15 @@ def scoring_route(threshold_voltage: float = 300.0, served_by: str = "stub:1") -
             {"anomaly": r["voltage"] > threshold_voltage, "score": (r["voltage"] - threshold_voltage) / 100}
             for r in readings
         ]
-        return Answer(
-            200,
-            {
-                "predictions": predictions,
-                "anomalies": sum(p["anomaly"] for p in predictions),
-                "total": len(predictions),
-                "served_by": served_by,
-            },
-        )
+        answer = {
+            "predictions": predictions,
+            "anomalies": sum(p["anomaly"] for p in predictions),
+            "total": len(predictions),
+            "served_by": served_by,
+        }
+        if model_version is not None:
+            answer["model_version"] = model_version
+        return Answer(200, answer)
 
     return score
 

@@ -431,13 +431,16 @@ def test_generate_scores_a_batch_and_fills_window_stats_and_traffic(stub):
         "score",
         "outcome",
         "served_by",
+        "model_version",
     ]
+    assert set(frame["model_version"]) == {"stub-v1"}, "each row names the version that scored its batch"
     assert frame["flagged"].tolist() == (frame["voltage"] > 300).tolist()
     assert set(frame["outcome"]) <= {o.value for o in Outcome}
     assert live.stats.readings == 50
     assert live.stats.injected == int(frame["truth"].sum())
     assert live.last_batch is not None
     assert live.last_batch.readings == 50
+    assert live.last_batch.model_version == "stub-v1"
     assert live.traffic.instances() == {"stub:1": 1}
     assert frame["time"].is_monotonic_increasing
 
@@ -641,3 +644,13 @@ def test_signal_and_score_charts_mark_every_anomaly_and_draw_the_threshold():
     assert threshold_data == [{"threshold": 0.15, "label": "threshold 0.15"}]
     markers = [layer for layer in layers if layer["mark"]["type"] == "point"]
     assert [list(_marked_rows(layer, frame).index) for layer in markers] == [[1, 3, 4]]
+
+
+def test_a_backend_that_names_no_model_version_still_scores(stub):
+    """Backends from before hot swaps answer without ``model_version``: the UI keeps working, the column is empty."""
+    stub.route("POST", "/predict", scoring_route(model_version=None))
+    live = LiveSession(seed=3)
+    assert live.generate(BackendClient(stub.url), StreamSettings(batch_size=10, anomaly_rate=0.0, window=50))
+    assert set(live.window.frame["model_version"]) == {""}
+    assert live.last_batch is not None
+    assert live.last_batch.model_version is None

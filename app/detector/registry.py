@@ -1,0 +1,243 @@
+"""Model versions in ``MODEL_DIR``: each trained model kept whole and unchanged, and one pointer to the active one.
+
+::
+
+    MODEL_DIR/
+      active.json                         {"version": "c41cd29bc470", "previous": ["282b91a35705", ...], ...}
+      versions/c41cd29bc470/iso_forest.joblib, .npz, .json
+      versions/282b91a35705/...
+
+A version is named by the SHA-256 of its estimator (``model_version`` in its metadata), so the same bytes are the
+same version. Training writes a new version into a staging folder and renames it into ``versions/`` once it is
+complete; promoting or rolling back rewrites ``active.json`` through a temporary file and a rename. A reader thus
+sees the old pointer or the new one and a version folder complete or not at all, and every writer holds the
+folder's training lock, so two trainers, or a trainer and a promotion, cannot interleave.
+
+A folder from before versions (the model's files directly in ``MODEL_DIR``) is read as one version until the first
+write, which moves those files into ``versions/`` and makes them the active version.
+
+This module imports neither scikit-learn nor joblib: serving resolves the active version through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.detector.artifact import atomic_write_bytes, forest_path, metadata_path, training_lock
+from app.detector.errors import GridWatchError
+
+logger = logging.getLogger(__name__)
+
+POINTER = "active.json"
+VERSIONS = "versions"
+STAGING_PREFIX = ".staging-"
+KEPT_PREVIOUS = 20
+"""How many earlier active versions ``rollback`` can go back through."""
+
+
+class RegistryError(GridWatchError):
+    """A promotion or rollback that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """The versions of one model (``name``, default ``iso_forest.joblib``) in the folder ``root``."""
+
+    root: Path
+    name: str = "iso_forest.joblib"
+
+    @classmethod
+    def of(cls, artifact: Path) -> ModelStore:
+        """The store that ``MODEL_DIR/MODEL_NAME`` addresses (``Settings.model_path``)."""
+        return cls(artifact.parent, artifact.name)
+
+    @property
+    def legacy_artifact(self) -> Path:
+        """Where a model saved before versions existed lives."""
+        return self.root / self.name
+
+    def artifact_of(self, version: str) -> Path:
+        return self.root / VERSIONS / _checked_version(version) / self.name
+
+    def pointer(self) -> dict[str, Any] | None:
+        """The content of ``active.json``, or None when no version was ever activated."""
+        try:
+            document = json.loads((self.root / POINTER).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise RegistryError(
+                f"{self.root / POINTER} is unreadable ({error}); promote a version to rewrite it"
+            ) from None
+        if not isinstance(document, dict) or not isinstance(document.get("version"), str):
+            raise RegistryError(f"{self.root / POINTER} names no version; promote a version to rewrite it")
+        return document
+
+    def active_version(self) -> str | None:
+        pointer = self.pointer()
+        return None if pointer is None else pointer["version"]
+
+    def active_artifact(self) -> Path:
+        """The artifact to serve: the active version's, or the legacy files' when no version is active yet."""
+        version = self.active_version()
+        return self.legacy_artifact if version is None else self.artifact_of(version)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every complete version, oldest first, with its metadata (or the reason it cannot be read)."""
+        found = []
+        folder = self.root / VERSIONS
+        candidates = sorted(folder.iterdir()) if folder.is_dir() else []
+        for path in candidates:
+            if path.name.startswith("."):
+                continue  # a staging folder: a version still being written, or left by a killed trainer
+            found.append({"version": path.name, **_metadata_summary(path / self.name)})
+        if not found and self.legacy_artifact.exists():
+            found.append({"version": None, "legacy": True, **_metadata_summary(self.legacy_artifact)})
+        return sorted(found, key=lambda entry: entry.get("trained_at") or "")
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The folder's training lock (shared with every writer since before versions); on taking it, staging
+        folders left by a killed trainer are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with training_lock(self.legacy_artifact):
+            folder = self.root / VERSIONS
+            for leftover in folder.glob(f"{STAGING_PREFIX}*") if folder.is_dir() else []:
+                shutil.rmtree(leftover, ignore_errors=True)
+                logger.warning("removed %s, left by a trainer that did not finish", leftover.name)
+            yield
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """An artifact path in a fresh staging folder to train into; ``commit`` it. Call with the lock held."""
+        folder = self.root / VERSIONS / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        folder.mkdir(parents=True)
+        try:
+            yield folder / self.name
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
+
+    def commit(self, staged: Path, version: str) -> Path:
+        """Move a staged model into ``versions/<version>``, whole (a rename); the same version already there is
+        kept as it is, since it holds the same bytes. Returns the version's artifact. Call with the lock held."""
+        final = self.artifact_of(version)
+        if final.parent.exists():
+            if _same_files(staged, final):
+                logger.info("version %s exists already; keeping it", version)
+                return final
+            aside = final.parent.with_name(f".damaged-{version}-{uuid.uuid4().hex[:6]}")
+            final.parent.replace(aside)
+            logger.warning("version %s was damaged; replaced it, the damaged copy is in %s", version, aside.name)
+        staged.parent.replace(final.parent)
+        return final
+
+    def set_active(self, version: str) -> None:
+        """Point ``active.json`` at ``version`` (which must be complete), keeping the previous one for rollback.
+        Call with the lock held."""
+        self._require_complete(version)
+        pointer = self.pointer() or {}
+        current = pointer.get("version")
+        previous = list(pointer.get("previous", []))
+        if current is not None and current != version:
+            previous = [current, *[v for v in previous if v != current]][:KEPT_PREVIOUS]
+        self._write_pointer(version, previous)
+
+    def promote(self, version: str) -> str | None:
+        """Make ``version`` active; returns the version it replaces."""
+        with self.lock():
+            self.migrate_legacy()
+            replaced = self.active_version()
+            self.set_active(version)
+        logger.info("promoted model %s (was %s)", version, replaced)
+        return replaced
+
+    def rollback(self) -> str:
+        """Make the previously active version active again; returns it."""
+        with self.lock():
+            pointer = self.pointer()
+            previous = list(pointer.get("previous", [])) if pointer else []
+            if not previous:
+                raise RegistryError("no earlier active version to roll back to")
+            version, rest = previous[0], previous[1:]
+            self._require_complete(version)
+            self._write_pointer(version, rest)
+        logger.info("rolled back to model %s (was %s)", version, pointer["version"] if pointer else None)
+        return version
+
+    def migrate_legacy(self) -> str | None:
+        """Move a model saved before versions into ``versions/`` and make it active. Call with the lock held.
+
+        Returns its version, or None when there is nothing to move (no legacy files, or versions already in use).
+        """
+        legacy = self.legacy_artifact
+        if self.active_version() is not None or not legacy.exists():
+            return None
+        try:
+            version = json.loads(metadata_path(legacy).read_bytes())["model_version"]
+            final = self.artifact_of(str(version))
+        except (OSError, ValueError, KeyError, TypeError, RegistryError):
+            return None  # unusable: ensure_model rejects and replaces it, as before versions
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for path in (legacy, forest_path(legacy), metadata_path(legacy)):
+            if path.exists():
+                path.replace(final.parent / path.name)
+        self._write_pointer(str(version), [])
+        logger.info("moved the model saved before versions into %s and made it active", final.parent)
+        return str(version)
+
+    def _require_complete(self, version: str) -> None:
+        artifact = self.artifact_of(version)
+        missing = [p.name for p in (artifact, forest_path(artifact), metadata_path(artifact)) if not p.is_file()]
+        if missing:
+            known = ", ".join(entry["version"] for entry in self.versions() if entry.get("version")) or "none"
+            raise RegistryError(f"no complete version {version} in {self.root} (versions: {known})")
+
+    def _write_pointer(self, version: str, previous: list[str]) -> None:
+        document = {
+            "version": version,
+            "previous": previous,
+            "changed_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        }
+        atomic_write_bytes(self.root / POINTER, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def _same_files(staged: Path, existing: Path) -> bool:
+    """Whether an existing version holds exactly the files just trained (same bytes, same version)."""
+    pairs = [(staged, existing), (forest_path(staged), forest_path(existing))]
+    try:
+        return all(a.read_bytes() == b.read_bytes() for a, b in pairs)
+    except OSError:
+        return False
+
+
+def _checked_version(version: str) -> str:
+    if not version or Path(version).name != version or version.startswith("."):
+        raise RegistryError(f"not a version name: {version!r}")
+    return version
+
+
+def _metadata_summary(artifact: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(metadata_path(artifact).read_bytes())
+    except (OSError, ValueError) as error:
+        return {"error": f"metadata unreadable: {error}"}
+    training = metadata.get("training") or {}
+    evaluation = metadata.get("evaluation") or {}
+    return {
+        "trained_at": metadata.get("trained_at"),
+        "source": training.get("file") or training.get("source"),
+        "samples": training.get("samples"),
+        "contamination": (metadata.get("config") or {}).get("contamination"),
+        "evaluation": {key: evaluation.get(key) for key in ("precision", "recall", "f1", "roc_auc")}
+        if evaluation
+        else None,
+    }

@@ -3,8 +3,12 @@
 Names and labels are a contract with ``grafana-dashboards/`` and ``prometheus-rules/``; tests fail if those use a
 metric that is not defined here. Conventions: base units (seconds), ``_total`` counters, and bounded labels only:
 ``path`` is the route template (``/predict``), never the raw URL, with every unknown URL collapsed into
-``app.serving.asgi.UNMATCHED_PATH``; ``method`` is a standard method or ``other``; ``feature`` is one of the model's
-three features.
+``app.serving.asgi.UNMATCHED_PATH``; ``method`` is a standard method or ``other``; ``status`` is the status code
+sent and ``status_class`` its class (``2xx``...``5xx``); ``feature`` is one of the model's three features.
+
+**Series the alerts divide by exist from the start.** A labelled series appears on its first use, and ``rate()``
+cannot see the step from "no series" to 1: the first 500 or 503 of a replica would be lost to the availability SLO.
+The ``/predict`` series in ``PRECREATED_REQUESTS`` are therefore exported at 0 as soon as the application is built.
 
 **Several worker processes.** With ``WORKERS>1`` each uvicorn worker is its own process with its own counters, and
 a scrape reaches only one of them. ``gridwatch serve`` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
@@ -73,8 +77,9 @@ REQUESTS = Counter(
 )
 REQUEST_LATENCY = Histogram(
     "request_latency_seconds",
-    "Time from receiving a request to sending the last byte of its response, by route template and method.",
-    ["path", "method"],
+    "Time from receiving a request to sending the last byte of its response, by route template, method and status "
+    "class (2xx, 4xx, 5xx).",
+    ["path", "method", "status_class"],
     buckets=LATENCY_BUCKETS,
 )
 REQUESTS_IN_FLIGHT = Gauge(
@@ -135,8 +140,20 @@ DRIFT_WINDOW_READINGS = Gauge(
 )
 
 
+PRECREATED_REQUESTS = (("/predict", "POST", "200"), ("/predict", "POST", "500"), ("/predict", "POST", "503"))
+"""``requests_total`` series exported at 0 before their first request (and ``request_latency_seconds`` of the 2xx
+ones): the availability SLO divides 5xx (500 a bug, 503 shed or unready) by all ``/predict`` answers, and the latency
+SLO reads the successful ones. ``requests_shed_total`` has no labels, so it is exported at 0 anyway."""
+
+
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    """``2xx`` for 200-299 and so on: the latency histogram's status label, five values at most (HTTP status codes
+    are 100-599), where the full code would multiply every bucket by each code the service sends."""
+    return f"{status // 100}xx"
 
 
 def trace_exemplar() -> dict[str, str] | None:
@@ -163,19 +180,31 @@ class HTTPMetricsMiddleware(HttpMiddleware):
         # Labelled children by label values: a dict lookup per request instead of prometheus-client's labels().
         # Bounded like the labels themselves (routes x methods x statuses).
         self._counters: dict[tuple[str, str, str], Counter] = {}
-        self._histograms: dict[tuple[str, str], Histogram] = {}
+        self._histograms: dict[tuple[str, str, str], Histogram] = {}
+        for path, method, status in PRECREATED_REQUESTS:
+            self._counter(path, method, status)
+            if status.startswith("2"):
+                self._histogram(path, method, status_class(int(status)))
+
+    def _counter(self, path: str, method: str, status: str) -> Counter:
+        key = (path, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REQUESTS.labels(*key)
+        return counter
+
+    def _histogram(self, path: str, method: str, klass: str) -> Histogram:
+        key = (path, method, klass)
+        histogram = self._histograms.get(key)
+        if histogram is None:
+            histogram = self._histograms[key] = REQUEST_LATENCY.labels(*key)
+        return histogram
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         status = status_sent(scope, status)
         path, method = route_label(scope), method_label(scope["method"])
-        key = (path, method, str(status))
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = REQUESTS.labels(*key)
-        counter.inc()
-        histogram = self._histograms.get(key[:2])
-        if histogram is None:
-            histogram = self._histograms[key[:2]] = REQUEST_LATENCY.labels(path, method)
+        self._counter(path, method, str(status)).inc()
+        histogram = self._histogram(path, method, status_class(status))
         histogram.observe(seconds, trace_exemplar() if self.exemplars else None)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

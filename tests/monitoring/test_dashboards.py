@@ -5,6 +5,8 @@ Whether each expression parses and returns data is proven against a real Prometh
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,6 +137,67 @@ def test_each_dashboard_has_its_subject():
         "kube_pod_container_resource_limits",
         "readings_scored_total",
     } <= metrics["gridwatch-capacity.json"]
+
+
+def test_increase_counts_each_event_once_per_step():
+    """Grafana evaluates a range panel once per step ($__interval). increase() over a wider window counts each event
+    in several steps: $__rate_interval is at least four scrape intervals, so a heatmap of increase over it showed each
+    request about four times. A per-step increase() spans exactly its step, and the panel's minimum step holds four
+    of the chart's 15 s scrapes (an increase needs two samples); an increase over the dashboard's $__range is one
+    total, read as the last value; instant queries (30-day budgets) are one value."""
+    per_step = []
+    for board in DASHBOARDS.values():
+        for panel in panels(board):
+            for target in panel["targets"]:
+                if target.get("instant"):
+                    continue
+                for window in re.findall(r"\bincrease\([^()]*\[([^\]]+)\]", target["expr"]):
+                    assert window in {"$__interval", "$__range"}, f"{panel['title']}: increase over {window}"
+                    if window == "$__range":
+                        assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"], panel["title"]
+                    else:
+                        assert duration_seconds(panel["interval"]) >= 4 * 15, panel["title"]
+                        per_step.append(panel["title"])
+    assert "/predict latency distribution" in per_step
+    (heatmap,) = [panel for panel in panels(DASHBOARDS["gridwatch-service.json"]) if panel["type"] == "heatmap"]
+    assert heatmap["targets"][0]["format"] == "heatmap", "Grafana turns cumulative le buckets into per-bucket counts"
+
+
+def duration_seconds(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([smh])", text).groups()
+    return int(number) * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def test_service_dashboard_shows_each_slo_budget_and_burn_rate_per_window():
+    """The SLO row reads the objectives and the error ratios the alerts read (recording rules), one bar per window."""
+    board = DASHBOARDS["gridwatch-service.json"]
+    rows = [panel for panel in board["panels"] if panel["type"] == "row"]
+    (slo_row,) = [row for row in rows if row["title"].startswith("SLOs")]
+    below = sorted(
+        (panel for panel in board["panels"] if panel["type"] != "row"),
+        key=lambda panel: (panel["gridPos"]["y"], panel["gridPos"]["x"]),
+    )
+    next_row_y = min(row["gridPos"]["y"] for row in rows if row["gridPos"]["y"] > slo_row["gridPos"]["y"])
+    slo_panels = [panel for panel in below if slo_row["gridPos"]["y"] < panel["gridPos"]["y"] < next_row_y]
+    recorded = {rule["record"] for rule in recording_rules()}
+    windows = [
+        rule["record"].rsplit("_rate", 1)[1]
+        for rule in recording_rules()
+        if rule["record"].startswith("namespace:predict_errors:ratio_rate")
+    ]
+    assert windows == ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
+    for slo, ratio in (("latency", "namespace:predict_slow_requests"), ("availability", "namespace:predict_errors")):
+        objective = f"slo:predict_{slo}_objective:ratio"
+        assert objective in recorded
+        budget = [p for p in slo_panels if p["type"] == "stat" and slo in p["title"].lower()]
+        burn = [p for p in slo_panels if p["type"] == "bargauge" and slo in p["title"].lower()]
+        assert len(budget) == len(burn) == 1, [p["title"] for p in slo_panels]
+        ((budget_target,),) = [budget[0]["targets"]]
+        assert "[30d]" in budget_target["expr"]
+        assert objective in budget_target["expr"]
+        assert budget_target["instant"], "one 30-day evaluation, not one per step"
+        exprs = [target["expr"] for target in burn[0]["targets"]]
+        assert [metric_names(expr) for expr in exprs] == [{f"{ratio}:ratio_rate{w}", objective} for w in windows]
 
 
 def exported_metric_names(client: TestClient) -> set[str]:

@@ -212,7 +212,12 @@ def test_anomaly_alert_goes_pending_and_availability_alerts_stay_silent(stack: t
         "GridWatchBackendDown",
         "GridWatchTargetDown",
         "GridWatchModelNotLoaded",
-        "GridWatchHighErrorRatio",
+        "GridWatchNoModelLoaded",
+        "GridWatchBackendRestarting",
+        "GridWatchTargetsVanished",
+        "GridWatchRequestsShed",
+        "GridWatchAvailabilityBudgetBurnFast",
+        "GridWatchAvailabilityBudgetBurnSlow",
         "GridWatchDetectorSilent",
     }
     assert not (alerts & healthy), f"a healthy backend raised {alerts & healthy}"

@@ -301,10 +301,11 @@ def test_every_response_is_counted_once_by_route_template(client: TestClient):
     ]
     for method, url, payload, path, label_method, status in cases:
         before = sample("requests_total", path=path, method=label_method, status=status)
-        latency_before = sample("request_latency_seconds_count", path=path, method=label_method)
+        latency = {"path": path, "method": label_method, "status_class": status[0] + "xx"}
+        latency_before = sample("request_latency_seconds_count", **latency)
         getattr(client, method)(url, **({"json": payload} if payload is not None else {}))
         assert sample("requests_total", path=path, method=label_method, status=status) == before + 1, url
-        assert sample("request_latency_seconds_count", path=path, method=label_method) == latency_before + 1
+        assert sample("request_latency_seconds_count", **latency) == latency_before + 1
 
 
 def test_random_urls_and_methods_collapse_into_bounded_labels(client: TestClient):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
+import httpx2
 import pytest
 import sklearn
 from fastapi.testclient import TestClient
@@ -16,6 +17,7 @@ from app.detector.model import Detector
 from app.serving.app import create_app
 from app.serving.metrics import LATENCY_BUCKETS
 from app.serving.settings import Settings
+from tests.support import ServerProcess
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
 EXTREME = {"voltage": 410.0, "current": 200.0, "frequency": 45.0}
@@ -78,10 +80,40 @@ def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, d
 def test_latency_histograms_cover_sub_millisecond_to_seconds(client: TestClient):
     client.post("/predict", json={"readings": [NORMAL]})
     text = client.get("/metrics").text
-    edges = re.findall(r'request_latency_seconds_bucket\{le="([^"]+)",method="POST",path="/predict"\}', text)
+    edges = re.findall(
+        r'request_latency_seconds_bucket\{le="([^"]+)",method="POST",path="/predict",status_class="2xx"\}', text
+    )
     assert [float(edge) for edge in edges[:-1]] == list(LATENCY_BUCKETS)
     assert edges[-1] == "+Inf"
     assert LATENCY_BUCKETS[0] <= 0.0005 and LATENCY_BUCKETS[-1] >= 10  # noqa: PT018 - one statement of range
+
+
+def test_latency_is_split_by_status_class(client: TestClient):
+    """The latency SLO counts successful /predict requests only: a fast 422 must not pass for a fast success."""
+
+    def count(status_class: str) -> float:
+        return sample("request_latency_seconds_count", path="/predict", method="POST", status_class=status_class)
+
+    ok, rejected = count("2xx"), count("4xx")
+    client.post("/predict", json={"readings": [NORMAL]})
+    client.post("/predict", json={"readings": [{"voltage": "x"}]})
+    client.post("/predict", json={"readings": []})
+    assert (count("2xx"), count("4xx")) == (ok + 1, rejected + 2)
+    assert sample("request_latency_seconds_bucket", path="/predict", method="POST", status_class="2xx", le="0.1") > 0
+
+
+@pytest.mark.slow
+def test_the_series_the_slo_alerts_divide_by_exist_before_any_request(server: ServerProcess):
+    """A fresh process exports the /predict 200, 500 and 503 counters and the shed counter at 0 before any
+    /predict, so rate() sees the first failure of a replica (a series created on first use starts at 1)."""
+    families = text_string_to_metric_families(httpx2.get(f"{server.url}/metrics", headers=OPENMETRICS).text)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
+    for status in ("200", "500", "503"):
+        key = ("requests_total", (("method", "POST"), ("path", "/predict"), ("status", status)))
+        assert samples.get(key) == 0.0, key
+    assert samples.get(("requests_shed_total", ())) == 0.0
+    successes = (("method", "POST"), ("path", "/predict"), ("status_class", "2xx"))
+    assert samples.get(("request_latency_seconds_count", successes)) == 0.0
 
 
 def test_process_and_platform_collectors_are_exported(client: TestClient):
@@ -102,7 +134,7 @@ def test_every_series_has_bounded_labels_after_hostile_traffic(client: TestClien
     families = text_string_to_metric_families(client.get("/metrics", headers=OPENMETRICS).text)
     for family in families:
         for s in family.samples:
-            assert set(s.labels) <= {"path", "method", "status", "le", "feature", "model_version",
+            assert set(s.labels) <= {"path", "method", "status", "status_class", "le", "feature", "model_version",
                                      "sklearn_version", "source", "implementation", "major", "minor",
                                      "patchlevel", "version", "generation"}, s  # fmt: skip
             if "path" in s.labels:
@@ -128,7 +160,7 @@ def test_traced_requests_leave_their_trace_id_as_exemplar(settings: Settings, de
     (server_span,) = [s for s in exporter.get_finished_spans() if s.name == "POST /predict"]
     trace_id = format(server_span.context.trace_id, "032x")
     request_exemplars = exemplars_of(text, "request_latency_seconds_bucket")
-    assert ({"path": "/predict", "method": "POST"}, {"trace_id": trace_id}) in [
+    assert ({"path": "/predict", "method": "POST", "status_class": "2xx"}, {"trace_id": trace_id}) in [
         ({k: v for k, v in labels.items() if k != "le"}, exemplar) for labels, exemplar in request_exemplars
     ]
     assert ({"trace_id": trace_id}) in [e for _, e in exemplars_of(text, "inference_latency_seconds_bucket")]

@@ -101,6 +101,9 @@ def test_one_scrape_sees_exact_totals_of_both_workers(two_workers):
     assert total(samples, "inference_latency_seconds_count") == traffic.scored
     assert total(samples, "requests_total", path="/predict", status="200") == traffic.scored
     assert total(samples, "request_latency_seconds_count", path="/predict") == traffic.requests
+    # the 5xx series the availability SLO divides by exist, at 0, in the merged answer of both workers
+    failures = [s for s in samples["requests_total"] if s.labels["path"] == "/predict" and s.labels["status"] >= "5"]
+    assert sorted((s.labels["status"], s.value) for s in failures) == [("500", 0.0), ("503", 0.0)]
     assert total(samples, "requests_in_flight") == 0
     assert len(samples["model_info"]) == 1
     assert samples["model_info"][0].value == 1

@@ -29,7 +29,7 @@ EXPECTED = {
     "gridwatch-detector.json": ("gridwatch-detector", "GridWatch / Detector"),
     "gridwatch-capacity.json": ("gridwatch-capacity", "GridWatch / Capacity"),
 }
-# Classic JSON model. Grafana 12 (kube-prometheus-stack 88.x ships Grafana chart 12.x) and 13 migrate an older
+# Classic JSON model. Grafana 13.2 (kube-prometheus-stack 88.6.2 ships Grafana chart 12.11, app 13.2) migrates an older
 # schemaVersion on load; 39 is Grafana 11.0's, old enough for every Grafana still supported.
 SCHEMA_VERSION = 39
 

@@ -126,8 +126,8 @@ MIN_TRAINING_ROWS = 1_000
 
 def recorded_training(
     readings: RecordedReadings, config: ModelConfig, *, holdout: float
-) -> tuple[ModelConfig, dict[str, Any]]:
-    """The configuration and ``train_model`` arguments that train on recorded readings.
+) -> tuple[ModelConfig, dict[str, Any], RecordedReadings | None]:
+    """The configuration and ``train_model`` arguments that train on recorded readings, and the held-out rows.
 
     Labelled anomalies are left out of training. With labels, the last ``holdout`` share of the rows (the most
     recent, in a file in time order) is kept out of training and evaluated on, and that evaluation is stored in
@@ -157,7 +157,7 @@ def recorded_training(
         def evaluate(detector: Detector) -> dict[str, Any]:
             return {**evaluate_recorded(detector, held_out).to_dict(), "on": "holdout"}
 
-    return config, {"X": normal, "source": source, "evaluate": evaluate}
+    return config, {"X": normal, "source": source, "evaluate": evaluate}, evaluation_rows
 
 
 def train_model(

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from app import __version__
 
 if TYPE_CHECKING:  # pydantic is a backend dependency: `gridwatch simulate` runs without it
+    from app.detector.promotion import GateDecision
+    from app.detector.registry import ModelStore
     from app.serving.settings import Settings
 
 
@@ -127,8 +129,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="with a labelled --data file: the share of rows, from its end, kept out of training to evaluate on",
     )
     train.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values instead of failing")
-    train.add_argument(
+    promotion = train.add_mutually_exclusive_group()
+    promotion.add_argument(
         "--promote", action="store_true", help="make the new version the active one (the first version always is)"
+    )
+    promotion.add_argument(
+        "--promote-if-better",
+        action="store_true",
+        help="with a labelled --data file: promote only if the new version's F1 on the held-out rows is not worse "
+        "than the active version's",
     )
     train.add_argument("--n-estimators", type=_positive_int)
     train.add_argument("--max-samples", type=_positive_int)
@@ -157,28 +166,49 @@ def _train(args: argparse.Namespace) -> int:
     }
     config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
     training: dict[str, object] = {"evaluate": evaluation_for_metadata}
+    held_out = None
+    if args.promote_if_better and args.data is None:
+        raise ValueError("--promote-if-better compares on held-out labelled readings: give them with --data FILE")
     if args.data is not None:
         from app import FEATURES
         from app.detector.dataset import read_readings
         from app.detector.training import recorded_training
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid)
-        config, training = recorded_training(readings, config, holdout=args.holdout)
+        config, training, held_out = recorded_training(readings, config, holdout=args.holdout)
+        if args.promote_if_better and (held_out is None or not len(held_out)):
+            raise ValueError("--promote-if-better needs an is_anomaly column and --holdout above 0 to compare on")
     store = ModelStore.of(settings.model_path)
     detector, active = train_version(store, config, promote=args.promote, **training)
+    if args.promote_if_better and not active:
+        from app.detector.promotion import promotion_gate
+
+        decision = promotion_gate(store, detector.version, held_out)
+        _report_gate(decision, store)
+        active = decision.promote
     if args.json:
         print(json.dumps(detector.metadata, indent=2))
     else:
         from app.tools.report import print_training
 
         print_training(detector)
-        if not active:
+        if not active and not args.promote_if_better:  # the gate has said why already
             print(
                 f"version {detector.version} is not active (the active one is {store.active_version()}): "
                 f"`gridwatch models promote {detector.version}` activates it",
                 file=sys.stderr,
             )
     return 0
+
+
+def _report_gate(decision: GateDecision, store: ModelStore) -> None:
+    """Apply and print a promotion gate's decision (one line on stderr, for a Job's log)."""
+    if decision.promote:
+        store.promote(decision.candidate)
+    verdict = "promoted" if decision.promote else f"not promoted, {decision.active} stays active"
+    print(
+        f"version {decision.candidate} {verdict}: {decision.reason}, on {decision.readings} readings", file=sys.stderr
+    )
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -257,6 +287,13 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
     promote = actions.add_parser("promote", help="make VERSION the active model (servers pick it up)")
     promote.add_argument("version")
+    promote.add_argument(
+        "--if-better",
+        action="store_true",
+        help="only if VERSION's F1 on the labelled --data file is not worse than the active version's",
+    )
+    promote.add_argument("--data", type=Path, help="labelled CSV or Parquet file the --if-better gate compares on")
+    promote.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values")
     actions.add_parser("rollback", help="make the previously active version active again")
     models.set_defaults(handler=_models)
 
@@ -266,7 +303,16 @@ def _models(args: argparse.Namespace) -> int:
     from app.detector.registry import ModelStore
 
     store = ModelStore.of(settings.model_path)
-    if args.action == "promote":
+    if args.action == "promote" and args.if_better:
+        if args.data is None:
+            raise ValueError("--if-better compares on labelled readings: give them with --data FILE")
+        from app import FEATURES
+        from app.detector.dataset import read_readings
+        from app.detector.promotion import promotion_gate
+
+        readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid, require_labels=True)
+        _report_gate(promotion_gate(store, args.version, readings), store)
+    elif args.action == "promote":
         replaced = store.promote(args.version)
         print(f"active model: {args.version} (was {replaced or 'none'})")
     elif args.action == "rollback":

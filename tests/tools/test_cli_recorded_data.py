@@ -113,3 +113,25 @@ def test_evaluate_needs_labels(tmp_path: Path, model_dir: Path):
     result = gridwatch("evaluate", "--model-dir", str(model_dir), "--data", str(path))
     assert result.returncode == 2
     assert "missing column(s) is_anomaly" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_promotes_only_if_better_on_the_held_out_rows(tmp_path: Path):
+    data, models = tmp_path / "feeder.csv", tmp_path / "models"
+    made = gridwatch("simulate", "-n", "6000", "--anomaly-rate", "0.03", "--seed", "7", "--format", "csv",
+                     "--out", str(data))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    common = ["train", "--model-dir", str(models), "--data", str(data), "--n-estimators", "30", "--json"]
+    first = json.loads(gridwatch(*common).stdout)["model_version"]
+
+    worse = gridwatch(*common, "--contamination", "0.05", "--promote-if-better")
+    assert worse.returncode == 0, worse.stderr
+    refused = json.loads(worse.stdout)["model_version"]
+    assert f"version {refused} not promoted, {first} stays active" in worse.stderr
+    assert json.loads((models / "active.json").read_text())["version"] == first
+
+    forced = gridwatch("models", "--model-dir", str(models), "promote", refused, "--if-better", "--data", str(data))
+    assert forced.returncode == 0, forced.stderr
+    assert "not promoted" in forced.stderr, "the same gate from `models promote`"
+    assert gridwatch("models", "--model-dir", str(models), "promote", refused, "--if-better").returncode == 2
+    assert json.loads((models / "active.json").read_text())["version"] == first

@@ -1,0 +1,66 @@
+"""The promotion gate: a version replaces the active one only if it does not detect worse on the same labelled
+readings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.detector.dataset import RecordedReadings
+from app.detector.model import ModelConfig
+from app.detector.promotion import promotion_gate
+from app.detector.registry import ModelStore
+from app.detector.training import train_version
+from app.sim import GridSimulator
+
+SMALL = ModelConfig(n_estimators=20, max_samples=1024, train_samples=5_000)
+
+
+def labelled(anomaly_rate: float, n: int = 4_000) -> RecordedReadings:
+    batch = GridSimulator(seed=5, anomaly_rate=anomaly_rate).batch(n)
+    return RecordedReadings(X=batch.features(), is_anomaly=batch.is_anomaly, anomaly_kind=batch.anomaly_kind)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path)
+
+
+def test_a_version_that_raises_false_alarms_is_not_promoted(store: ModelStore):
+    active, _ = train_version(store, SMALL, promote=False)
+    noisy, _ = train_version(store, replace(SMALL, contamination=0.05), promote=False)
+    decision = promotion_gate(store, noisy.version, labelled(0.02))
+    assert not decision.promote
+    assert decision.active == active.version
+    assert decision.candidate_report["f1"] < decision.active_report["f1"]
+    assert decision.reason.endswith(": worse")
+
+
+def test_a_version_as_good_or_better_is_promoted(store: ModelStore):
+    noisy, _ = train_version(store, replace(SMALL, contamination=0.05), promote=False)
+    calm, _ = train_version(store, SMALL, promote=False)
+    decision = promotion_gate(store, calm.version, labelled(0.02))
+    assert decision.promote
+    assert decision.active == noisy.version
+    assert decision.candidate_report["f1"] >= decision.active_report["f1"]
+
+
+def test_without_labelled_anomalies_the_false_positive_rate_decides(store: ModelStore):
+    train_version(store, SMALL, promote=False)
+    noisy, _ = train_version(store, replace(SMALL, contamination=0.05), promote=False)
+    decision = promotion_gate(store, noisy.version, labelled(0.0))
+    assert not decision.promote
+    assert "false-positive rate" in decision.reason
+    assert decision.candidate_report["false_positive_rate"] > decision.active_report["false_positive_rate"]
+
+
+def test_with_nothing_active_the_candidate_is_promoted(tmp_path: Path):
+    store = ModelStore(tmp_path)
+    readings = labelled(0.02, n=100)
+    decision = promotion_gate(store, "a1b2c3d4e5f6", readings)
+    assert decision.promote
+    assert decision.reason == "no active version to compare with"
+    assert np.isfinite(readings.X).all()

@@ -86,6 +86,23 @@ class ModelStore:
         pointer = self.pointer()
         return None if pointer is None else pointer["version"]
 
+    def shadow_version(self) -> str | None:
+        """The challenger that scores beside the active version (``models shadow``), if one is set."""
+        pointer = self.pointer()
+        shadow = None if pointer is None else pointer.get("shadow")
+        return shadow if isinstance(shadow, str) else None
+
+    def set_shadow(self, version: str | None) -> None:
+        """Name the challenger servers score every batch with, after answering (None: no challenger)."""
+        with self.lock():
+            self.migrate_legacy()
+            pointer = self.pointer()
+            if pointer is None:
+                raise RegistryError("no active version yet: train one before naming a challenger")
+            if version is not None:
+                self._require_complete(version)
+            self._write_pointer(pointer["version"], list(pointer.get("previous", [])), shadow=version)
+
     def active_artifact(self) -> Path:
         """The artifact to serve: the active version's, or the legacy files' when no version is active yet."""
         version = self.active_version()
@@ -149,7 +166,7 @@ class ModelStore:
         previous = list(pointer.get("previous", []))
         if current is not None and current != version:
             previous = [current, *[v for v in previous if v != current]][:KEPT_PREVIOUS]
-        self._write_pointer(version, previous)
+        self._write_pointer(version, previous, shadow=pointer.get("shadow"))
 
     def promote(self, version: str) -> str | None:
         """Make ``version`` active; returns the version it replaces."""
@@ -169,7 +186,7 @@ class ModelStore:
                 raise RegistryError("no earlier active version to roll back to")
             version, rest = previous[0], previous[1:]
             self._require_complete(version)
-            self._write_pointer(version, rest)
+            self._write_pointer(version, rest, shadow=pointer.get("shadow") if pointer else None)
         logger.info("rolled back to model %s (was %s)", version, pointer["version"] if pointer else None)
         return version
 
@@ -201,12 +218,14 @@ class ModelStore:
             known = ", ".join(entry["version"] for entry in self.versions() if entry.get("version")) or "none"
             raise RegistryError(f"no complete version {version} in {self.root} (versions: {known})")
 
-    def _write_pointer(self, version: str, previous: list[str]) -> None:
-        document = {
+    def _write_pointer(self, version: str, previous: list[str], *, shadow: str | None = None) -> None:
+        document: dict[str, Any] = {
             "version": version,
             "previous": previous,
             "changed_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         }
+        if shadow is not None and shadow != version:  # a challenger promoted is no longer a challenger
+            document["shadow"] = shadow
         atomic_write_bytes(self.root / POINTER, (json.dumps(document, indent=2) + "\n").encode())
 
 

@@ -10,6 +10,7 @@ Model loading starts in the lifespan on a worker thread, so the port opens at on
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,6 +23,7 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from opentelemetry import trace
 from prometheus_client.multiprocess import mark_process_dead
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
@@ -55,6 +57,7 @@ from app.serving.schemas import (
     predict_request_schema,
 )
 from app.serving.settings import Settings
+from app.serving.shadow import ShadowScorer
 from app.serving.tracing import build_tracing, instrument
 
 if TYPE_CHECKING:
@@ -90,8 +93,14 @@ def create_app(
         on_ready=readiness.mark_ready,
         model_dir=settings.model_dir,
     )
+    shadow = ShadowScorer()
     watcher = ModelWatcher(
-        holder, ModelStore.of(settings.model_path), interval=settings.model_poll_interval, scorer=settings.scorer
+        holder,
+        ModelStore.of(settings.model_path),
+        interval=settings.model_poll_interval,
+        scorer=settings.scorer,
+        shadow=shadow,
+        shadow_version=settings.shadow_model_version,
     )
     multiprocess_dir = settings.prometheus_multiproc_dir
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
@@ -130,7 +139,7 @@ def create_app(
     _add_middleware(app, settings, exemplars=exemplars)
     if tracing is not None:
         instrument(app, tracing)
-    _add_routes(app, settings, holder, readiness, inference)
+    _add_routes(app, settings, holder, readiness, inference, shadow=shadow)
     _add_model_reload(app, settings, holder, watcher)
     return app
 
@@ -152,7 +161,13 @@ def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> Non
 
 
 def _add_routes(
-    app: FastAPI, settings: Settings, holder: ModelHolder, readiness: ServerReadiness, inference: Inference
+    app: FastAPI,
+    settings: Settings,
+    holder: ModelHolder,
+    readiness: ServerReadiness,
+    inference: Inference,
+    *,
+    shadow: ShadowScorer,
 ) -> None:
     """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
     limit; /model and /predict require the key when one is set."""
@@ -236,7 +251,9 @@ def _add_routes(
                 "total": len(scored.flags),
                 "served_by": request.app.state.instance,
                 "model_version": model.detector.version,
-            }
+            },
+            # The challenger scores the same array once the answer is sent, on a worker thread: never in its way.
+            background=BackgroundTask(shadow.score, X, scored.flags) if shadow.version is not None else None,
         )
 
     @app.get(
@@ -268,7 +285,7 @@ def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, wat
     async def reload_model(request: Request) -> Response:
         require_api_key(request, api_key)
         holder.get()  # 503 while the first model is still loading
-        outcome = await run_in_threadpool(watcher.check)
+        outcome = await run_in_threadpool(functools.partial(watcher.check, retry_refused=True))
         if outcome.refused is not None:
             raise ModelRefusedError(
                 f"version {outcome.refused} was not loaded, {outcome.serving} keeps serving: "

@@ -345,3 +345,24 @@ MODEL_SWAPS = Counter(
 )
 for _result in ("swapped", "failed"):
     MODEL_SWAPS.labels(_result)  # exported at 0 from the start, so the first swap is an increase
+
+
+SHADOW_READINGS = Counter(
+    "shadow_readings_scored",
+    "Readings the shadow (challenger) model scored after the active one answered.",
+    ["shadow_version"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "shadow_agreements",
+    "Readings the shadow model flagged exactly as the active model did (both anomalous or both normal).",
+    ["shadow_version"],
+)
+SHADOW_ANOMALIES = Counter(
+    "shadow_anomalies",
+    "Readings the shadow model flagged as anomalous (the active model's own count is anomalies_total).",
+    ["shadow_version"],
+)
+SHADOW_ERRORS = Counter(
+    "shadow_errors",
+    "Shadow scorings that failed; never an answer's failure, which the active model had already sent.",
+)

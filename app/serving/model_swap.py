@@ -20,6 +20,7 @@ from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.serving.inference import ModelHolder
 from app.serving.metrics import MODEL_SWAPS
+from app.serving.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,20 @@ class SwapOutcome:
 class ModelWatcher:
     """Keeps ``holder`` on the active version of ``store``."""
 
-    def __init__(self, holder: ModelHolder, store: ModelStore, *, interval: float, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        store: ModelStore,
+        *,
+        interval: float,
+        scorer: Scorer,
+        shadow: ShadowScorer | None = None,
+        shadow_version: str = "",
+    ) -> None:
         self._holder = holder
+        self._shadow = shadow
+        self._shadow_override = shadow_version  # SHADOW_MODEL_VERSION: wins over the pointer's challenger
+        self._shadow_refused: str | None = None
         self._store = store
         self._interval = interval
         self._scorer = scorer
@@ -51,10 +64,16 @@ class ModelWatcher:
         self._refused: tuple[str, str] | None = None  # (version, reason) of the last version that failed to load
 
     def run(self) -> None:
-        """Check every interval until ``close``; meant for a daemon thread. Does nothing with an interval of 0."""
+        """Check once the first model is there, then every interval until ``close``; meant for a daemon thread."""
+        self._holder.wait()
+        self._guarded_check()
         if self._interval <= 0:
             return
         while not self._closed.wait(self._interval):
+            self._guarded_check()
+
+    def _guarded_check(self) -> None:
+        if not self._closed.is_set():
             try:
                 self.check()
             except Exception:  # never let the watcher die: the next interval tries again
@@ -63,32 +82,64 @@ class ModelWatcher:
     def close(self) -> None:
         self._closed.set()
 
-    def check(self) -> SwapOutcome:
-        """Swap to the active version if it is another one; blocking (it may load a model)."""
+    def check(self, *, retry_refused: bool = False) -> SwapOutcome:
+        """Swap to the active version if it is another one, and follow the challenger; blocking (it may load).
+
+        A version that failed to load is not tried again at every poll, only once the pointer names another one, or
+        on ``retry_refused`` (``POST /model/reload``: an operator who repaired the files asks again)."""
         with self._checking:  # the poll and a reload request never load the same version twice
-            serving = self._holder.version()
-            if serving is None:  # still loading at start: the start-up load reads the pointer itself
-                return SwapOutcome(serving=None)
-            try:
-                active = self._store.active_version()
-            except GridWatchError as error:
-                return self._refuse(serving, "active.json", str(error))
-            if active is None or active == serving:
-                self._refused = None
-                return SwapOutcome(serving=serving)
-            if self._refused is not None and self._refused[0] == active:
-                return SwapOutcome(serving=serving, refused=active, reason=self._refused[1])
-            try:
-                detector = load_forest(self._store.artifact_of(active))
-                detector.use(self._scorer)
-                detector.warm_up()
-            except GridWatchError as error:
-                return self._refuse(serving, active, str(error))
-            self._holder.swap(detector)
+            if retry_refused:
+                self._refused = self._shadow_refused = None
+            outcome = self._check_active()
+            if self._shadow is not None and self._holder.version() is not None:
+                self._sync_shadow(self._shadow)
+            return outcome
+
+    def _sync_shadow(self, shadow: ShadowScorer) -> None:
+        try:
+            wanted = self._shadow_override or self._store.shadow_version()
+        except GridWatchError:
+            return  # an unreadable pointer is reported by the active check
+        if wanted == shadow.version or (wanted is not None and wanted == self._shadow_refused):
+            return
+        if wanted is None:
+            shadow.use(None)
+            return
+        try:
+            detector = load_forest(self._store.artifact_of(wanted))
+            detector.use(self._scorer)
+            detector.warm_up()
+        except GridWatchError as error:
+            self._shadow_refused = wanted
+            logger.error("not scoring in the shadow with model %s: %s", wanted, error)
+            return
+        self._shadow_refused = None
+        shadow.use(detector)
+
+    def _check_active(self) -> SwapOutcome:
+        serving = self._holder.version()
+        if serving is None:  # still loading at start: the start-up load reads the pointer itself
+            return SwapOutcome(serving=None)
+        try:
+            active = self._store.active_version()
+        except GridWatchError as error:
+            return self._refuse(serving, "active.json", str(error))
+        if active is None or active == serving:
             self._refused = None
-            MODEL_SWAPS.labels("swapped").inc()
-            logger.info("swapped model %s for %s, the active version of MODEL_DIR", serving, active)
-            return SwapOutcome(serving=active, previous=serving)
+            return SwapOutcome(serving=serving)
+        if self._refused is not None and self._refused[0] == active:
+            return SwapOutcome(serving=serving, refused=active, reason=self._refused[1])
+        try:
+            detector = load_forest(self._store.artifact_of(active))
+            detector.use(self._scorer)
+            detector.warm_up()
+        except GridWatchError as error:
+            return self._refuse(serving, active, str(error))
+        self._holder.swap(detector)
+        self._refused = None
+        MODEL_SWAPS.labels("swapped").inc()
+        logger.info("swapped model %s for %s, the active version of MODEL_DIR", serving, active)
+        return SwapOutcome(serving=active, previous=serving)
 
     def _refuse(self, serving: str, version: str, reason: str) -> SwapOutcome:
         if self._refused != (version, reason):  # counted and logged once, not at every interval

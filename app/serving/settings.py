@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         description="Seconds between checks of MODEL_DIR's active version: a promotion or rollback is served within "
         "this time, without a restart (0: only on POST /model/reload).",
     )
+    shadow_model_version: str = Field(
+        "",
+        pattern=r"^[0-9a-f]*$",
+        description="A model version in MODEL_DIR that scores every batch after the answer is sent, as a challenger "
+        "(metrics only; it never changes or fails an answer). Empty: the one `gridwatch models shadow` names, if any.",
+    )
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )

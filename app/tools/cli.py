@@ -295,6 +295,12 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--data", type=Path, help="labelled CSV or Parquet file the --if-better gate compares on")
     promote.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values")
     actions.add_parser("rollback", help="make the previously active version active again")
+    shadow = actions.add_parser(
+        "shadow", help="name a challenger that scores every batch after the answer (metrics only), or --off"
+    )
+    chosen = shadow.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("version", nargs="?")
+    chosen.add_argument("--off", action="store_true", help="stop shadow scoring")
     models.set_defaults(handler=_models)
 
 
@@ -317,14 +323,21 @@ def _models(args: argparse.Namespace) -> int:
         print(f"active model: {args.version} (was {replaced or 'none'})")
     elif args.action == "rollback":
         print(f"active model: {store.rollback()}")
+    elif args.action == "shadow":
+        store.set_shadow(None if args.off else args.version)
+        print(f"shadow model: {store.shadow_version() or 'none'}")
     else:
-        active = store.active_version()
+        active, shadow = store.active_version(), store.shadow_version()
         versions = [
-            {**entry, "active": entry.get("version") == active or bool(entry.get("legacy"))}
+            {
+                **entry,
+                "active": entry.get("version") == active or bool(entry.get("legacy")),
+                "shadow": entry.get("version") == shadow,
+            }
             for entry in store.versions()
         ]
         if args.json:
-            print(json.dumps({"active": active, "versions": versions}, indent=2))
+            print(json.dumps({"active": active, "shadow": shadow, "versions": versions}, indent=2))
         else:
             from app.tools.report import print_versions
 

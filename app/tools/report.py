@@ -209,7 +209,7 @@ def _print_live_profile(console: Console, result: BenchResult) -> None:
 
 
 def print_versions(versions: list[dict]) -> None:
-    """The model versions of a folder, oldest first, the active one marked."""
+    """The model versions of a folder, oldest first, the active one marked *, the shadow s."""
     table = Table(
         Column("", width=1),
         Column("version", no_wrap=True),
@@ -221,7 +221,7 @@ def print_versions(versions: list[dict]) -> None:
     for entry in versions:
         evaluation = entry.get("evaluation") or {}
         table.add_row(
-            "*" if entry.get("active") else "",
+            "*" if entry.get("active") else ("s" if entry.get("shadow") else ""),
             entry.get("version") or "(before versions)",
             (entry.get("trained_at") or "")[:16].replace("T", " ") or entry.get("error", ""),
             str(entry.get("source") or ""),

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.serving.shadow import ShadowScorer
 from tests.monitoring.support import (
     KUBERNETES_METRICS,
     PROMETHEUS_METRICS,
@@ -205,6 +206,7 @@ def exported_metric_names(client: TestClient) -> set[str]:
     client.post("/predict", json={"readings": [{"voltage": 231.0, "current": 12.0, "frequency": 50.0}]})
     client.post("/predict", json={"readings": [{"voltage": "x"}]})
     client.get("/health")
+    ShadowScorer().use(client.app.state.model.get().detector)  # a challenger, so its labelled series exist
     families = text_string_to_metric_families(client.get("/metrics").text)
     return {sample.name for family in families for sample in family.samples}
 

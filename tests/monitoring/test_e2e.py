@@ -20,6 +20,9 @@ import httpx2
 import pytest
 import yaml
 
+from app.detector.model import ModelConfig
+from app.detector.registry import ModelStore
+from app.detector.training import train_version
 from app.sim import GridSimulator
 from tests.monitoring.support import (
     KUBERNETES_METRICS,
@@ -96,10 +99,22 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Pat
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[tuple[Prometheus, Traffic]]:
+def challenger(model_folder: Path) -> str:
+    """A second, smaller version beside the active one, scoring in the shadow so its panels have data."""
+    config = ModelConfig(n_estimators=10, max_samples=1024, train_samples=5_000)
+    detector, active = train_version(ModelStore.of(model_folder / "iso_forest.joblib"), config, promote=False)
+    assert not active
+    return detector.version
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path, challenger: str
+) -> Iterator[tuple[Prometheus, Traffic]]:
     binary = require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
-    with ServerProcess(env={"MODEL_DIR": str(model_folder), "TRAIN_IF_MISSING": "0"}) as server:
+    env = {"MODEL_DIR": str(model_folder), "TRAIN_IF_MISSING": "0", "SHADOW_MODEL_VERSION": challenger}
+    with ServerProcess(env=env) as server:
         config = yaml.safe_load(LOCAL_CONFIG.read_text())
         config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(path) for path in rule_files()]

@@ -1,0 +1,106 @@
+"""A challenger in the shadow, against a real server: it never changes, fails or delays an answer, and its metrics
+count exactly how it scored the batches the active version answered."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+
+from app.detector.artifact import forest_path, load_forest
+from app.detector.model import ModelConfig
+from app.detector.registry import ModelStore
+from app.detector.training import train_version
+from app.serving.shadow import ShadowScorer
+from app.sim import GridSimulator
+from tests.support import ServerProcess
+
+SMALL = ModelConfig(n_estimators=20, max_samples=1024, train_samples=5_000)
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def versions(tmp_path: Path) -> tuple[ModelStore, str, str]:
+    store = ModelStore(tmp_path / "models")
+    active, _ = train_version(store, SMALL, promote=False)
+    challenger, _ = train_version(store, replace(SMALL, contamination=0.05, random_state=3), promote=False)
+    return store, active.version, challenger.version
+
+
+def counter(url: str, name: str, version: str) -> float:
+    found = re.search(rf'^{name}_total{{shadow_version="{version}"}} (\S+)$', httpx2.get(f"{url}/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)  # polling interval: the loop waits for the condition itself
+
+
+@pytest.mark.slow
+def test_the_shadow_scores_every_answered_batch_without_touching_the_answers(versions):
+    store, active, challenger = versions
+    batches = [GridSimulator(seed=seed, anomaly_rate=0.05).batch(200) for seed in range(6)]
+    X = np.vstack([batch.features() for batch in batches])
+    active_flags, _ = load_forest(store.artifact_of(active)).predict_batch(X)
+    shadow_flags, _ = load_forest(store.artifact_of(challenger)).predict_batch(X)
+    assert (active_flags != shadow_flags).any(), "the two versions really differ on these readings"
+
+    env = {"MODEL_DIR": str(store.root), "TRAIN_IF_MISSING": "0", "SHADOW_MODEL_VERSION": challenger}
+    with ServerProcess(env=env, args=[]) as server:
+        wait_for(lambda: f'shadow_version="{challenger}"' in httpx2.get(f"{server.url}/metrics").text, "shadow up")
+        answered = []
+        for batch in batches:
+            answer = httpx2.post(f"{server.url}/predict", json={"readings": batch.to_records(ground_truth=False)})
+            assert answer.status_code == 200
+            assert answer.json()["model_version"] == active, "the active version answers"
+            answered += [prediction["anomaly"] for prediction in answer.json()["predictions"]]
+        assert answered == active_flags.tolist(), "answers are exactly the active version's"
+        wait_for(lambda: counter(server.url, "shadow_readings_scored", challenger) == len(X), "all scored")
+        assert counter(server.url, "shadow_agreements", challenger) == int((active_flags == shadow_flags).sum())
+        assert counter(server.url, "shadow_anomalies", challenger) == int(shadow_flags.sum())
+        assert "shadow_errors_total 0.0" in httpx2.get(f"{server.url}/metrics").text
+
+
+@pytest.mark.slow
+def test_a_challenger_named_with_the_cli_is_followed_and_a_broken_one_is_refused(versions):
+    store, active, challenger = versions
+    env = {"MODEL_DIR": str(store.root), "TRAIN_IF_MISSING": "0", "MODEL_POLL_INTERVAL": "0"}
+    damaged = forest_path(store.artifact_of(challenger))
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[:1000])
+    with ServerProcess(env=env, args=[]) as server:
+        store.set_shadow(challenger)
+        assert httpx2.post(f"{server.url}/model/reload").status_code == 200, "the active version is fine"
+        body = {"readings": GridSimulator(seed=1).batch(50).to_records(ground_truth=False)}
+        assert httpx2.post(f"{server.url}/predict", json=body).status_code == 200
+        assert "not scoring in the shadow with model" in server.log()
+        assert counter(server.url, "shadow_readings_scored", challenger) == 0
+        damaged.write_bytes(intact)
+        httpx2.post(f"{server.url}/model/reload")  # an explicit reload tries a refused version again
+        assert httpx2.post(f"{server.url}/predict", json=body).json()["model_version"] == active
+        wait_for(lambda: counter(server.url, "shadow_readings_scored", challenger) == 50, "the repaired one scores")
+
+
+class Exploding:
+    version = "deadbeef0000"
+
+    def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("kernel blew up")
+
+
+def test_a_failing_shadow_is_counted_and_never_raises():
+    from app.serving.metrics import SHADOW_ERRORS
+
+    shadow = ShadowScorer()
+    shadow.use(Exploding())  # type: ignore[arg-type]
+    before = SHADOW_ERRORS._value.get()
+    shadow.score(np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    assert SHADOW_ERRORS._value.get() == before + 1

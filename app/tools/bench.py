@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import sklearn
 from app.detector import forest_jit
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.detector.model import Detector
+from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.serving.settings import Settings
 from app.sim import GridSimulator
@@ -56,6 +58,7 @@ from app.tools.wrk import ClosedLoopResult, find_wrk, post_script, run_wrk
 
 SERVER_START_TIMEOUT_S = 180.0
 GRIDWATCH = "gridwatch (compiled forest, msgspec)"
+GRIDWATCH_SHADOW = "gridwatch, a challenger in the shadow"
 BASELINE = "baseline (FastAPI + pydantic + scikit-learn)"
 
 
@@ -76,6 +79,8 @@ class BenchConfig:
     """Starts timed per server (and per fresh-pod case); the median is reported."""
     profile_nonblocking: bool = False
     """py-spy ``--nonblocking``: slows the server less, but tears stacks (see ``app.tools.live_profile``)."""
+    shadow: bool = False
+    """Also measure GridWatch with a challenger scoring every batch in the shadow (``SHADOW_MODEL_VERSION``)."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,28 @@ class ServerSpec:
     """Compiles code at start (numba), so a start with an empty cache (a fresh pod) is timed too."""
     profiled: bool
     """Profiled live under load (py-spy), stage by stage."""
+
+
+def shadow_spec(artifact: Path, workdir: Path) -> ServerSpec:
+    """GridWatch at the same defaults, with the same version also scoring every batch as the shadow: exactly the
+    cost of one more scoring per batch, which is what a challenger of the same size costs. The model's files are
+    copied into a folder of versions (``active.json``), which the shadow is named in."""
+    folder = workdir / "shadow-models"
+    folder.mkdir(exist_ok=True)
+    for path in (artifact, artifact.with_suffix(".npz"), artifact.with_suffix(".json")):
+        shutil.copy2(path, folder / path.name)
+    store = ModelStore(folder, artifact.name)
+    version = json.loads(artifact.with_suffix(".json").read_text())["model_version"]
+    store.promote(version)  # moves the copy into versions/ and points active.json at it
+    env = {
+        "HOST": "127.0.0.1",
+        "WORKERS": "1",
+        "MODEL_DIR": str(folder),
+        "MODEL_NAME": artifact.name,
+        "TRAIN_IF_MISSING": "0",
+        "SHADOW_MODEL_VERSION": version,
+    }
+    return ServerSpec(GRIDWATCH_SHADOW, [sys.executable, "-m", "app.tools.cli", "serve"], env, False, False)
 
 
 def server_specs(artifact: Path) -> list[ServerSpec]:
@@ -463,7 +490,8 @@ def http_table(artifact: Path, config: BenchConfig, workdir: Path) -> tuple[list
     rows, live = [], None
     placement = Placement.split()
     with _pinned(placement.load):
-        for spec in server_specs(artifact):
+        specs = server_specs(artifact) + ([shadow_spec(artifact, workdir)] if config.shadow else [])
+        for spec in specs:
             row, profile = measure_server(spec, body, config, workdir, placement)
             rows.append(row)
             live = profile or live

@@ -477,6 +477,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="let py-spy sample the live server without pausing it (less overhead, torn stacks)",
     )
     bench.add_argument("--no-http", action="store_true", help="only the scorer table")
+    bench.add_argument(
+        "--shadow", action="store_true", help="also measure GridWatch with a challenger scoring in the shadow"
+    )
     bench.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(handler=_bench)
@@ -499,6 +502,7 @@ def _bench(args: argparse.Namespace) -> int:
         profile_requests=args.profile_requests,
         ready_starts=args.ready_starts,
         profile_nonblocking=args.profile_nonblocking,
+        shadow=args.shadow,
     )
     result = run_bench(detector, config)
     if args.write:

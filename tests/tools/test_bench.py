@@ -253,3 +253,18 @@ def test_memory_of_a_process_comes_from_proc():
     memory = process_memory(os.getpid())
     assert memory is not None
     assert memory.peak_rss_mb >= memory.rss_mb > 0
+
+
+def test_the_shadow_server_serves_the_model_as_its_own_challenger(tmp_path: Path, trained_artifact: Path):
+    """`gridwatch bench --shadow`: the same version active and in the shadow, so the extra cost is one scoring."""
+    from app.detector.registry import ModelStore
+    from app.tools.bench import GRIDWATCH_SHADOW, shadow_spec
+
+    spec = shadow_spec(trained_artifact, tmp_path)
+    version = json.loads(trained_artifact.with_suffix(".json").read_text())["model_version"]
+    assert spec.name == GRIDWATCH_SHADOW
+    assert spec.env["SHADOW_MODEL_VERSION"] == version
+    store = ModelStore(Path(spec.env["MODEL_DIR"]))
+    assert store.active_version() == version
+    assert store.artifact_of(version).is_file()
+    assert trained_artifact.is_file(), "the benchmarked model itself is left where it was"

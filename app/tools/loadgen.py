@@ -76,6 +76,8 @@ class LoadReport:
     rows_per_s: float
     latency_ms: dict[str, float]
     served_by: dict[str, int] = field(default_factory=dict)
+    model_versions: dict[str, int] = field(default_factory=dict)
+    """Answers per model version that scored them: a promotion during the run shows as two versions."""
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +121,7 @@ class _Tally:
         self.failures: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.served_by: Counter[str] = Counter()
+        self.model_versions: Counter[str] = Counter()
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
@@ -160,7 +163,9 @@ async def _run(config: LoadConfig, progress: Callable[[dict[str, float]], None] 
             if answer.status_code == 200:
                 tally.succeeded += 1
                 tally.latencies.append(latency)
-                tally.served_by[str(orjson.loads(answer.content).get("served_by", "?"))] += 1
+                body = orjson.loads(answer.content)
+                tally.served_by[str(body.get("served_by", "?"))] += 1
+                tally.model_versions[str(body.get("model_version", "?"))] += 1
             else:
                 tally.failures[f"HTTP {answer.status_code}"] += 1
 
@@ -196,6 +201,7 @@ async def _run(config: LoadConfig, progress: Callable[[dict[str, float]], None] 
         rows_per_s=round(tally.succeeded * config.batch_size / elapsed, 1),
         latency_ms=_percentiles(tally.latencies),
         served_by=dict(tally.served_by.most_common()),
+        model_versions=dict(tally.model_versions.most_common()),
         config=asdict(config),
     )
 

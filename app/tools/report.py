@@ -145,6 +145,9 @@ def print_load_report(report: LoadReport) -> None:
         console.print("failures: " + ", ".join(f"{kind} x{count}" for kind, count in report.failures.items()))
     if report.served_by:
         console.print("served by: " + ", ".join(f"{name} x{count}" for name, count in report.served_by.items()))
+    if report.model_versions:
+        versions = ", ".join(f"{name} x{count}" for name, count in report.model_versions.items())
+        console.print(f"scored by model: {versions}")
 
 
 def print_bench(result: BenchResult) -> None:

@@ -78,6 +78,9 @@ IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' $(CHART)/Char
 HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
 KUBECTL := kubectl --context $(CLUSTER) -n $(NAMESPACE)
 HELM_KIND := $(HELM) --kube-context $(CLUSTER) -n $(NAMESPACE)
+# The backend image's extras (docker/Dockerfile.backend): add training for Parquet files in the training Job,
+# e.g. `make kind-redeploy BACKEND_EXTRAS="backend training"`.
+BACKEND_EXTRAS ?= backend
 BUILD_ARGS := --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_SECONDS ?= 60
@@ -99,7 +102,8 @@ kind-up: ## create the kind cluster and its registry (ctlptl.yaml)
 	ctlptl apply -f ctlptl.yaml
 
 kind-build: ## build both images, tagged for the cluster's registry
-	docker build -f docker/Dockerfile.backend $(BUILD_ARGS) -t $(REGISTRY)/gridwatch-backend:$(IMAGE_TAG) .
+	docker build -f docker/Dockerfile.backend $(BUILD_ARGS) --build-arg EXTRAS="$(BACKEND_EXTRAS)" \
+		-t $(REGISTRY)/gridwatch-backend:$(IMAGE_TAG) .
 	docker build -f docker/Dockerfile.ui $(BUILD_ARGS) -t $(REGISTRY)/gridwatch-ui:$(IMAGE_TAG) .
 
 kind-push: ## push both images to the cluster's registry

@@ -46,11 +46,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "models-on-pvc": {"backend": {"modelStorage": {"persistence": {"enabled": True, "size": "2Gi"}}}},
     "three-fixed-replicas": {"backend": {"autoscaling": {"enabled": False}, "replicaCount": 3}},
+    "training": {
+        "backend": {"modelStorage": {"persistence": {"enabled": True}}},
+        "training": {
+            "job": {"enabled": True},
+            "cronJob": {"enabled": True},
+            "data": {"existingClaim": "gridwatch-data", "file": "feeder.csv"},
+        },
+    },
     "production": yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
     "second-release": yaml.safe_load((CHART_DIR / "values-second-release.yaml").read_text()),
 }
 """The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
-a PersistentVolumeClaim, a fixed replica count without the HPA, the chart's values-production.yaml (API key from
+a PersistentVolumeClaim, a fixed replica count without the HPA, the training Job and CronJob on that claim (tests/
+deploy/test_chart_training.py checks them in detail), the chart's values-production.yaml (API key from
 an existing Secret) and values-second-release.yaml (here under the default release name; tests/deploy/
 test_chart_releases.py renders it as a second release in its own namespace)."""
 
@@ -140,13 +149,25 @@ def render(
     return Rendered([doc for doc in yaml.safe_load_all(output) if doc])
 
 
+WORKLOAD_KINDS = ("Deployment", "Job", "CronJob", "Pod")
+"""Every kind of object the chart runs pods from."""
+
+
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod (metadata and spec) a Deployment, Job, CronJob or Pod runs."""
+    if obj["kind"] == "Pod":
+        return obj
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec of a Deployment or a Pod."""
-    return obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+    return pod_template(obj)["spec"]
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
-    return obj["spec"]["template"]["metadata"]["labels"] if obj["kind"] == "Deployment" else obj["metadata"]["labels"]
+    return pod_template(obj)["metadata"]["labels"]
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

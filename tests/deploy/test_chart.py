@@ -23,6 +23,7 @@ from tests.deploy.support import (
     NAMESPACE,
     RELEASE,
     VALUE_SETS,
+    WORKLOAD_KINDS,
     Rendered,
     chart_copy,
     helm,
@@ -375,7 +376,7 @@ def test_network_policy_admits_prometheus_from_the_namespace_it_is_told(chart: P
 
 @pytest.mark.parametrize("value_set", list(VALUE_SETS))
 def test_every_pod_runs_locked_down_with_requests_and_limits(rendered: dict[str, Rendered], value_set: str):
-    workloads = rendered[value_set].of_kind("Deployment") + rendered[value_set].of_kind("Pod")
+    workloads = [obj for kind in WORKLOAD_KINDS for obj in rendered[value_set].of_kind(kind)]
     assert workloads
     for workload in workloads:
         spec = pod_spec(workload)
@@ -391,7 +392,7 @@ def test_every_pod_runs_locked_down_with_requests_and_limits(rendered: dict[str,
             assert context["capabilities"] == {"drop": ["ALL"]}
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{workload['metadata']['name']}"
-        if workload["kind"] == "Deployment":
+        if workload["kind"] != "Pod":
             mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
             volumes = {v["name"]: v for v in spec["volumes"]}
             assert "emptyDir" in volumes[mounts["/tmp"]], "a writable /tmp (and multiprocess metrics dir)"

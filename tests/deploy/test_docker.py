@@ -87,8 +87,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_labelled(image: str):
     for sync in syncs:
         assert "--frozen" in sync, "installed exactly as uv.lock pins them"
         assert "--no-dev" in sync
-        assert f"--extra {image}" in sync
-        assert "--extra backend" not in sync if image == "ui" else True
+        assert ["--extra", image] == _synced_extras(builder, sync), f"{image} installs its own extra only"
     assert any("--no-install-project" in sync for sync in syncs), "a dependency layer cached apart from the code"
     final_runs = " ".join(final.all("RUN"))
     for tool in ("uv ", "apt-get", "gcc", "build-essential", "pip install"):
@@ -106,6 +105,33 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_labelled(image: str):
             assert is_exec_form(arguments), f"{keyword} {arguments} is not exec form"
     labels = " ".join(final.all("LABEL"))
     assert set(re.findall(r"org\.opencontainers\.image\.(\w+)=", labels)) == OCI_LABELS
+
+
+def _build_args(stage: Stage) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in stage.all("ARG") if "=" in arg)
+
+
+def _synced_extras(stage: Stage, run: str, **build_args: str) -> list[str]:
+    """The `--extra` arguments a `uv sync` RUN passes, run by sh with the stage's ARG defaults (or these) and a stub
+    uv that prints its arguments one per line."""
+    env = {**_build_args(stage), **build_args, "PATH": os.environ["PATH"]}
+    script = 'uv() { printf "%s\\n" "$@"; }\n' + run
+    printed = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    words = printed.split()
+    return [word for i, word in enumerate(words) if word == "--extra" or (i and words[i - 1] == "--extra")]
+
+
+def test_backend_image_extras_are_a_build_argument_that_defaults_to_the_lean_serving_set():
+    """`--build-arg EXTRAS="backend training"` adds pyarrow for Parquet training files; the default leaves it out."""
+    builder = parse_dockerfile(IMAGES["backend"])[0]
+    assert _build_args(builder)["EXTRAS"] == "backend"
+    syncs = [run for run in builder.all("RUN") if "uv sync" in run]
+    assert len(syncs) == 2
+    for sync in syncs:
+        both = _synced_extras(builder, sync, EXTRAS="backend training")
+        assert both == ["--extra", "backend", "--extra", "training"]
+    assert "pyarrow" not in _locked_packages("backend"), "the default image stays lean"
+    assert "pyarrow" in _locked_packages("training")
 
 
 def test_backend_image_serves_on_all_interfaces_with_models_in_slash_models():

@@ -165,16 +165,6 @@ def test_numbers_given_with_set_reach_the_cli_unchanged(chart: Path):
     assert args[args.index("--contamination") + 1] == "0.05"
 
 
-def _cli_has_the_promotion_gate() -> bool:
-    _, unknown = build_parser().parse_known_args(["train", "--promote-if-better"])
-    return not unknown
-
-
-@pytest.mark.xfail(
-    not _cli_has_the_promotion_gate(),
-    reason="`gridwatch train --promote-if-better` comes with issue 15's promotion gate, merged separately",
-    strict=True,
-)
 def test_the_rendered_arguments_parse_with_the_real_cli(chart: Path):
     values = with_training(holdout=0.25, dropInvalid=True, contamination=0.004, extraArgs=["--json"])
     args = container(render(chart, values).get("Job", JOB))["args"]

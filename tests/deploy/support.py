@@ -173,3 +173,11 @@ def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     """A matchLabels selector matches these labels (and is not empty, which would match everything)."""
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def schema_refusal(chart: Path, option: str, setting: str) -> str:
+    """helm's complaint about one setting (``--set`` or ``--set-json``) that values.schema.json must refuse."""
+    result = helm(*template_args(chart, None, extra=[option, setting]), check=False)
+    assert result.returncode != 0, f"{setting} was accepted"
+    assert "schema" in result.stderr
+    return result.stderr

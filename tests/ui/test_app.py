@@ -95,6 +95,10 @@ def test_generate_batch_fills_the_charts_and_counters(monkeypatch, backend):
     assert len(drawn) >= SIGNAL_CHARTS + 2
     assert [chart_rows(c) for c in drawn[: SIGNAL_CHARTS + 1]] == [100] * (SIGNAL_CHARTS + 1)
     assert "last 100 readings" in texts(page.markdown)
+    scored_by = live.last_batch.model_version
+    assert scored_by, "the answer named the version that scored it"
+    page.run()  # the status line sits above the buttons: it shows the batch from the next run on
+    assert f"last batch scored by model {scored_by}" in texts(page.markdown)
     assert not page.error
 
 

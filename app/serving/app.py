@@ -23,7 +23,6 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from opentelemetry import trace
 from prometheus_client.multiprocess import mark_process_dead
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
@@ -244,6 +243,7 @@ def _add_routes(
                 scored = inference.score(model, X)
             else:
                 scored = await run_in_threadpool(inference.score, model, X)
+        shadow.submit(X, scored.flags)  # the challenger scores it on its own thread: never in the answer's way
         return JSONResponse(
             {
                 "predictions": scored.predictions(),
@@ -251,9 +251,7 @@ def _add_routes(
                 "total": len(scored.flags),
                 "served_by": request.app.state.instance,
                 "model_version": model.detector.version,
-            },
-            # The challenger scores the same array once the answer is sent, on a worker thread: never in its way.
-            background=BackgroundTask(shadow.score, X, scored.flags) if shadow.version is not None else None,
+            }
         )
 
     @app.get(

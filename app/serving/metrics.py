@@ -366,3 +366,8 @@ SHADOW_ERRORS = Counter(
     "shadow_errors",
     "Shadow scorings that failed; never an answer's failure, which the active model had already sent.",
 )
+SHADOW_SKIPPED = Counter(
+    "shadow_skipped",
+    "Batches the shadow model did not score because it had fallen behind (its queue was full): the answer is never "
+    "held up by the shadow, the shadow's work is shed first.",
+)

@@ -4,6 +4,7 @@ count exactly how it scored the batches the active version answered."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -104,3 +105,30 @@ def test_a_failing_shadow_is_counted_and_never_raises():
     before = SHADOW_ERRORS._value.get()
     shadow.score(np.zeros((3, 3)), np.zeros(3, dtype=bool))
     assert SHADOW_ERRORS._value.get() == before + 1
+
+
+class Blocking:
+    version = "b10c0000000"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.release.wait(60)
+        return np.zeros(X.shape[0], dtype=bool), np.zeros(X.shape[0])
+
+
+def test_a_shadow_that_falls_behind_skips_batches_instead_of_queueing_them():
+    """Submitting never waits: past the queue's size, batches are counted as skipped, and the rest are scored."""
+    from app.serving.metrics import SHADOW_READINGS, SHADOW_SKIPPED
+
+    shadow, slow = ShadowScorer(queue_size=2), Blocking()
+    shadow.use(slow)  # type: ignore[arg-type]
+    before = SHADOW_SKIPPED._value.get()
+    for _ in range(6):  # one taken by the scoring thread (or still queued), two queued, the rest skipped
+        shadow.submit(np.zeros((4, 3)), np.zeros(4, dtype=bool))
+    skipped = SHADOW_SKIPPED._value.get() - before
+    assert 3 <= skipped <= 4
+    slow.release.set()
+    assert shadow.drain(timeout=60)
+    assert SHADOW_READINGS.labels(slow.version)._value.get() == 4 * (6 - skipped)

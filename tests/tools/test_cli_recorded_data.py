@@ -33,6 +33,8 @@ def test_train_on_a_recorded_file_then_evaluate_on_another(tmp_path: Path):
         "--seed",
         "7",
         *NOISY,
+        "--start",
+        "2026-06-01T00:00:00Z",
         "--format",
         "parquet",
         "--out",
@@ -81,7 +83,7 @@ def test_train_on_a_recorded_file_then_evaluate_on_another(tmp_path: Path):
     report = document["report"]
     assert report["readings"] == 3000
     assert set(report["per_kind"]) == {"current_surge", "frequency_excursion", "voltage_sag", "voltage_spike"}
-    assert report["recall"] > 0.8, "a model of this feeder finds its anomalies"
+    assert report["roc_auc"] > 0.95, "a model of this feeder ranks its anomalies above its normal readings"
     sweep = {row["contamination"]: row for row in document["sweep"]}
     current = metadata["config"]["contamination"]
     assert sweep[current]["flagged"] == report["flagged"], "the sweep at the model's own value is its answer"
@@ -119,12 +121,13 @@ def test_evaluate_needs_labels(tmp_path: Path, model_dir: Path):
 def test_train_promotes_only_if_better_on_the_held_out_rows(tmp_path: Path):
     data, models = tmp_path / "feeder.csv", tmp_path / "models"
     made = gridwatch("simulate", "-n", "6000", "--anomaly-rate", "0.03", "--seed", "7", "--format", "csv",
-                     "--out", str(data))  # fmt: skip
+                     "--start", "2026-06-01T00:00:00Z", "--out", str(data))  # fmt: skip
     assert made.returncode == 0, made.stderr
     common = ["train", "--model-dir", str(models), "--data", str(data), "--n-estimators", "30", "--json"]
-    first = json.loads(gridwatch(*common).stdout)["model_version"]
+    first = json.loads(gridwatch(*common, "--contamination", "0.01").stdout)["model_version"]
 
-    worse = gridwatch(*common, "--contamination", "0.05", "--promote-if-better")
+    # a threshold that flags a quarter of normal readings: far worse F1 on 3 % anomalies, whatever the trees
+    worse = gridwatch(*common, "--contamination", "0.25", "--promote-if-better")
     assert worse.returncode == 0, worse.stderr
     refused = json.loads(worse.stdout)["model_version"]
     assert f"version {refused} not promoted, {first} stays active" in worse.stderr

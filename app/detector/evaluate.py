@@ -125,24 +125,30 @@ def evaluate_detector(
     return report_from_scores(batch, flags, scores, anomaly_rate=anomaly_rate, seed=seed)
 
 
-def recorded_batch(readings: RecordedReadings) -> ReadingBatch:
-    """Labelled recorded readings in the simulator's batch form, so every report works on both."""
+RECORDED_SEED = -1
+"""The ``seed`` of a report on recorded readings, which no simulator seed drew."""
+
+
+def recorded_batch(readings: RecordedReadings) -> tuple[ReadingBatch, float]:
+    """Labelled recorded readings in the simulator's batch form, so every report works on both, and their
+    anomaly rate."""
     if readings.is_anomaly is None:
         raise ValueError("evaluating needs labelled readings: an is_anomaly column")
-    n = len(readings)
-    kinds = readings.anomaly_kind or tuple(None for _ in range(n))
-    if readings.anomaly_kind is None:  # no kind column: every labelled anomaly is of one unnamed kind
+    kinds = readings.anomaly_kind
+    if kinds is None:  # no kind column: every labelled anomaly is of one unnamed kind
         kinds = tuple("labelled" if flag else None for flag in readings.is_anomaly)
     columns = dict(zip(FEATURES, readings.X.T, strict=True))
-    return ReadingBatch(timestamp=np.zeros(n), is_anomaly=readings.is_anomaly, anomaly_kind=kinds, **columns)
+    batch = ReadingBatch(
+        timestamp=np.zeros(len(readings)), is_anomaly=readings.is_anomaly, anomaly_kind=kinds, **columns
+    )
+    return batch, round(float(readings.is_anomaly.mean()), 4)
 
 
 def evaluate_recorded(detector: Detector, readings: RecordedReadings) -> EvaluationReport:
     """Score labelled recorded readings with the detector as it serves and compare with their labels."""
-    batch = recorded_batch(readings)
+    batch, rate = recorded_batch(readings)
     flags, scores = detector.predict_batch(readings.X)
-    rate = round(float(batch.is_anomaly.mean()), 4)
-    return report_from_scores(batch, flags, scores, anomaly_rate=rate, seed=-1)
+    return report_from_scores(batch, flags, scores, anomaly_rate=rate, seed=RECORDED_SEED)
 
 
 def evaluation_for_metadata(detector: Detector) -> dict[str, Any]:
@@ -169,8 +175,8 @@ def sweep_contamination(
     if readings is None:
         batch = labelled_stream(n=n, anomaly_rate=anomaly_rate, seed=seed)
     else:
-        batch = recorded_batch(readings)
-        anomaly_rate, seed = round(float(batch.is_anomaly.mean()), 4), -1
+        batch, anomaly_rate = recorded_batch(readings)
+        seed = RECORDED_SEED
     _, scores = detector.predict_batch(batch.features())
     thresholds = _thresholds(detector, contaminations)
     return [

@@ -82,15 +82,19 @@ class ModelStore:
             raise RegistryError(f"{self.root / POINTER} names no version; promote a version to rewrite it")
         return document
 
-    def active_version(self) -> str | None:
+    def active_and_shadow(self) -> tuple[str | None, str | None]:
+        """The active version and the challenger that scores beside it (``models shadow``), from one read."""
         pointer = self.pointer()
-        return None if pointer is None else pointer["version"]
+        if pointer is None:
+            return None, None
+        shadow = pointer.get("shadow")
+        return pointer["version"], shadow if isinstance(shadow, str) else None
+
+    def active_version(self) -> str | None:
+        return self.active_and_shadow()[0]
 
     def shadow_version(self) -> str | None:
-        """The challenger that scores beside the active version (``models shadow``), if one is set."""
-        pointer = self.pointer()
-        shadow = None if pointer is None else pointer.get("shadow")
-        return shadow if isinstance(shadow, str) else None
+        return self.active_and_shadow()[1]
 
     def set_shadow(self, version: str | None) -> None:
         """Name the challenger servers score every batch with, after answering (None: no challenger)."""

@@ -175,10 +175,7 @@ def _add_routes(
     inflight = InflightLimit(settings.max_inflight)
     budget = ReadingBudget(settings.max_inflight_readings)
     buffered = BodyBytesBudget(settings.max_buffered_body_bytes)
-    # Declared only when a key is required, so /docs shows the scheme (and an Authorize button) exactly then; the
-    # check itself is require_api_key, in constant time.
-    keyed = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if api_key else []
-    unauthorized = UNAUTHORIZED if api_key else {}
+    keyed, unauthorized = _key_declarations(api_key)
 
     @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
     async def livez() -> dict[str, str]:
@@ -265,16 +262,25 @@ def _add_routes(
         return Response(content, media_type=content_type)
 
 
+def _key_declarations(api_key: str | None) -> tuple[list[Any], dict[int | str, dict[str, Any]]]:
+    """The OpenAPI dependency and 401 answer of a key-protected route, declared only when a key is required, so
+    /docs shows the scheme (and an Authorize button) exactly then; the check itself is require_api_key, in constant
+    time."""
+    if api_key is None:
+        return [], {}
+    return [Security(APIKeyHeader(name="X-API-Key", auto_error=False))], UNAUTHORIZED
+
+
 def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, watcher: ModelWatcher) -> None:
     api_key = settings.required_api_key()
-    keyed = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if api_key else []
+    keyed, unauthorized = _key_declarations(api_key)
 
     @app.post(
         "/model/reload",
         summary="Serve MODEL_DIR's active version now, without waiting for the next poll (this worker).",
         response_model=ReloadResponse,
         responses={
-            **UNAUTHORIZED,
+            **unauthorized,
             409: {"model": ErrorResponse, "description": "The active version failed to load; the old one serves."},
             503: {"model": ErrorResponse, "description": "Model not loaded yet."},
         },

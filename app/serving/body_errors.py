@@ -54,6 +54,12 @@ def json_invalid(message: str) -> InvalidReadingsError:
     return InvalidReadingsError([{"type": "json_invalid", "loc": ["body"], "msg": message}])
 
 
+def too_short() -> InvalidReadingsError:
+    return InvalidReadingsError(
+        [{"type": "too_short", "loc": ["body", "readings"], "msg": "must contain at least one reading"}]
+    )
+
+
 def too_many_readings(count: int, max_batch: int) -> BatchTooLargeError:
     return BatchTooLargeError(
         f"batch of {count} readings exceeds MAX_BATCH={max_batch}; split it into smaller requests"
@@ -73,9 +79,7 @@ def explain_invalid_body(
     if len(rows) > max_batch:
         return too_many_readings(len(rows), max_batch)
     if not rows:
-        return InvalidReadingsError(
-            [{"type": "too_short", "loc": ["body", "readings"], "msg": "must contain at least one reading"}]
-        )
+        return too_short()
     lenient = _lenient_reading_decoder(tuple(features))
     errors: list[dict[str, Any]] = []
     invalid = listed = 0
@@ -197,8 +201,8 @@ def _reading_errors(
             yield {"type": "missing", "loc": loc, "msg": "field required"}
         elif (literal := _PLACEHOLDER.get(bytes(value))) is not None:
             yield {"type": "finite_number", "loc": loc, "msg": f"must be a finite number, got {literal}"}
-        elif _json_type(value) != "number":
-            yield {"type": "float_type", "loc": loc, "msg": f"must be a number, got {_json_type(value)}"}
+        elif (kind := _json_type(value)) != "number":
+            yield {"type": "float_type", "loc": loc, "msg": f"must be a number, got {kind}"}
         elif not _finite(value):
             text = bytes(value).decode()
             yield {"type": "finite_number", "loc": loc, "msg": f"must be a finite number, got {_excerpt(text)}"}

@@ -176,8 +176,7 @@ class ModelHolder:
         _export_model_info(detector)
         source = "trained" if detector.trained_now else "loaded"
         MODEL_LOAD_DURATION.labels(source).set(detector.load_seconds)
-        drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
-        self._loaded = LoadedModel(detector, drift, DriftGauges(detector.features))
+        self._loaded = self._serving(detector)
         self._done.set()
         if self._on_ready is not None:
             self._on_ready()
@@ -200,12 +199,16 @@ class ModelHolder:
         took the old model finishes with it and the next one gets the new one; the drift window starts afresh,
         measured against the new model's training statistics."""
         old = self._loaded
-        drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
-        self._loaded = LoadedModel(detector, drift, DriftGauges(detector.features))
+        self._loaded = self._serving(detector)
         _export_model_info(detector)
         if old is not None and old.detector.version != detector.version:
             MODEL_INFO.labels(*_info_labels(old.detector)).set(0)
         logger.info("model %s ready (swapped in, scored by %s)", detector.version, detector.scorer.value)
+
+    def _serving(self, detector: Detector) -> LoadedModel:
+        """``detector`` with a fresh drift window, measured against its own training statistics."""
+        drift = DriftMonitor(detector.features, detector.metadata["feature_stats"], window=self._drift_window)
+        return LoadedModel(detector, drift, DriftGauges(detector.features))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading has finished (ready or failed); True if it finished in time."""

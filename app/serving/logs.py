@@ -65,24 +65,21 @@ class AccessLogMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        finished: float | None = None  # when the last byte went out: a background task (the shadow) runs after
         status = 500
         size = 0
 
         async def send_and_observe(message: Message) -> None:
-            nonlocal status, size, finished
+            nonlocal status, size
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    finished = time.perf_counter()
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_observe)
         finally:
-            duration_ms = round(((finished or time.perf_counter()) - started) * 1000, 3)
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
             client = scope.get("client")
             status = status_sent(scope, status)
             self.logger.info(

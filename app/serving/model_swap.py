@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from app.detector.artifact import load_forest
 from app.detector.errors import GridWatchError
+from app.detector.model import Detector
 from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.serving.inference import ModelHolder
@@ -90,25 +91,35 @@ class ModelWatcher:
         with self._checking:  # the poll and a reload request never load the same version twice
             if retry_refused:
                 self._refused = self._shadow_refused = None
-            outcome = self._check_active()
-            if self._shadow is not None and self._holder.version() is not None:
-                self._sync_shadow(self._shadow)
+            serving = self._holder.version()
+            if serving is None:  # still loading at start: the start-up load reads the pointer itself
+                return SwapOutcome(serving=None)
+            try:
+                active, shadow = self._store.active_and_shadow()
+            except GridWatchError as error:
+                if self._shadow is not None and self._shadow_override:  # a pinned challenger needs no pointer
+                    self._follow_shadow(self._shadow, self._shadow_override)
+                return self._refuse(serving, "active.json", str(error))
+            outcome = self._follow_active(serving, active)
+            if self._shadow is not None:
+                self._follow_shadow(self._shadow, self._shadow_override or shadow)
             return outcome
 
-    def _sync_shadow(self, shadow: ShadowScorer) -> None:
-        try:
-            wanted = self._shadow_override or self._store.shadow_version()
-        except GridWatchError:
-            return  # an unreadable pointer is reported by the active check
+    def _load(self, version: str) -> Detector:
+        """A version as serving scores with it: verified, on this server's scorer, its kernels warmed up."""
+        detector = load_forest(self._store.artifact_of(version))
+        detector.use(self._scorer)
+        detector.warm_up()
+        return detector
+
+    def _follow_shadow(self, shadow: ShadowScorer, wanted: str | None) -> None:
         if wanted == shadow.version or (wanted is not None and wanted == self._shadow_refused):
             return
         if wanted is None:
             shadow.use(None)
             return
         try:
-            detector = load_forest(self._store.artifact_of(wanted))
-            detector.use(self._scorer)
-            detector.warm_up()
+            detector = self._load(wanted)
         except GridWatchError as error:
             self._shadow_refused = wanted
             logger.error("not scoring in the shadow with model %s: %s", wanted, error)
@@ -116,23 +127,14 @@ class ModelWatcher:
         self._shadow_refused = None
         shadow.use(detector)
 
-    def _check_active(self) -> SwapOutcome:
-        serving = self._holder.version()
-        if serving is None:  # still loading at start: the start-up load reads the pointer itself
-            return SwapOutcome(serving=None)
-        try:
-            active = self._store.active_version()
-        except GridWatchError as error:
-            return self._refuse(serving, "active.json", str(error))
+    def _follow_active(self, serving: str, active: str | None) -> SwapOutcome:
         if active is None or active == serving:
             self._refused = None
             return SwapOutcome(serving=serving)
         if self._refused is not None and self._refused[0] == active:
             return SwapOutcome(serving=serving, refused=active, reason=self._refused[1])
         try:
-            detector = load_forest(self._store.artifact_of(active))
-            detector.use(self._scorer)
-            detector.warm_up()
+            detector = self._load(active)
         except GridWatchError as error:
             return self._refuse(serving, active, str(error))
         self._holder.swap(detector)

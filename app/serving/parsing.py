@@ -16,8 +16,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from app.serving.body_errors import explain_invalid_body, json_invalid, too_many_readings
-from app.serving.errors import InvalidReadingsError
+from app.serving.body_errors import explain_invalid_body, json_invalid, too_many_readings, too_short
 
 MIN_READING_BYTES = 40
 """The fewest bytes a reading takes in a body: ``{"voltage":1,"current":1,"frequency":1}`` is 40."""
@@ -70,9 +69,7 @@ def parse_readings(body: bytes, features: Sequence[str], max_batch: int) -> np.n
     if len(readings) > max_batch:
         raise too_many_readings(len(readings), max_batch)
     if not readings:
-        raise InvalidReadingsError(
-            [{"type": "too_short", "loc": ["body", "readings"], "msg": "must contain at least one reading"}]
-        )
+        raise too_short()
     # msgspec refuses numbers beyond a double's range ("1e400"), and JSON has no NaN: every value is finite.
     X = np.array(list(map(batch.row, readings)), dtype=np.float64)
     return X.reshape(len(readings), batch.width)

@@ -67,7 +67,7 @@ class ShadowScorer:
             SHADOW_SKIPPED.inc()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted batch is scored (tests, shutdown); True if it happened in time."""
+        """Wait until every submitted batch is scored (for tests); True if it happened in time."""
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)

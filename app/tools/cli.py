@@ -376,7 +376,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from app.sim import DEFAULT_ANOMALY_KINDS, GridProfile, GridSimulator
-    from app.tools.data_files import write_readings
+    from app.tools.data_files import encode_readings, write_readings
 
     profile = GridProfile.north_american() if args.grid == "na" else GridProfile()
     noise = {
@@ -399,12 +399,8 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ValueError(f"--format {args.format} writes a file: give it with --out FILE")
         write_readings(records, args.out, args.format)
         print(f"wrote {len(records)} readings to {args.out}", file=sys.stderr)
-    elif args.format == "jsonl":
-        sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
-    elif args.format == "json":
-        print(json.dumps(records, indent=2))
     else:
-        print(json.dumps({"readings": records}))
+        sys.stdout.write(encode_readings(records, args.format).decode())
     return 0
 
 

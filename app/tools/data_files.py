@@ -22,10 +22,11 @@ COLUMNS = ("timestamp", "voltage", "current", "frequency", "is_anomaly", "anomal
 def write_readings(records: Sequence[dict[str, Any]], path: Path, file_format: str) -> None:
     """Write ``records`` to ``path`` as csv, parquet, jsonl, json or a request body."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _encode(records, file_format))
+    atomic_write_bytes(path, encode_readings(records, file_format))
 
 
-def _encode(records: Sequence[dict[str, Any]], file_format: str) -> bytes:
+def encode_readings(records: Sequence[dict[str, Any]], file_format: str) -> bytes:
+    """``records`` in one of ``gridwatch simulate``'s formats, as the bytes a file or standard output gets."""
     if file_format == "csv":
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -10,9 +10,8 @@ A model in ``MODEL_DIR`` is three files named after ``MODEL_NAME`` (default ``is
   it is used.
 
 Every file is written to a temporary name and renamed, so a crash or a second replica never sees half a file, and
-training is serialised across processes with a file lock. ``load_detector`` is the one entry every command uses
-(serve, evaluate, bench); a server that must train or convert a model does it in a child process
-(``app.detector.prepare``), so the serving process itself never imports scikit-learn.
+training is serialised across processes with a file lock. Which version to load, and what to do when it cannot
+be, is ``app.detector.loading``'s job; this module only reads and checks the files it is given.
 
 This module imports neither scikit-learn nor joblib.
 """
@@ -25,8 +24,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,10 +33,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.errors import ModelArtifactError
 from app.detector.forest import CompiledForest
 from app.detector.model import Detector, ModelConfig
-from app.detector.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +50,9 @@ NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 Evaluator = Callable[[Detector], dict[str, Any]]
 """Scores a freshly trained detector for its metadata (``app.detector.evaluate.evaluation_for_metadata``)."""
 
-PREPARE_UNAVAILABLE = 2
-PREPARE_ARTIFACT_ERROR = 3
-"""Exit codes of ``app.detector.prepare`` for the two named errors, so the server raises the same one."""
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+"""A metadata file is a few kilobytes; one larger than this is refused before it is read (not parsed whole)."""
+HASH_CHUNK_BYTES = 1024 * 1024
 
 
 @contextmanager
@@ -152,7 +148,11 @@ def read_metadata(artifact: Path) -> dict[str, Any]:
     if not meta_file.is_file():
         raise ModelArtifactError(artifact, f"metadata file {meta_file} not found")
     try:
-        metadata = json.loads(meta_file.read_text())
+        with meta_file.open("rb") as handle:
+            text = handle.read(MAX_METADATA_BYTES + 1)
+        if len(text) > MAX_METADATA_BYTES:
+            raise ModelArtifactError(artifact, f"metadata {meta_file} is larger than {MAX_METADATA_BYTES} bytes")
+        metadata = json.loads(text)
     except OSError as exc:
         raise ModelArtifactError(artifact, f"metadata {meta_file} cannot be read: {exc.strerror}") from exc
     except ValueError as exc:
@@ -185,37 +185,69 @@ def _finite_number(value: object) -> bool:
 
 
 def verified_bytes(artifact: Path, path: Path, metadata: dict[str, Any], entry: str) -> bytes:
-    """The bytes of ``path``, checked against the SHA-256 recorded under ``metadata[entry]``."""
+    """The bytes of ``path``, checked against the size and SHA-256 recorded under ``metadata[entry]``.
+
+    The size is compared before anything is read, and the file is read in chunks up to the recorded size at
+    most: a forest file far larger than its metadata says (a 3 GiB sparse file once took a worker to 2.6 GB, over
+    its memory limit, at every restart) is refused for the cost of a ``stat``.
+    """
+    expected, size = _recorded(artifact, metadata, entry)
     try:
-        expected = metadata[entry]["sha256"]
-    except (KeyError, TypeError) as exc:
-        raise ModelArtifactError(artifact, f"metadata {metadata_path(artifact).name} records no {entry}") from exc
-    if not path.is_file():
-        raise ModelArtifactError(artifact, f"{path.name}: file not found")
-    try:
-        payload = path.read_bytes()
+        on_disk = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise ModelArtifactError(artifact, f"{path.name}: file not found") from exc
     except OSError as exc:
         raise ModelArtifactError(artifact, f"{path.name} cannot be read: {exc.strerror}") from exc
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != expected:
+    if on_disk != size:
         raise ModelArtifactError(
             artifact,
-            f"{path.name}: SHA-256 {digest[:12]} does not match {str(expected)[:12]} recorded in "
-            f"{metadata_path(artifact).name} ({len(payload)} bytes on disk, {metadata[entry].get('bytes')} "
-            "expected): truncated, modified or half-written",
+            f"{path.name} holds {on_disk} bytes, {metadata_path(artifact).name} records {size}: truncated, "
+            "modified or half-written",
         )
-    return payload
+    digest = hashlib.sha256()
+    payload = bytearray()
+    try:
+        with path.open("rb") as handle:
+            while len(payload) <= size and (chunk := handle.read(HASH_CHUNK_BYTES)):
+                digest.update(chunk)
+                payload += chunk
+    except OSError as exc:
+        raise ModelArtifactError(artifact, f"{path.name} cannot be read: {exc.strerror}") from exc
+    if digest.hexdigest() != expected or len(payload) != size:
+        raise ModelArtifactError(
+            artifact,
+            f"{path.name}: SHA-256 {digest.hexdigest()[:12]} does not match {expected[:12]} recorded in "
+            f"{metadata_path(artifact).name}: truncated, modified or half-written",
+        )
+    return bytes(payload)
 
 
-def load_forest(artifact: Path) -> Detector:
+def _recorded(artifact: Path, metadata: dict[str, Any], entry: str) -> tuple[str, int]:
+    """The SHA-256 and size ``metadata[entry]`` records for a file, or ``ModelArtifactError`` if it records none."""
+    record = metadata.get(entry)
+    expected = record.get("sha256") if isinstance(record, dict) else None
+    size = record.get("bytes") if isinstance(record, dict) else None
+    if not isinstance(expected, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ModelArtifactError(artifact, f"metadata {metadata_path(artifact).name} records no {entry} size and hash")
+    return expected, size
+
+
+def load_forest(artifact: Path, *, version: str | None = None) -> Detector:
     """The serving detector: the compiled forest beside ``artifact``, verified, without scikit-learn.
 
-    Checks, in order: the metadata is a JSON object naming the forest file and its SHA-256; the file's hash
-    matches; its arrays are what the kernels expect; the feature names the metadata lists are the ones the forest
+    Checks, in order: the metadata is a JSON object naming the forest file and its size and SHA-256, and (given
+    ``version``, the name of the version folder it was found in) that very version; the file's size and hash
+    match; its arrays are what the kernels expect; the feature names the metadata lists are the ones the forest
     was trained on (the verified forest carries them, so an edited metadata cannot reorder the columns).
     """
     started = time.perf_counter()
     metadata = read_metadata(artifact)
+    if version is not None and metadata.get("model_version") != version:
+        raise ModelArtifactError(
+            artifact,
+            f"the metadata names version {metadata.get('model_version')!r}, its folder is {version!r}: a renamed "
+            "or edited copy",
+        )
     entry = metadata.get("forest")
     name = entry.get("file") if isinstance(entry, dict) else None
     if not isinstance(name, str) or Path(name).name != name:
@@ -233,82 +265,3 @@ def load_forest(artifact: Path) -> Detector:
     detector = Detector(forest, metadata, path=artifact, load_seconds=time.perf_counter() - started)
     logger.info("loaded model %s from %s in %.3fs", detector.version, name, detector.load_seconds)
     return detector
-
-
-def prepare_in_child(artifact: Path, *, train_if_missing: bool) -> None:
-    """Train, or convert an old model, in a child process (``python -m app.detector.prepare``), so that this
-    process never imports scikit-learn. The child's log lines are logged here; its failure is raised here as the
-    same named error."""
-    command = [sys.executable, "-m", "app.detector.prepare", str(artifact)]
-    if train_if_missing:
-        command.append("--train-if-missing")
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    last = ""
-    for line in process.stderr:
-        if line.strip():
-            last = line.strip()
-            logger.info("model preparation: %s", last)
-    code = process.wait()
-    if code == PREPARE_ARTIFACT_ERROR:
-        raise ModelArtifactError(artifact, last)
-    if code != 0:
-        reason = last if code == PREPARE_UNAVAILABLE else f"model preparation failed (exit {code}): {last}"
-        raise ModelUnavailableError(reason)
-    logger.info("model prepared in a child process in %.1fs", time.perf_counter() - started)
-
-
-def load_detector(
-    artifact: Path,
-    *,
-    train_if_missing: bool,
-    scorer: Scorer = Scorer.auto,
-    warm_up: bool = False,
-    with_estimator: bool = False,
-) -> Detector:
-    """The detector every command starts from, switched to ``scorer``, and with ``warm_up`` its kernels compiled
-    now rather than in the first request.
-
-    Serving (the default) loads the compiled forest; if it is missing or unusable, a child process trains (when
-    ``train_if_missing``) or converts the model, and the forest is loaded again. ``with_estimator`` (evaluation, the
-    benchmark) and ``SCORER=sklearn`` load the scikit-learn estimator in this process instead.
-    """
-    from app.detector.registry import ModelStore, RegistryError  # noqa: PLC0415 (it builds on this module)
-
-    store = ModelStore.of(artifact)
-    if with_estimator or scorer is Scorer.sklearn:
-        detector = _load_with_estimator(artifact, train_if_missing=train_if_missing)
-    else:
-        try:
-            active = store.active_artifact()
-            detector = load_forest(active)
-        except RegistryError as error:
-            raise ModelUnavailableError(str(error)) from error
-        except ModelArtifactError as problem:
-            if not train_if_missing and not active.exists() and not forest_path(active).exists():
-                raise ModelUnavailableError(
-                    f"no model at {active} and TRAIN_IF_MISSING is off: train one with `gridwatch train`"
-                ) from problem
-            logger.info("%s; preparing it in a child process", problem)
-            started = time.perf_counter()
-            prepare_in_child(artifact, train_if_missing=train_if_missing)
-            try:
-                detector = load_forest(store.active_artifact())
-            except ModelArtifactError as still:  # a read-only folder the child could not write the forest into
-                logger.warning("%s; compiling the forest in this process, which loads scikit-learn", still)
-                detector = _load_with_estimator(artifact, train_if_missing=False)
-            detector.trained_now = True  # obtained by training (or converting) it, not by loading it
-            detector.load_seconds = time.perf_counter() - started
-    detector.use(scorer)
-    if warm_up:
-        detector.warm_up()
-    return detector
-
-
-def _load_with_estimator(artifact: Path, *, train_if_missing: bool) -> Detector:
-    # Imported here: scikit-learn (and its SciPy) only where the estimator itself is wanted.
-    from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415
-    from app.detector.training import ensure_model  # noqa: PLC0415
-
-    return ensure_model(artifact, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)

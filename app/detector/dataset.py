@@ -159,6 +159,7 @@ def _read_csv(path: Path, features: Sequence[str]) -> tuple[dict[str, list[Any]]
             header = next(reader, None)
             if header is None:
                 raise DataFileError(path, "empty file: expected a header row naming the columns")
+            _refuse_repeated(path, [name.strip() for name in header], wanted)
             positions = {name.strip(): index for index, name in enumerate(header) if name.strip() in wanted}
             columns: dict[str, list[Any]] = {name: [] for name in positions}
             width = len(header)
@@ -192,6 +193,7 @@ def _read_parquet(path: Path, features: Sequence[str]) -> tuple[dict[str, list[A
 
     try:
         parquet = pq.ParquetFile(path)
+        _refuse_repeated(path, parquet.schema_arrow.names, {*features, LABEL, KIND})
         names = [name for name in parquet.schema_arrow.names if name in {*features, LABEL, KIND}]
         table = parquet.read(columns=names)
     except (pa.ArrowException, OSError) as error:
@@ -205,6 +207,13 @@ def _read_parquet(path: Path, features: Sequence[str]) -> tuple[dict[str, list[A
         else:
             columns[name] = column.to_pylist()
     return columns, table.num_rows
+
+
+def _refuse_repeated(path: Path, header: Sequence[str], wanted: set[str]) -> None:
+    """A column GridWatch reads must be named once: with two, which one trains the model would be a guess."""
+    twice = sorted({name for name in header if name in wanted and list(header).count(name) > 1})
+    if twice:
+        raise DataFileError(path, f"the header names {', '.join(twice)} more than once; keep one column of each")
 
 
 def _numbers(values: list[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

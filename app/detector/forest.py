@@ -107,6 +107,14 @@ class CompiledForest:
     def nbytes(self) -> int:
         return int(self.threshold.nbytes + self.meta.nbytes + self.leaf_value.nbytes + self.roots.nbytes)
 
+    def same_trees(self, other: CompiledForest) -> bool:
+        """Whether ``other`` scores exactly like this forest: the same nodes, constants and column names."""
+        arrays = ("threshold", "meta", "leaf_value", "roots")
+        scalars = ("max_depth", "feature_bits", "denominator", "offset", "features")
+        return all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays) and all(
+            getattr(self, s) == getattr(other, s) for s in scalars
+        )
+
     @classmethod
     def from_sklearn(cls, forest: IsolationForest, features: Sequence[str]) -> CompiledForest:
         """Pack the fitted ``forest``'s trees, in its own order; ``features`` names its input columns."""
@@ -202,6 +210,8 @@ class CompiledForest:
 
     def _check(self) -> None:
         """Refuse arrays a kernel would read out of bounds with: they would crash or score garbage, not fail."""
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(f"the feature names {list(self.features)} are empty or name a column twice")
         nodes = self.n_nodes
         if not (self.meta.shape == self.leaf_value.shape == (nodes,)) or nodes == 0:
             raise ValueError("node arrays differ in length")

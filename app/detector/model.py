@@ -61,6 +61,11 @@ class ModelConfig:
     train_samples: int = 50_000
 
     def __post_init__(self) -> None:
+        if not self.features or not all(isinstance(name, str) and name for name in self.features):
+            raise ValueError(f"features must be a non-empty list of names, got {list(self.features)}")
+        if len(set(self.features)) != len(self.features):
+            twice = sorted({name for name in self.features if self.features.count(name) > 1})
+            raise ValueError(f"features name {', '.join(twice)} more than once")
         if not 0.0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be within (0, 0.5), got {self.contamination}")
         if self.max_samples > self.train_samples:

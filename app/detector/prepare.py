@@ -4,7 +4,7 @@ serve, in a process of its own.
 A server whose model is missing, damaged or saved by an older GridWatch runs this as a child: it trains (when
 allowed) or converts the model under the training lock and exits, taking scikit-learn with it, so the serving
 process never imports it. Log lines go to stderr, which the server relays; the last line of a failure is its
-reason, and the exit code says which named error it was (``app.detector.artifact.PREPARE_*``).
+reason, and the exit code says which named error it was (``app.detector.loading.PREPARE_*``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.detector.artifact import PREPARE_ARTIFACT_ERROR, PREPARE_UNAVAILABLE
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.loading import PREPARE_ARTIFACT_ERROR, PREPARE_TRAINED_UNUSABLE, PREPARE_UNAVAILABLE
+from app.detector.registry import VersionRefusedError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         ensure_model(args.artifact, train_if_missing=args.train_if_missing, evaluate=evaluation_for_metadata)
+    except VersionRefusedError as error:  # before ModelUnavailableError's siblings: training again would repeat it
+        print(error, file=sys.stderr)
+        return PREPARE_TRAINED_UNUSABLE
     except ModelArtifactError as error:
         print(error.reason, file=sys.stderr)
         return PREPARE_ARTIFACT_ERROR

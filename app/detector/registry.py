@@ -32,8 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.detector.artifact import atomic_write_bytes, forest_path, metadata_path, training_lock
-from app.detector.errors import GridWatchError
+from app.detector.artifact import (
+    atomic_write_bytes,
+    forest_path,
+    load_forest,
+    metadata_path,
+    read_metadata,
+    training_lock,
+    verified_bytes,
+)
+from app.detector.errors import GridWatchError, ModelArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,15 @@ KEPT_PREVIOUS = 20
 
 class RegistryError(GridWatchError):
     """A promotion or rollback that cannot be done; the message says why."""
+
+
+class VersionRefusedError(RegistryError):
+    """A version that does not load the way serving loads it: never committed, activated or named a challenger."""
+
+
+Fingerprint = tuple[tuple[int, int, int] | None, ...]
+"""What a version's files are on disk (size, modification time, inode of each, None when missing): when it
+changes, a version refused before may have been repaired and is worth reading again."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,65 @@ class ModelStore:
 
     def artifact_of(self, version: str) -> Path:
         return self.root / VERSIONS / _checked_version(version) / self.name
+
+    def files_of(self, version: str) -> tuple[Path, Path, Path]:
+        """The estimator, the compiled forest and the metadata of ``version``."""
+        artifact = self.artifact_of(version)
+        return artifact, forest_path(artifact), metadata_path(artifact)
+
+    def verify(self, version: str) -> None:
+        """Check ``version`` the way serving loads it, or raise ``VersionRefusedError`` saying why.
+
+        The folder holds the three files; the metadata names this very version (a renamed or edited copy does
+        not); the compiled forest matches its recorded size and hash, is sound and lists the metadata's features;
+        the estimator matches its recorded size and hash. Nothing is unpickled: this module never imports
+        scikit-learn.
+        """
+        artifact = self.artifact_of(version)
+        missing = [path.name for path in self.files_of(version) if not path.is_file()]
+        if missing:
+            known = ", ".join(self.version_names()) or "none"
+            raise VersionRefusedError(f"no complete version {version} in {self.root} (versions: {known})")
+        try:
+            load_forest(artifact, version=version)
+            verified_bytes(artifact, artifact, read_metadata(artifact), "artifact")
+        except ModelArtifactError as error:
+            raise VersionRefusedError(f"version {version} does not load: {error.reason}") from None
+
+    def why_unusable(self, version: str) -> str | None:
+        """Why ``version`` cannot be served, or None when it can."""
+        try:
+            self.verify(version)
+        except RegistryError as error:
+            return str(error)
+        return None
+
+    def version_names(self) -> list[str]:
+        """The names of the version folders, complete or not (staging folders excluded), sorted."""
+        folder = self.root / VERSIONS
+        names = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+        return [name for name in names if not name.startswith(".")]
+
+    def usable_versions(self) -> list[str]:
+        """The versions that load as serving loads them."""
+        return [version for version in self.version_names() if self.why_unusable(version) is None]
+
+    def needs_conversion(self, version: str) -> bool:
+        """Whether ``version`` was saved before compiled forests (no forest recorded): converting it in place is
+        the one repair a server may make, since nothing of the operator's is replaced."""
+        try:
+            metadata = read_metadata(self.artifact_of(version))
+        except ModelArtifactError:
+            return False
+        return metadata.get("forest") is None and self.artifact_of(version).is_file()
+
+    def fingerprint(self, version: str) -> Fingerprint:
+        """What ``version``'s files are on disk now; cheap (three ``stat`` calls), nothing is read."""
+        return tuple(_stat_of(path) for path in self.files_of(version))
+
+    def pointer_fingerprint(self) -> Fingerprint:
+        """What ``active.json`` is on disk now (see ``fingerprint``)."""
+        return (_stat_of(self.root / POINTER),)
 
     def pointer(self) -> dict[str, Any] | None:
         """The content of ``active.json``, or None when no version was ever activated."""
@@ -104,7 +180,7 @@ class ModelStore:
             if pointer is None:
                 raise RegistryError("no active version yet: train one before naming a challenger")
             if version is not None:
-                self._require_complete(version)
+                self.verify(version)
             self._write_pointer(pointer["version"], list(pointer.get("previous", [])), shadow=version)
 
     def active_artifact(self) -> Path:
@@ -148,23 +224,36 @@ class ModelStore:
             shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
 
     def commit(self, staged: Path, version: str) -> Path:
-        """Move a staged model into ``versions/<version>``, whole (a rename); the same version already there is
-        kept as it is, since it holds the same bytes. Returns the version's artifact. Call with the lock held."""
+        """Move a staged model into ``versions/<version>``, whole (a rename), once it loads the way serving loads
+        it (``VersionRefusedError`` otherwise: a version no server can load is never stored). The same version
+        already there is kept when it loads; a damaged one is set aside (``.damaged-<version>-*``, kept for
+        inspection) and replaced, so a retrain repairs it instead of finding it "there already" forever. Returns
+        the version's artifact. Call with the lock held."""
+        try:
+            load_forest(staged, version=version)
+            verified_bytes(staged, staged, read_metadata(staged), "artifact")
+        except ModelArtifactError as error:
+            raise VersionRefusedError(
+                f"the model just trained does not load, it was not stored: {error.reason}"
+            ) from None
         final = self.artifact_of(version)
         if final.parent.exists():
-            if _same_files(staged, final):
+            problem = self.why_unusable(version)
+            if problem is None:
                 logger.info("version %s exists already; keeping it", version)
                 return final
             aside = final.parent.with_name(f".damaged-{version}-{uuid.uuid4().hex[:6]}")
             final.parent.replace(aside)
-            logger.warning("version %s was damaged; replaced it, the damaged copy is in %s", version, aside.name)
+            logger.warning(
+                "version %s was damaged (%s); replaced it, the damaged copy is in %s", version, problem, aside.name
+            )
         staged.parent.replace(final.parent)
         return final
 
     def set_active(self, version: str) -> None:
-        """Point ``active.json`` at ``version`` (which must be complete), keeping the previous one for rollback.
+        """Point ``active.json`` at ``version`` once it verifies (``verify``), keeping the previous one for rollback.
         Call with the lock held."""
-        self._require_complete(version)
+        self.verify(version)
         pointer = self.pointer() or {}
         current = pointer.get("version")
         previous = list(pointer.get("previous", []))
@@ -173,13 +262,30 @@ class ModelStore:
         self._write_pointer(version, previous, shadow=pointer.get("shadow"))
 
     def promote(self, version: str) -> str | None:
-        """Make ``version`` active; returns the version it replaces."""
+        """Make ``version`` active once it verifies; returns the version it replaces.
+
+        An unreadable ``active.json`` (a hand edit gone wrong) is what this command repairs: it is set aside as
+        ``active.json.damaged-<time>`` and a new pointer is written, with no earlier versions to roll back to.
+        """
         with self.lock():
+            self.set_aside_unreadable_pointer()
             self.migrate_legacy()
             replaced = self.active_version()
             self.set_active(version)
         logger.info("promoted model %s (was %s)", version, replaced)
         return replaced
+
+    def set_aside_unreadable_pointer(self) -> Path | None:
+        """Rename an unreadable ``active.json`` out of the way (returns where), or do nothing when it reads.
+        Call with the lock held."""
+        try:
+            self.pointer()
+        except RegistryError as error:
+            aside = self.root / f"{POINTER}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            (self.root / POINTER).replace(aside)
+            logger.warning("%s; set it aside as %s", error, aside.name)
+            return aside
+        return None
 
     def rollback(self) -> str:
         """Make the previously active version active again; returns it."""
@@ -189,7 +295,7 @@ class ModelStore:
             if not previous:
                 raise RegistryError("no earlier active version to roll back to")
             version, rest = previous[0], previous[1:]
-            self._require_complete(version)
+            self.verify(version)
             self._write_pointer(version, rest, shadow=pointer.get("shadow") if pointer else None)
         logger.info("rolled back to model %s (was %s)", version, pointer["version"] if pointer else None)
         return version
@@ -215,13 +321,6 @@ class ModelStore:
         logger.info("moved the model saved before versions into %s and made it active", final.parent)
         return str(version)
 
-    def _require_complete(self, version: str) -> None:
-        artifact = self.artifact_of(version)
-        missing = [p.name for p in (artifact, forest_path(artifact), metadata_path(artifact)) if not p.is_file()]
-        if missing:
-            known = ", ".join(entry["version"] for entry in self.versions() if entry.get("version")) or "none"
-            raise RegistryError(f"no complete version {version} in {self.root} (versions: {known})")
-
     def _write_pointer(self, version: str, previous: list[str], *, shadow: str | None = None) -> None:
         document: dict[str, Any] = {
             "version": version,
@@ -233,13 +332,12 @@ class ModelStore:
         atomic_write_bytes(self.root / POINTER, (json.dumps(document, indent=2) + "\n").encode())
 
 
-def _same_files(staged: Path, existing: Path) -> bool:
-    """Whether an existing version holds exactly the files just trained (same bytes, same version)."""
-    pairs = [(staged, existing), (forest_path(staged), forest_path(existing))]
+def _stat_of(path: Path) -> tuple[int, int, int] | None:
     try:
-        return all(a.read_bytes() == b.read_bytes() for a, b in pairs)
+        found = path.stat()
     except OSError:
-        return False
+        return None
+    return found.st_size, found.st_mtime_ns, found.st_ino
 
 
 def _checked_version(version: str) -> str:

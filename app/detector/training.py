@@ -41,6 +41,7 @@ from app.detector.artifact import (
 from app.detector.dataset import DataFileError, RecordedReadings
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
 from app.detector.evaluate import evaluate_recorded
+from app.detector.forest import CompiledForest
 from app.detector.model import (
     TRAINING_INTERVAL_S,
     TRAINING_START,
@@ -49,7 +50,7 @@ from app.detector.model import (
     feature_statistics,
     training_data,
 )
-from app.detector.registry import ModelStore
+from app.detector.registry import ModelStore, RegistryError
 from app.sim import GridProfile
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def recorded_training(
             Path(readings.source.get("file", "data")),
             f"too few normal readings to train on: {normal.shape[0]}, at least {MIN_TRAINING_ROWS} are needed",
         )
+    _refuse_constant_columns(Path(readings.source.get("file", "data")), normal, config.features)
     config = replace(config, train_samples=normal.shape[0], max_samples=min(config.max_samples, normal.shape[0]))
     source = {
         **readings.source,
@@ -158,6 +160,18 @@ def recorded_training(
             return {**evaluate_recorded(detector, held_out).to_dict(), "on": "holdout"}
 
     return config, {"X": normal, "source": source, "evaluate": evaluate}, evaluation_rows
+
+
+def _refuse_constant_columns(path: Path, X: np.ndarray, features: tuple[str, ...]) -> None:
+    """A column with one value throughout (a recorder rounding frequency to 50.0) gives a model whose drift and
+    warm-up statistics are undefined and that no server loads: refused before training, naming the column."""
+    flat = [name for column, name in enumerate(features) if np.ptp(X[:, column]) == 0.0]
+    if flat:
+        raise DataFileError(
+            path,
+            f"{', '.join(flat)} holds the same value in every reading used for training; a model cannot be trained "
+            "on a column with zero spread (is the recorder rounding it?)",
+        )
 
 
 def train_model(
@@ -232,18 +246,25 @@ def _dump(estimator: IsolationForest) -> bytes:
     return buffer.getvalue()
 
 
-def load_model(artifact: Path) -> Detector:
+def load_model(artifact: Path, *, version: str | None = None) -> Detector:
     """Load and verify the scikit-learn artifact; raises ``ModelArtifactError`` naming the file if it must not be
     used.
 
-    Checks, in order: both files exist; the metadata is JSON; the artifact's SHA-256 matches the metadata (a
+    Checks, in order: both files exist; the metadata is JSON; the artifact's size and SHA-256 match the metadata (a
     truncated copy or a half-finished write fails here, before unpickling); it was trained with this scikit-learn
     version (pickles are only supported within one version); it unpickles into an IsolationForest; it expects the
-    configured number of features. The forest is compiled in memory; nothing is written.
+    configured number of features. A model saved with its compiled forest must also compile to exactly that
+    forest: the column order comes from the verified forest file, never from the metadata's list, which no hash
+    covers (an edited order once served wrong scores). A model from before compiled forests is compiled in
+    memory; nothing is written here.
     """
     started = time.perf_counter()
     metadata = read_metadata(artifact)
     features = check_metadata(artifact, metadata).features
+    if version is not None and metadata.get("model_version") != version:
+        raise ModelArtifactError(
+            artifact, f"the metadata names version {metadata.get('model_version')!r}, not {version!r}"
+        )
     payload = verified_bytes(artifact, artifact, metadata, "artifact")
     trained_with = metadata.get("versions", {}).get("sklearn")
     if trained_with != sklearn.__version__:
@@ -262,44 +283,44 @@ def load_model(artifact: Path) -> Detector:
         raise ModelArtifactError(
             artifact, f"expects {estimator.n_features_in_} features, the metadata lists {len(features)}"
         )
-    detector = Detector.from_estimator(estimator, metadata, path=artifact)
+    if metadata.get("forest") is not None:
+        served = load_forest(artifact, version=version)
+        if not CompiledForest.from_sklearn(estimator, served.features).same_trees(served.forest):
+            raise ModelArtifactError(artifact, "the estimator and the compiled forest beside it are different models")
+        detector = Detector(served.forest, metadata, estimator, path=artifact)
+    else:
+        detector = Detector.from_estimator(estimator, metadata, path=artifact)
     detector.load_seconds = time.perf_counter() - started
     logger.info("loaded model %s from %s in %.2fs", detector.version, artifact, detector.load_seconds)
     return detector
 
 
 def _with_serving_forest(detector: Detector) -> Detector:
-    """Make sure the compiled forest beside the artifact is there and verified; write it if not (a model saved by
-    an older GridWatch, or a damaged forest file), under the training lock so two writers never interleave."""
+    """Write the compiled forest of a model saved before compiled forests existed (its metadata records none),
+    under the training lock so two writers never interleave. A model whose recorded forest is damaged never gets
+    here: ``load_model`` refuses it, and its hashes are never rewritten."""
     artifact = detector.path
     assert artifact is not None
+    if detector.metadata.get("forest") is not None:
+        return detector
     try:
-        load_forest(artifact)
-    except ModelArtifactError as problem:
-        try:
-            with training_lock(artifact):
-                try:  # another process may have written it while we waited for the lock
-                    load_forest(artifact)
-                except ModelArtifactError:
-                    save_forest(artifact, detector.forest, read_metadata(artifact))
-                    logger.warning(
-                        "converted model %s to the serving format (%s): %s",
-                        detector.version,
-                        forest_path(artifact).name,
-                        problem.reason,
-                    )
-        except OSError as exc:
-            if exc.errno not in NOT_WRITABLE:
-                raise
-            logger.warning(
-                "model %s has no serving form (%s) and MODEL_DIR %s is read-only (%s): the forest is compiled in "
-                "memory at each start, which needs scikit-learn; run `gridwatch train` or convert it in a writable "
-                "folder",
-                detector.version,
-                problem.reason,
-                artifact.parent,
-                exc.strerror,
-            )
+        with training_lock(artifact):
+            metadata = read_metadata(artifact)
+            if metadata.get("forest") is None:  # another process may have converted it while we waited for the lock
+                save_forest(artifact, detector.forest, metadata)
+                logger.warning(
+                    "converted model %s to the serving format (%s)", detector.version, forest_path(artifact).name
+                )
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        logger.warning(
+            "model %s has no serving form and MODEL_DIR %s is read-only (%s): the forest is compiled in memory at "
+            "each start, which needs scikit-learn; run `gridwatch train` or convert it in a writable folder",
+            detector.version,
+            artifact.parent,
+            exc.strerror,
+        )
     return detector
 
 
@@ -349,21 +370,23 @@ def ensure_model(
     evaluate: Evaluator | None = None,
 ) -> Detector:
     """Load the active version of the model ``artifact`` (``MODEL_DIR/MODEL_NAME``) addresses, with its compiled
-    forest written if it lacks one, or train a new version and activate it when there is none or it is unusable
-    and ``train_if_missing`` is set.
+    forest written if it was saved before compiled forests; or, when ``train_if_missing`` is set and the folder
+    holds no model at all, train one and activate it.
 
-    Without ``train_if_missing``, a missing model raises ``ModelUnavailableError`` and a bad one raises
-    ``ModelArtifactError``; a bad model is never used. With it, training happens under the folder's lock: of
-    several processes starting at once on an empty shared folder, one trains and the others wait and then load
-    its version. An unusable model from before versions is kept as ``<name>.rejected`` for inspection; an unusable
-    version stays in ``versions/`` and the new one replaces it as the active version.
+    What this may never do is replace the operator's model: an active version that does not load, an unreadable
+    ``active.json``, or version folders with no pointer raise ``ModelUnavailableError`` saying how to repair it
+    (``gridwatch models promote``/``rollback``), whatever ``train_if_missing`` says. Training happens under the
+    folder's lock: of several processes starting at once on an empty shared folder, one trains and the others wait
+    and then load its version. An unusable model from before versions is kept as ``<name>.rejected`` and replaced,
+    as it always was (nothing is lost: its files stay beside the new version). A freshly trained model that does
+    not load itself raises ``VersionRefusedError`` (``app.detector.registry``): retrying would train it again.
     """
     config = config or ModelConfig()
     store = ModelStore.of(artifact)
     problem: ModelArtifactError | None = None
     try:
         try:
-            return _with_serving_forest(load_model(store.active_artifact()))
+            return _loaded_or_refused(store)
         except ModelArtifactError as first_error:
             if not train_if_missing:
                 if not first_error.path.exists():
@@ -373,20 +396,18 @@ def ensure_model(
                 raise
             problem = first_error
         with store.lock():
-            current = store.active_artifact()
             try:  # another process may have finished training while we waited for the lock
-                return _with_serving_forest(load_model(current))
+                return _loaded_or_refused(store)
             except ModelArtifactError as error:
                 problem = error
+            current = store.active_artifact()
             if current == store.legacy_artifact and current.exists():
-                logger.warning("replacing unusable model: %s", problem)
+                logger.warning("replacing unusable model from before versions: %s", problem)
                 for path in (current, forest_path(current), metadata_path(current)):
                     if path.exists():
                         path.replace(path.with_name(path.name + ".rejected"))
-            elif current.exists():
-                logger.warning("replacing unusable version: %s", problem)
             else:
-                logger.info("no model at %s, training one", current)
+                logger.info("no model in %s, training one", store.root)
             detector, _ = train_version_locked(store, config, promote=True, evaluate=evaluate)
             return detector
     except OSError as exc:
@@ -401,3 +422,27 @@ def ensure_model(
         raise ModelUnavailableError(
             f"waited {LOCK_TIMEOUT_S:.0f}s for another process training into {artifact.parent}"
         ) from exc
+
+
+def _loaded_or_refused(store: ModelStore) -> Detector:
+    """The active model, loaded; ``ModelArtifactError`` when there is none yet (or only a bad legacy one), which
+    training may fix; ``ModelUnavailableError`` when something of the operator's is there but unusable, which
+    training must not paper over."""
+    try:
+        version = store.active_version()
+    except RegistryError as error:
+        raise ModelUnavailableError(str(error)) from None
+    if version is None and store.version_names():
+        raise ModelUnavailableError(
+            f"{store.root} holds versions ({', '.join(store.version_names())}) but none is active: "
+            "promote one with `gridwatch models promote VERSION`"
+        )
+    try:
+        return _with_serving_forest(load_model(store.active_artifact(), version=version))
+    except ModelArtifactError as error:
+        if version is None:
+            raise
+        raise ModelUnavailableError(
+            f"the active version {version} cannot be served and is not replaced by training: {error.reason}; "
+            "promote a usable version or roll back (`gridwatch models list`, `gridwatch models rollback`)"
+        ) from None

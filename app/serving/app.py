@@ -10,7 +10,6 @@ Model loading starts in the lifespan on a worker thread, so the port opens at on
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,9 +25,10 @@ from prometheus_client.multiprocess import mark_process_dead
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
-from app.detector.artifact import load_detector
+from app.detector.errors import ModelUnavailableError
+from app.detector.loading import load_detector
 from app.detector.model import Detector
-from app.detector.registry import ModelStore
+from app.detector.registry import ModelStore, VersionRefusedError
 from app.serving.errors import JSONResponse, ModelRefusedError, install_error_handlers
 from app.serving.inference import Inference, ModelHolder, ModelState
 from app.serving.logs import AccessLogMiddleware
@@ -289,7 +289,7 @@ def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, wat
     async def reload_model(request: Request) -> Response:
         require_api_key(request, api_key)
         holder.get()  # 503 while the first model is still loading
-        outcome = await run_in_threadpool(functools.partial(watcher.check, retry_refused=True))
+        outcome = await run_in_threadpool(watcher.check)
         if outcome.refused is not None:
             raise ModelRefusedError(
                 f"version {outcome.refused} was not loaded, {outcome.serving} keeps serving: "
@@ -301,10 +301,25 @@ def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, wat
 
 
 def _default_loader(settings: Settings) -> Callable[[], Detector]:
+    """Load (or, with ``TRAIN_IF_MISSING``, train) the model; retried by the holder until it succeeds.
+
+    A model that was trained and then refused by its own verification would be trained, byte for byte, again at
+    every retry (a training child every few seconds, forever): after one such refusal the retries only load,
+    picking up a model an operator provides, and keep answering with the refusal until then."""
+    refusal: VersionRefusedError | None = None
+
     def load() -> Detector:
-        return load_detector(
-            settings.model_path, train_if_missing=settings.train_if_missing, scorer=settings.scorer, warm_up=True
-        )
+        nonlocal refusal
+        train = settings.train_if_missing and refusal is None
+        try:
+            return load_detector(settings.model_path, train_if_missing=train, scorer=settings.scorer, warm_up=True)
+        except VersionRefusedError as error:
+            refusal = error
+            raise
+        except ModelUnavailableError:
+            if refusal is not None:
+                raise refusal from None
+            raise
 
     return load
 

@@ -345,6 +345,12 @@ MODEL_SWAPS = Counter(
 )
 for _result in ("swapped", "failed"):
     MODEL_SWAPS.labels(_result)  # exported at 0 from the start, so the first swap is an increase
+MODEL_REFUSING_ACTIVE = Gauge(
+    "model_refusing_active",
+    "1 while this worker keeps serving an older version because MODEL_DIR's active version (or active.json) does "
+    "not load, else 0: a pod that restarts would not serve what this one serves, so versions differ across pods.",
+    multiprocess_mode="livemax",
+)
 
 
 SHADOW_READINGS = Counter(

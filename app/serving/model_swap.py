@@ -1,11 +1,18 @@
 """Hot swap: a running worker follows ``MODEL_DIR``'s active version without a restart or a failed request.
 
 Every ``MODEL_POLL_INTERVAL`` seconds (and at once on ``POST /model/reload``) the worker reads ``active.json``. When
-it names another version, that version is loaded beside the serving one (verified like any model, kernels warmed
+it names another version, that version is loaded beside the serving one, exactly as start-up loads a model
+(``app.detector.loading.load_for_serving``: verified against its folder, on this server's scorer, kernels warmed
 up), then the holder's reference is replaced in one assignment: a request takes the model once when it starts, so
-it is scored entirely by one version, and no request waits for a load. A version that fails to load is refused:
-the old one keeps serving, the log says why, ``model_swaps_total{result="failed"}`` counts it, and it is not tried
-again until the pointer changes. Each worker of a pod follows the pointer on its own, within one interval.
+it is scored entirely by one version, and no request waits for a load.
+
+A version that fails to load is refused: the old one keeps serving, the log says why once,
+``model_swaps_total{result="failed"}`` counts it, and ``model_refusing_active`` is 1 while it lasts (a restarted
+pod would fail to start on it, so pods may differ: the metric makes that skew visible). A refused version is read
+again only when its files change (size, modification time or inode of any of them): a repaired version is picked
+up at the next poll, by every worker, and a damaged one costs three ``stat`` calls per poll, however often
+``/model/reload`` is called. The challenger (``models shadow``) is followed the same way, and stops scoring as
+soon as it is gone or damaged. Each worker of a pod follows the pointer on its own, within one interval.
 """
 
 from __future__ import annotations
@@ -14,16 +21,17 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from app.detector.artifact import load_forest
 from app.detector.errors import GridWatchError
-from app.detector.model import Detector
-from app.detector.registry import ModelStore
+from app.detector.loading import load_for_serving
+from app.detector.registry import Fingerprint, ModelStore
 from app.detector.scorer import Scorer
 from app.serving.inference import ModelHolder
-from app.serving.metrics import MODEL_SWAPS
+from app.serving.metrics import MODEL_REFUSING_ACTIVE, MODEL_SWAPS
 from app.serving.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
+
+POINTER_FILE = "active.json"
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,17 @@ class SwapOutcome:
         return self.previous is not None and self.previous != self.serving
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A version that did not load, as its files were then: it is not read again until they change."""
+
+    version: str
+    fingerprint: Fingerprint
+    reason: str
+
+
 class ModelWatcher:
-    """Keeps ``holder`` on the active version of ``store``."""
+    """Keeps ``holder`` on the active version of ``store``, and ``shadow`` on its challenger."""
 
     def __init__(
         self,
@@ -56,13 +73,14 @@ class ModelWatcher:
         self._holder = holder
         self._shadow = shadow
         self._shadow_override = shadow_version  # SHADOW_MODEL_VERSION: wins over the pointer's challenger
-        self._shadow_refused: str | None = None
         self._store = store
         self._interval = interval
         self._scorer = scorer
         self._closed = threading.Event()
         self._checking = threading.Lock()
-        self._refused: tuple[str, str] | None = None  # (version, reason) of the last version that failed to load
+        self._refused: Refusal | None = None  # the active version (or pointer) that failed to load
+        self._shadow_refused: Refusal | None = None
+        self._shadow_files: Fingerprint | None = None  # the loaded challenger's files when it was loaded
 
     def run(self) -> None:
         """Check once the first model is there, then every interval until ``close``; meant for a daemon thread."""
@@ -83,14 +101,11 @@ class ModelWatcher:
     def close(self) -> None:
         self._closed.set()
 
-    def check(self, *, retry_refused: bool = False) -> SwapOutcome:
+    def check(self) -> SwapOutcome:
         """Swap to the active version if it is another one, and follow the challenger; blocking (it may load).
 
-        A version that failed to load is not tried again at every poll, only once the pointer names another one, or
-        on ``retry_refused`` (``POST /model/reload``: an operator who repaired the files asks again)."""
-        with self._checking:  # the poll and a reload request never load the same version twice
-            if retry_refused:
-                self._refused = self._shadow_refused = None
+        One check at a time per worker: the poll and reload requests never load the same version twice."""
+        with self._checking:
             serving = self._holder.version()
             if serving is None:  # still loading at start: the start-up load reads the pointer itself
                 return SwapOutcome(serving=None)
@@ -99,53 +114,66 @@ class ModelWatcher:
             except GridWatchError as error:
                 if self._shadow is not None and self._shadow_override:  # a pinned challenger needs no pointer
                     self._follow_shadow(self._shadow, self._shadow_override)
-                return self._refuse(serving, "active.json", str(error))
+                refusal = Refusal(POINTER_FILE, self._store.pointer_fingerprint(), str(error))
+                return self._refuse(serving, refusal)
             outcome = self._follow_active(serving, active)
             if self._shadow is not None:
                 self._follow_shadow(self._shadow, self._shadow_override or shadow)
             return outcome
 
-    def _load(self, version: str) -> Detector:
-        """A version as serving scores with it: verified, on this server's scorer, its kernels warmed up."""
-        detector = load_forest(self._store.artifact_of(version))
-        detector.use(self._scorer)
-        detector.warm_up()
-        return detector
-
-    def _follow_shadow(self, shadow: ShadowScorer, wanted: str | None) -> None:
-        if wanted == shadow.version or (wanted is not None and wanted == self._shadow_refused):
-            return
-        if wanted is None:
-            shadow.use(None)
-            return
-        try:
-            detector = self._load(wanted)
-        except GridWatchError as error:
-            self._shadow_refused = wanted
-            logger.error("not scoring in the shadow with model %s: %s", wanted, error)
-            return
-        self._shadow_refused = None
-        shadow.use(detector)
-
     def _follow_active(self, serving: str, active: str | None) -> SwapOutcome:
         if active is None or active == serving:
-            self._refused = None
+            self._accept()
             return SwapOutcome(serving=serving)
-        if self._refused is not None and self._refused[0] == active:
-            return SwapOutcome(serving=serving, refused=active, reason=self._refused[1])
+        files = self._store.fingerprint(active)
+        known = self._refused
+        if known is not None and (known.version, known.fingerprint) == (active, files):
+            return SwapOutcome(serving=serving, refused=active, reason=known.reason)
         try:
-            detector = self._load(active)
+            detector = load_for_serving(self._store, active, self._scorer)
         except GridWatchError as error:
-            return self._refuse(serving, active, str(error))
+            return self._refuse(serving, Refusal(active, files, str(error)))
         self._holder.swap(detector)
-        self._refused = None
+        self._accept()
         MODEL_SWAPS.labels("swapped").inc()
         logger.info("swapped model %s for %s, the active version of MODEL_DIR", serving, active)
         return SwapOutcome(serving=active, previous=serving)
 
-    def _refuse(self, serving: str, version: str, reason: str) -> SwapOutcome:
-        if self._refused != (version, reason):  # counted and logged once, not at every interval
-            self._refused = (version, reason)
+    def _accept(self) -> None:
+        if self._refused is not None:
+            logger.info("serving MODEL_DIR's active version again")
+        self._refused = None
+        MODEL_REFUSING_ACTIVE.set(0)
+
+    def _refuse(self, serving: str, refusal: Refusal) -> SwapOutcome:
+        if self._refused != refusal:  # counted and logged once per version and state of its files
+            self._refused = refusal
             MODEL_SWAPS.labels("failed").inc()
-            logger.error("not swapping to model %s, keeping %s: %s", version, serving, reason)
-        return SwapOutcome(serving=serving, refused=version, reason=reason)
+            logger.error("not swapping to model %s, keeping %s: %s", refusal.version, serving, refusal.reason)
+        MODEL_REFUSING_ACTIVE.set(1)
+        return SwapOutcome(serving=serving, refused=refusal.version, reason=refusal.reason)
+
+    def _follow_shadow(self, shadow: ShadowScorer, wanted: str | None) -> None:
+        if wanted is None:
+            if shadow.version is not None:
+                shadow.use(None)
+            self._shadow_files = self._shadow_refused = None
+            return
+        files = self._store.fingerprint(wanted)
+        if wanted == shadow.version and files == self._shadow_files:
+            return  # the challenger scoring is the one wanted, its files untouched
+        known = self._shadow_refused
+        if known is not None and (known.version, known.fingerprint) == (wanted, files):
+            return
+        try:
+            detector = load_for_serving(self._store, wanted, self._scorer)
+        except GridWatchError as error:
+            self._shadow_refused = Refusal(wanted, files, str(error))
+            self._shadow_files = None
+            if shadow.version is not None:
+                shadow.use(None)  # a challenger that is gone or damaged no longer scores, nor does the one before it
+            logger.error("not scoring in the shadow with model %s: %s", wanted, error)
+            return
+        self._shadow_refused = None
+        self._shadow_files = files
+        shadow.use(detector)

@@ -240,8 +240,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from app import FEATURES
-    from app.detector.artifact import load_detector
     from app.detector.evaluate import evaluate_detector, evaluate_recorded, sweep_contamination
+    from app.detector.loading import load_detector
     from app.sim import DEFAULT_ANOMALY_KINDS
     from app.tools.report import print_evaluation, print_sweep
 
@@ -250,7 +250,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         from app.detector.dataset import read_readings
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid, require_labels=True)
-    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing)
+    # Read-only by its name: evaluating never trains or promotes, whatever TRAIN_IF_MISSING says.
+    detector = load_detector(settings.model_path, train_if_missing=False)
     if readings is None:
         report = evaluate_detector(
             detector,
@@ -483,7 +484,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir, log_level="warning")
-    from app.detector.artifact import load_detector
+    from app.detector.loading import load_detector
     from app.tools.bench import BenchConfig, render_markdown, run_bench
     from app.tools.report import print_bench
 

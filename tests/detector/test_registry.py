@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.detector.artifact import forest_path, load_forest, metadata_path
+from app.detector.errors import ModelUnavailableError
 from app.detector.model import ModelConfig
 from app.detector.registry import POINTER, ModelStore, RegistryError
 from app.detector.training import ensure_model, train_model, train_version
@@ -76,13 +77,17 @@ def test_the_same_training_twice_is_one_version(tmp_path: Path):
     assert len(store.versions()) == 1
 
 
-def test_a_damaged_version_is_replaced_by_its_retraining(tmp_path: Path):
+def test_a_damaged_active_version_is_never_replaced_by_training_and_a_retrain_repairs_it(tmp_path: Path):
     store = ModelStore(tmp_path)
     first, _ = train_version(store, SMALL, promote=False)
     first.path.write_bytes(b"damaged")
-    detector = ensure_model(store.legacy_artifact, train_if_missing=True, config=SMALL)
-    assert detector.version == first.version
+    with pytest.raises(ModelUnavailableError, match=f"the active version {first.version} cannot be served"):
+        ensure_model(store.legacy_artifact, train_if_missing=True, config=SMALL)
+    assert store.version_names() == [first.version], "nothing was trained over the operator's version"
+    again, _ = train_version(store, SMALL, promote=False)  # the same bytes: the same version
+    assert again.version == first.version
     assert load_forest(store.active_artifact()).version == first.version
+    assert ensure_model(store.legacy_artifact, train_if_missing=False, config=SMALL).version == first.version
     assert list((tmp_path / "versions").glob(f".damaged-{first.version}-*")), "the damaged copy is kept aside"
 
 

@@ -407,7 +407,7 @@ def ensure_model(
                     if path.exists():
                         path.replace(path.with_name(path.name + ".rejected"))
             else:
-                logger.info("no model in %s, training one", store.root)
+                logger.info("no model at %s, training one", current)
             detector, _ = train_version_locked(store, config, promote=True, evaluate=evaluate)
             return detector
     except OSError as exc:

@@ -76,16 +76,16 @@ def test_a_challenger_named_with_the_cli_is_followed_and_a_broken_one_is_refused
     env = {"MODEL_DIR": str(store.root), "TRAIN_IF_MISSING": "0", "MODEL_POLL_INTERVAL": "0"}
     damaged = forest_path(store.artifact_of(challenger))
     intact = damaged.read_bytes()
-    damaged.write_bytes(intact[:1000])
     with ServerProcess(env=env, args=[]) as server:
-        store.set_shadow(challenger)
+        store.set_shadow(challenger)  # verified when named; damaged after, before this server loads it
+        damaged.write_bytes(intact[:1000])
         assert httpx2.post(f"{server.url}/model/reload").status_code == 200, "the active version is fine"
         body = {"readings": GridSimulator(seed=1).batch(50).to_records(ground_truth=False)}
         assert httpx2.post(f"{server.url}/predict", json=body).status_code == 200
         assert "not scoring in the shadow with model" in server.log()
         assert counter(server.url, "shadow_readings_scored", challenger) == 0
         damaged.write_bytes(intact)
-        httpx2.post(f"{server.url}/model/reload")  # an explicit reload tries a refused version again
+        httpx2.post(f"{server.url}/model/reload")  # its files changed: the refused version is read again
         assert httpx2.post(f"{server.url}/predict", json=body).json()["model_version"] == active
         wait_for(lambda: counter(server.url, "shadow_readings_scored", challenger) == 50, "the repaired one scores")
 

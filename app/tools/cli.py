@@ -328,12 +328,19 @@ def _models(args: argparse.Namespace) -> int:
         store.set_shadow(None if args.off else args.version)
         print(f"shadow model: {store.shadow_version() or 'none'}")
     else:
-        active, shadow = store.active_version(), store.shadow_version()
+        from app.detector.registry import RegistryError
+
+        try:
+            active, shadow = store.active_and_shadow()
+        except RegistryError as error:  # still list the versions: the operator picks one to promote from them
+            print(error, file=sys.stderr)
+            active = shadow = None
         versions = [
             {
                 **entry,
                 "active": entry.get("version") == active or bool(entry.get("legacy")),
                 "shadow": entry.get("version") == shadow,
+                "problem": store.why_unusable(entry["version"]) if entry.get("version") else None,
             }
             for entry in store.versions()
         ]

@@ -212,7 +212,8 @@ def _print_live_profile(console: Console, result: BenchResult) -> None:
 
 
 def print_versions(versions: list[dict]) -> None:
-    """The model versions of a folder, oldest first, the active one marked *, the shadow s."""
+    """The model versions of a folder, oldest first, the active one marked *, the shadow s, one that does not load
+    ! (with the reason in place of what it was trained on)."""
     table = Table(
         Column("", width=1),
         Column("version", no_wrap=True),
@@ -224,10 +225,10 @@ def print_versions(versions: list[dict]) -> None:
     for entry in versions:
         evaluation = entry.get("evaluation") or {}
         table.add_row(
-            "*" if entry.get("active") else ("s" if entry.get("shadow") else ""),
+            "!" if entry.get("problem") else ("*" if entry.get("active") else ("s" if entry.get("shadow") else "")),
             entry.get("version") or "(before versions)",
             (entry.get("trained_at") or "")[:16].replace("T", " ") or entry.get("error", ""),
-            str(entry.get("source") or ""),
+            str(entry.get("problem") or entry.get("source") or ""),
             *(
                 f"{evaluation[key]:.3f}" if evaluation.get(key) is not None else ""
                 for key in ("precision", "recall", "f1")

@@ -214,6 +214,10 @@ def test_promote_refuses_a_truncated_forest_and_a_renamed_copy(store: ModelStore
     result = gridwatch(store, "models", "promote", other)
     assert result.returncode != 0
     assert "truncated" in result.stderr
+    listing = json.loads(gridwatch(store, "models", "list", "--json").stdout)
+    problems = {entry["version"]: entry["problem"] for entry in listing["versions"]}
+    assert problems[active] is None
+    assert "truncated" in problems[other], "the listing says which version does not load"
     forest.write_bytes(good)
     shutil.copytree(store.artifact_of(active).parent, store.root / "versions" / "renamed")
     result = gridwatch(store, "models", "promote", "renamed")
@@ -315,11 +319,14 @@ def test_a_retrain_of_a_damaged_version_sets_it_aside_and_repairs_it(store: Mode
 
 
 def test_promote_repairs_an_unreadable_pointer_and_keeps_the_bad_one_aside(store: ModelStore):
-    _, other = versions_of(store)
+    active, other = versions_of(store)
     (store.root / POINTER).write_text("{not json")
     with server(store) as running:
         message = unready_because(running.url, "promote a version to rewrite it")
         assert "active.json" in json.dumps(message)
+        listing = gridwatch(store, "models", "list", "--json")
+        assert listing.returncode == 0, "the versions to choose from are still listed"
+        assert {entry["version"] for entry in json.loads(listing.stdout)["versions"]} == {other, active}
         result = gridwatch(store, "models", "promote", other)
         assert result.returncode == 0, result.stderr
         wait_for(lambda: health(running.url)[0] == 200, "ready once the pointer is repaired")

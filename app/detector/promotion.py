@@ -13,6 +13,7 @@ from typing import Any
 
 from app.detector.artifact import load_forest
 from app.detector.dataset import RecordedReadings
+from app.detector.errors import ModelArtifactError
 from app.detector.evaluate import EvaluationReport, evaluate_recorded
 from app.detector.registry import ModelStore
 
@@ -36,10 +37,15 @@ def promotion_gate(store: ModelStore, candidate: str, readings: RecordedReadings
     active_artifact = store.active_artifact()
     if not active_artifact.exists():
         return GateDecision(candidate, None, True, "no active version to compare with", len(readings))
-    active = load_forest(active_artifact)
+    store.verify(candidate)  # a candidate that does not load is refused before anything is compared
+    try:
+        active = load_forest(active_artifact, version=store.active_version())
+    except ModelArtifactError as error:  # nothing to protect: a working candidate beats a broken active version
+        reason = f"the active version does not load ({error.reason})"
+        return GateDecision(candidate, store.active_version(), True, reason, len(readings))
     if active.version == candidate:
         return GateDecision(candidate, candidate, True, "already the active version", len(readings))
-    new = evaluate_recorded(load_forest(store.artifact_of(candidate)), readings)
+    new = evaluate_recorded(load_forest(store.artifact_of(candidate), version=candidate), readings)
     old = evaluate_recorded(active, readings)
     promote, reason = _compare(new, old)
     return GateDecision(candidate, active.version, promote, reason, len(readings), _summary(new), _summary(old))

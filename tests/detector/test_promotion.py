@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.detector.artifact import forest_path
 from app.detector.dataset import RecordedReadings
 from app.detector.model import ModelConfig
 from app.detector.promotion import promotion_gate
-from app.detector.registry import ModelStore
+from app.detector.registry import ModelStore, VersionRefusedError
 from app.detector.training import train_version
 from app.sim import GridSimulator
 
@@ -72,3 +73,18 @@ def test_with_nothing_active_the_candidate_is_promoted(tmp_path: Path):
     assert decision.promote
     assert decision.reason == "no active version to compare with"
     assert np.isfinite(readings.X).all()
+
+
+def test_a_candidate_that_does_not_load_is_refused_and_a_broken_active_version_is_replaced(store: ModelStore):
+    active, _ = train_version(store, CALM, promote=False)
+    candidate, _ = train_version(store, NOISY, promote=False)
+    forest = forest_path(store.artifact_of(candidate.version))
+    intact = forest.read_bytes()
+    forest.write_bytes(intact[:1000])
+    with pytest.raises(VersionRefusedError, match="truncated"):
+        promotion_gate(store, candidate.version, labelled(0.02))
+    forest.write_bytes(intact)
+    forest_path(store.artifact_of(active.version)).write_bytes(b"damaged")
+    decision = promotion_gate(store, candidate.version, labelled(0.02))
+    assert decision.promote, "nothing to protect: however it detects, the candidate loads and the active one does not"
+    assert decision.reason.startswith("the active version does not load")

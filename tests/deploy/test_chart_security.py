@@ -19,7 +19,6 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.detector.artifact import metadata_path
 from app.serving.settings import Settings
 from tests.deploy.support import (
     API_KEY,
@@ -36,7 +35,7 @@ from tests.deploy.support import (
     template_args,
     values_file,
 )
-from tests.support import Answer, ServerProcess, StubBackend
+from tests.support import Answer, ServerProcess, StubBackend, copy_model
 from ui.config import api_key_from_env
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -348,10 +347,7 @@ def run_smoke_test(url: str, **env: str) -> subprocess.CompletedProcess[str]:
 def keyed_server(tmp_path_factory: pytest.TempPathFactory, trained_artifact: Path) -> Iterator[tuple[str, Path]]:
     """A real `gridwatch serve` reading its key from a file, as the chart runs it; yields (url, key file)."""
     folder = tmp_path_factory.mktemp("keyed")
-    models = folder / "models"
-    models.mkdir()
-    for source in (trained_artifact, metadata_path(trained_artifact)):
-        (models / source.name).write_bytes(source.read_bytes())
+    models = copy_model(trained_artifact, folder / "models")
     key_file = folder / "key"
     key_file.write_text(API_KEY + "\n")  # a trailing newline, as `kubectl create secret --from-file` often leaves
     env = {"MODEL_DIR": str(models), "TRAIN_IF_MISSING": "0", "API_KEY_FILE": str(key_file)}

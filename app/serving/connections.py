@@ -86,9 +86,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._head_bytes += len(data)
+            # Counted before parsing, up to the blank line that ends the head: a whole head arriving in one read
+            # (100 KB once did) is parsed in one call, and would be accepted before a count taken after it.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse_large_head()
+                return
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse_large_head()
+
+    def _refuse_large_head(self) -> None:
+        if not self.transport.is_closing():
             self._refuse(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                 f"request head over MAX_HEADER_BYTES={self.max_head_bytes}",

@@ -37,6 +37,10 @@ class TracesExporter(StrEnum):
     otlp = "otlp"
 
 
+MIN_POLL_INTERVAL_S = 0.1
+"""The shortest MODEL_POLL_INTERVAL: a poll reads a small file and stats three, ten times a second is plenty."""
+
+
 class Settings(BaseSettings):
     """Backend settings. Field names are the environment variable names (case-insensitive)."""
 
@@ -120,8 +124,9 @@ class Settings(BaseSettings):
     model_poll_interval: float = Field(
         5.0,
         ge=0,
+        allow_inf_nan=False,
         description="Seconds between checks of MODEL_DIR's active version: a promotion or rollback is served within "
-        "this time, without a restart (0: only on POST /model/reload).",
+        f"this time, without a restart (0: only on POST /model/reload; otherwise at least {MIN_POLL_INTERVAL_S}).",
     )
     shadow_model_version: str = Field(
         "",
@@ -152,6 +157,16 @@ class Settings(BaseSettings):
     otel_sdk_disabled: bool = Field(False, description="Standard OpenTelemetry switch: true turns tracing off.")
     pod_name: str | None = Field(None, description="Set by the chart through the downward API.")
     node_name: str | None = Field(None, description="Set by the chart through the downward API.")
+
+    @model_validator(mode="after")
+    def _check_poll_interval(self) -> Settings:
+        """``inf`` once killed the watcher thread (polling silently off) and ``1e-9`` spun a core at idle."""
+        if 0 < self.model_poll_interval < MIN_POLL_INTERVAL_S:
+            raise ValueError(
+                f"MODEL_POLL_INTERVAL={self.model_poll_interval} polls too often: use 0 (only on POST /model/reload) "
+                f"or at least {MIN_POLL_INTERVAL_S} seconds"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_traces_exporter(self) -> Settings:

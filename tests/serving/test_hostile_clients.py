@@ -63,6 +63,21 @@ def send_huge_head(port: int, megabytes: int) -> bytes:
             return b""
 
 
+def test_a_head_over_the_limit_arriving_in_one_read_is_refused(server: ServerProcess):
+    """About 100 KB of head in one write reaches the server in one read, parsed in one call: counted all the same."""
+    before = requests_total_of(server.url, "431")
+    head = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 100_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(head)
+        answer = b""
+        with contextlib.suppress(OSError):  # a reset after the answer is fine: the answer is what counts
+            while chunk := connection.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert b"MAX_HEADER_BYTES" in answer
+    assert requests_total_of(server.url, "431") - before == 1
+
+
 HEAD_MEMORY_CEILING_KIB = 400 * 1024
 """Four times a serving worker's usual peak; four 40 MiB heads took one to 631 MB before the limit existed."""
 

@@ -111,7 +111,16 @@ def test_evaluate_without_a_model_and_without_training_explains(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("PORT", "eighty"), ("WORKERS", "0"), ("LOG_LEVEL", "loud"), ("MAX_BATCH", "-1")]
+    ("variable", "value"),
+    [
+        ("PORT", "eighty"),
+        ("WORKERS", "0"),
+        ("LOG_LEVEL", "loud"),
+        ("MAX_BATCH", "-1"),
+        ("MODEL_POLL_INTERVAL", "inf"),  # once killed the watcher thread: polling silently off
+        ("MODEL_POLL_INTERVAL", "nan"),
+        ("MODEL_POLL_INTERVAL", "1e-9"),  # once spun a core at idle
+    ],
 )
 def test_invalid_environment_is_refused_naming_the_variable(variable: str, value: str):
     result = run_cli("serve", env={variable: value})

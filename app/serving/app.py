@@ -34,7 +34,7 @@ from app.serving.inference import Inference, ModelHolder, ModelState
 from app.serving.logs import AccessLogMiddleware
 from app.serving.metrics import HTTPMetricsMiddleware, render_metrics
 from app.serving.middleware import InternalErrorMiddleware, SecurityHeadersMiddleware
-from app.serving.model_swap import ModelWatcher
+from app.serving.model_swap import ModelWatcher, SharedCheck
 from app.serving.parsing import most_readings, parse_readings
 from app.serving.protocol import (
     BodyBytesBudget,
@@ -274,6 +274,7 @@ def _key_declarations(api_key: str | None) -> tuple[list[Any], dict[int | str, d
 def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, watcher: ModelWatcher) -> None:
     api_key = settings.required_api_key()
     keyed, unauthorized = _key_declarations(api_key)
+    shared_check = SharedCheck(watcher.check)
 
     @app.post(
         "/model/reload",
@@ -289,7 +290,7 @@ def _add_model_reload(app: FastAPI, settings: Settings, holder: ModelHolder, wat
     async def reload_model(request: Request) -> Response:
         require_api_key(request, api_key)
         holder.get()  # 503 while the first model is still loading
-        outcome = await run_in_threadpool(watcher.check)
+        outcome = await shared_check()  # one check in flight per worker; concurrent calls share its outcome
         if outcome.refused is not None:
             raise ModelRefusedError(
                 f"version {outcome.refused} was not loaded, {outcome.serving} keeps serving: "

@@ -17,8 +17,10 @@ soon as it is gone or damaged. Each worker of a pod follows the pointer on its o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.detector.errors import GridWatchError
@@ -177,3 +179,21 @@ class ModelWatcher:
         self._shadow_refused = None
         self._shadow_files = files
         shadow.use(detector)
+
+
+class SharedCheck:
+    """``ModelWatcher.check`` for many concurrent callers on one event loop: one check in flight, and every caller
+    arriving meanwhile gets its outcome (``POST /model/reload``).
+
+    Without it, 64 clients calling reload held 64 threads of the request pool waiting on the watcher's lock (the
+    pool parses big bodies too) and each re-ran the check once it got the lock.
+    """
+
+    def __init__(self, check: Callable[[], SwapOutcome]) -> None:
+        self._check = check
+        self._running: asyncio.Future[SwapOutcome] | None = None
+
+    async def __call__(self) -> SwapOutcome:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(asyncio.to_thread(self._check))
+        return await asyncio.shield(self._running)  # a caller that leaves does not cancel the others' check

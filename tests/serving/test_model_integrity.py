@@ -368,3 +368,51 @@ def test_a_challenger_whose_files_are_gone_stops_scoring(store: ModelStore):
             predict_version(running.url)
         assert metric(running.url, scored) == 3.0, "a challenger that is gone scored on"
         assert f"not scoring in the shadow with model {challenger}" in running.log()
+
+
+# 7. Reload: one check in flight; a refused version is not read again until its files change.
+
+
+def test_concurrent_reload_calls_share_one_check():
+    import asyncio
+    import threading
+
+    from app.serving.model_swap import SharedCheck, SwapOutcome
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def check() -> SwapOutcome:
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        return SwapOutcome(serving="b", previous="a")
+
+    async def many() -> list[SwapOutcome]:
+        shared = SharedCheck(check)
+        first = asyncio.ensure_future(shared())
+        await asyncio.to_thread(started.wait, 30)  # the first check is in flight...
+        others = [asyncio.ensure_future(shared()) for _ in range(63)]  # ...when 63 more callers arrive
+        release.set()
+        return await asyncio.gather(first, *others)
+
+    outcomes = asyncio.run(many())
+    assert len(calls) == 1
+    assert {outcome.previous for outcome in outcomes} == {"a"}, "every caller got the one check's outcome"
+
+
+def test_64_clients_reloading_a_refused_version_read_it_once(store: ModelStore):
+    from concurrent.futures import ThreadPoolExecutor
+
+    first, second = versions_of(store)
+    forest = forest_path(store.artifact_of(second))
+    forest.write_bytes(forest.read_bytes()[:1000])
+    with server(store) as running:
+        wait_for(lambda: health(running.url)[0] == 200, "ready")
+        write_pointer(store, second)
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            answers = list(pool.map(lambda _: httpx2.post(f"{running.url}/model/reload", timeout=60), range(64)))
+        assert {answer.status_code for answer in answers} == {409}
+        assert len({answer.json()["detail"] for answer in answers}) == 1
+        assert metric(running.url, 'model_swaps_total{result="failed"}') == 1.0
+        assert running.log().count(f"not swapping to model {second}") == 1, "read and logged once"
+        assert predict_version(running.url) == first

@@ -92,7 +92,7 @@ def create_app(
         on_ready=readiness.mark_ready,
         model_dir=settings.model_dir,
     )
-    shadow = ShadowScorer()
+    shadow = ShadowScorer(max_share=settings.shadow_max_share)
     watcher = ModelWatcher(
         holder,
         ModelStore.of(settings.model_path),

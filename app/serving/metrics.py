@@ -368,12 +368,17 @@ SHADOW_ANOMALIES = Counter(
     "Readings the shadow model flagged as anomalous (the active model's own count is anomalies_total).",
     ["shadow_version"],
 )
+SHADOW_SCORING_SECONDS = Counter(
+    "shadow_scoring_seconds",
+    "CPU seconds the shadow model spent scoring, bounded by SHADOW_MAX_SHARE of the wall-clock time per worker.",
+    ["shadow_version"],
+)
 SHADOW_ERRORS = Counter(
     "shadow_errors",
     "Shadow scorings that failed; never an answer's failure, which the active model had already sent.",
 )
 SHADOW_SKIPPED = Counter(
     "shadow_skipped",
-    "Batches the shadow model did not score because it had fallen behind (its queue was full): the answer is never "
-    "held up by the shadow, the shadow's work is shed first.",
+    "Batches the shadow model did not score because it had fallen behind (its queue was full) or had used its "
+    "SHADOW_MAX_SHARE of the time: the answer is never held up by the shadow, the shadow's work is shed first.",
 )

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         description="A model version in MODEL_DIR that scores every batch after the answer is sent, as a challenger "
         "(metrics only; it never changes or fails an answer). Empty: the one `gridwatch models shadow` names, if any.",
     )
+    shadow_max_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="The largest share of the wall-clock time a worker's shadow model may spend scoring; past it, "
+        "batches are skipped (shadow_skipped_total), so a slow challenger never takes the requests' CPU.",
+    )
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )

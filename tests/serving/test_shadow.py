@@ -132,3 +132,62 @@ def test_a_shadow_that_falls_behind_skips_batches_instead_of_queueing_them():
     slow.release.set()
     assert shadow.drain(timeout=60)
     assert SHADOW_READINGS.labels(slow.version)._value.get() == 4 * (6 - skipped)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_share_budget_lets_the_shadow_score_its_share_of_the_time_and_no_more():
+    from app.serving.shadow import ShareBudget
+
+    clock = Clock()
+    budget = ShareBudget(0.25, burst=0.5, clock=clock)
+    assert budget.allow(), "a fresh budget holds its burst"
+    budget.charge(0.6)  # one slow batch overdraws it
+    assert not budget.allow()
+    clock.now += 0.2  # 0.05 s of credit back: still overdrawn by 0.05
+    assert not budget.allow()
+    clock.now += 0.3  # 0.075 s more: positive again
+    assert budget.allow()
+    clock.now += 3600.0  # an idle hour refills up to the burst, not beyond
+    assert budget.allow()
+    budget.charge(0.51)
+    assert not budget.allow()
+    with pytest.raises(ValueError, match="within"):
+        ShareBudget(0.0)
+
+
+@pytest.mark.slow
+def test_a_slow_challenger_is_held_to_its_share_and_the_rest_is_skipped(versions):
+    """A challenger far slower than the active model (400 trees of 4,096 samples against 20 of 1,024) under a
+    steady stream of answers: every answer is the active version's, the shadow spends at most SHADOW_MAX_SHARE of
+    the time scoring (plus its burst and one batch), and the batches it had no time for are counted as skipped."""
+    store, active, _ = versions
+    slow, _ = train_version(store, replace(SMALL, n_estimators=400, max_samples=4096, random_state=5), promote=False)
+    share = 0.05
+    env = {
+        "MODEL_DIR": str(store.root),
+        "TRAIN_IF_MISSING": "0",
+        "SHADOW_MODEL_VERSION": slow.version,
+        "SHADOW_MAX_SHARE": str(share),
+    }
+    body = {"readings": GridSimulator(seed=4).batch(2_000).to_records(ground_truth=False)}
+    with ServerProcess(env=env, args=[]) as server, httpx2.Client(timeout=60) as client:
+        answers = [client.post(f"{server.url}/predict", json=body) for _ in range(60)]
+        assert {answer.status_code for answer in answers} == {200}
+        assert {answer.json()["model_version"] for answer in answers} == {active}
+        metrics = httpx2.get(f"{server.url}/metrics").text
+        skipped = float(re.search(r"^shadow_skipped_total (\S+)$", metrics, re.M).group(1))
+        started = float(re.search(r"^process_start_time_seconds (\S+)$", metrics, re.M).group(1))
+        spent = counter(server.url, "shadow_scoring_seconds", slow.version)
+        scored_batches = counter(server.url, "shadow_readings_scored", slow.version) / 2_000
+        elapsed = time.time() - started
+    assert skipped > 0, "the challenger could not score every batch within its share"
+    assert scored_batches > 0, "it scored some: a sample, not nothing"
+    one_batch = spent / scored_batches
+    assert spent <= share * elapsed + 0.5 + one_batch, (spent, elapsed)

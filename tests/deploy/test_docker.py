@@ -87,7 +87,9 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_labelled(image: str):
     for sync in syncs:
         assert "--frozen" in sync, "installed exactly as uv.lock pins them"
         assert "--no-dev" in sync
-        assert ["--extra", image] == _synced_extras(builder, sync), f"{image} installs its own extra only"
+        extras = _synced_extras(builder, sync)
+        assert extras in (["--extra", image], ["--extra", image, "--extra", "jit"]), f"{image}: its own extra only"
+    assert _synced_extras(builder, syncs[-1]) == ["--extra", image], "the build-only jit extra is gone at the end"
     assert any("--no-install-project" in sync for sync in syncs), "a dependency layer cached apart from the code"
     final_runs = " ".join(final.all("RUN"))
     for tool in ("uv ", "apt-get", "gcc", "build-essential", "pip install"):
@@ -126,10 +128,18 @@ def test_backend_image_extras_are_a_build_argument_that_defaults_to_the_lean_ser
     builder = parse_dockerfile(IMAGES["backend"])[0]
     assert _build_args(builder)["EXTRAS"] == "backend"
     syncs = [run for run in builder.all("RUN") if "uv sync" in run]
-    assert len(syncs) == 2
+    assert len(syncs) == 3, "dependencies, project with the build-only jit extra, then exactly the image's extras"
     for sync in syncs:
-        both = _synced_extras(builder, sync, EXTRAS="backend training")
-        assert both == ["--extra", "backend", "--extra", "training"]
+        both = [word for word in _synced_extras(builder, sync, EXTRAS="backend training") if word != "jit"]
+        assert both[:4] == ["--extra", "backend", "--extra", "training"]
+    assert _synced_extras(builder, syncs[-1], EXTRAS="backend training") == [
+        "--extra",
+        "backend",
+        "--extra",
+        "training",
+    ]
+    assert "numba" not in _locked_packages("backend"), "serving needs the compiled kernels, not numba"
+    assert "numba" in _locked_packages("jit")
     assert "pyarrow" not in _locked_packages("backend"), "the default image stays lean"
     assert "pyarrow" in _locked_packages("training")
 

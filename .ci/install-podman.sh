@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A real container engine for CI: Debian's rootful podman with runc, and podman-compose for docker/compose.yaml.
+#
+# Two settings this machine kind needs, written to /etc/containers/containers.conf (only if it does not exist, so
+# a developer's own configuration is never overwritten):
+# - runtime = "runc": its cgroups are hybrid (v1 controllers beside a v2 mount), where crun fails to create a
+#   container's cgroup;
+# - default_ulimits within the machine's hard limits: podman's defaults ask for more open files and processes than
+#   the hard limits here allow, and every container start fails with "setrlimit ... operation not permitted".
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq --no-install-recommends podman runc podman-compose debootstrap uidmap >/dev/null
+
+conf=/etc/containers/containers.conf
+if [[ ! -e "$conf" ]]; then
+  nofile=$(ulimit -Hn)
+  nproc=$(ulimit -Hu)
+  [[ "$nproc" == unlimited || "$nproc" -gt 32768 ]] && nproc=32768
+  [[ "$nofile" == unlimited || "$nofile" -gt 65536 ]] && nofile=65536
+  mkdir -p /etc/containers
+  cat >"$conf" <<CONF
+# Written by GridWatch's .ci/install-podman.sh for this machine kind (see that script).
+[containers]
+default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=${nproc}:${nproc}"]
+
+[engine]
+runtime = "runc"
+CONF
+fi
+podman --version
+podman-compose --version 2>/dev/null | head -1 || true
+podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupsVersion}}'

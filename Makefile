@@ -5,7 +5,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 
 .DEFAULT_GOAL := help
-.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools chart-lock clean prometheus
+.PHONY: help uv sync up serve train evaluate test test-quick lint fmt tools chart-lock clean prometheus images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ prometheus: ## Prometheus with prometheus-rules/ on :9090, scraping the API of `
 	@command -v prometheus >/dev/null || { echo "prometheus is not installed: sudo apt-get install prometheus"; exit 1; }
 	prometheus --config.file=docker/prometheus-local.yml --storage.tsdb.path=.prometheus \
 		--web.listen-address=127.0.0.1:$(PROMETHEUS_PORT)
+
+images: ## build gridwatch-backend:local and gridwatch-ui:local with podman (root; installs it on Debian), as CI does
+	.ci/install-podman.sh
+	.ci/base-images.sh
+	.ci/build-images.sh
 
 tools: ## install helm (Linux x86-64 only) and checkov into .tools/bin (promtool, amtool, chromium: apt, see .ci/run)
 	.ci/install-helm.sh .tools/bin

@@ -10,7 +10,9 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -qq --no-install-recommends podman runc podman-compose debootstrap uidmap >/dev/null
+# dnsname: compose's services find each other by name (Prometheus scrapes "backend:8000") on CNI networks.
+apt-get install -y -qq --no-install-recommends podman runc podman-compose debootstrap uidmap \
+  golang-github-containernetworking-plugin-dnsname dnsmasq-base >/dev/null
 
 conf=/etc/containers/containers.conf
 if [[ ! -e "$conf" ]]; then
@@ -29,5 +31,4 @@ runtime = "runc"
 CONF
 fi
 podman --version
-podman-compose --version 2>/dev/null | head -1 || true
 podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupsVersion}}'

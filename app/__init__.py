@@ -1,9 +1,11 @@
 """GridWatch: real-time anomaly detection on electricity-grid sensor readings.
 
-Three packages by job: ``app.detector`` (the model, nothing of HTTP), ``app.serving`` (the HTTP service) and
-``app.tools`` (command line, load generator, benchmark); ``app.sim`` (the simulator) stays at the top, where the
-Streamlit UI imports it. Importing this package must stay cheap and free of scikit-learn: the UI's container image
-does not ship scikit-learn, and the heavy packages are imported only by the code paths that need them.
+Packages by job: ``app.detector`` (the model, nothing of HTTP or metrics), ``app.scoring`` (the model a worker
+serves, for any front door), ``app.serving`` (the HTTP front door), ``app.tools`` (command line, load generator,
+benchmark) and ``app.common`` (what the backend, the tools and the UI share); ``app.sim`` (the simulator) stays
+at the top, where the Streamlit UI imports it. Importing this package must stay cheap and free of scikit-learn:
+the UI's container image does not ship scikit-learn, and the heavy packages are imported only by the code paths
+that need them.
 """
 
 from importlib.metadata import PackageNotFoundError, version

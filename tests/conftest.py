@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.detector.estimator import load_model
 from app.detector.model import Detector, ModelConfig
-from app.detector.training import load_model, train_model
+from app.detector.training import train_model
 from app.serving.app import create_app
 from app.serving.settings import Settings
 from tests.support import ServerProcess, copy_model

@@ -1,6 +1,6 @@
 """The UI's configuration: its one environment variable and the bounds of every control.
 
-The backend reads its settings in ``app/settings.py``; the UI has two, ``BACKEND_URL`` and the optional API key
+The backend reads its settings in ``app/serving/settings.py``; the UI has two, ``BACKEND_URL`` and the optional API key
 (``API_KEY`` or ``API_KEY_FILE``, the backend's names, so one Secret serves both), read here and nowhere else
 (``STREAMLIT_SERVER_PORT`` and the other ``STREAMLIT_*`` variables are read by Streamlit itself).
 The bounds live here too, so the sidebar, the load actions and the tests agree on them: a load action can never
@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from app.common.api_key import ApiKeyError, read_api_key_file
 
 DEFAULT_BACKEND_URL = "http://localhost:8000"
 
@@ -24,15 +27,15 @@ def backend_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
 def api_key_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
     """The key to send in X-API-Key when the backend requires one: ``API_KEY_FILE``'s content, else ``API_KEY``.
 
-    An unreadable file is treated as no key: the backend then answers 401 and the UI's banner says so, which
-    tells the operator more than a UI that refuses to start.
+    The file is read as the backend reads it (``app.common.api_key``: a byte-order mark and surrounding whitespace
+    dropped). A file that gives no usable key is treated as no key: the backend then answers 401 and the UI's
+    banner says so, which tells the operator more than a UI that refuses to start.
     """
     path = (environ.get("API_KEY_FILE") or "").strip()
     if path:
         try:
-            with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - a plain read, no pathlib needed
-                return handle.read().strip() or None
-        except OSError:
+            return read_api_key_file(Path(path))
+        except ApiKeyError:
             return None
     return (environ.get("API_KEY") or "").strip() or None
 
@@ -44,9 +47,6 @@ class Range:
     low: float
     high: float
     default: float
-
-    def clamp(self, value: float) -> float:
-        return min(max(value, self.low), self.high)
 
 
 BATCH_SIZE = Range(1, 1000, 64)

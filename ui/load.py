@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from app.common.latency import latency_summary
 from app.sim import AnomalyKind, GridSimulator
-from app.tools.stats import latency_summary
 from ui.client import BackendClient
 from ui.config import BATCH_SIZE, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, Range
 from ui.traffic import RequestRecord, TrafficLog, timed_predict

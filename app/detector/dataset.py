@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from app.common.columns import KIND, LABEL
 from app.detector.errors import GridWatchError
 
-LABEL = "is_anomaly"
-KIND = "anomaly_kind"
 FORMATS = ("csv", "parquet")
 MAX_LISTED_PROBLEMS = 5
 """A file with 40,000 bad cells gets a readable message: the first few, then a count."""

@@ -2,7 +2,7 @@
 
 The monitor keeps the last ``window`` readings (``DRIFT_WINDOW``, default 1,000) and their flags in a ring buffer
 and computes, per feature, the window mean and a drift score, plus the rolling anomaly ratio. Statistics only:
-``app.serving.metrics.DriftGauges`` publishes them.
+``app.scoring.metrics.DriftGauges`` publishes them.
 
 **The drift score** is the standardised mean shift ``|mean(window) - mean(training)| / std(training)``: how many
 training standard deviations the recent average has moved. Two textbook alternatives were measured and rejected,

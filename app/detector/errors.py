@@ -1,7 +1,7 @@
 """The named errors of the detector: a model that cannot be had, or must not be used.
 
-Raised without any knowledge of HTTP; ``app.serving.errors`` maps each type to one status code, and the command
-line prints them as one line instead of a traceback. ``GridWatchError`` is the base of every error GridWatch
+Raised without any knowledge of HTTP; ``app.serving.edge.http_errors`` maps each type to one status code, and the
+command line prints them as one line instead of a traceback. ``GridWatchError`` is the base of every error GridWatch
 raises on purpose, in every package.
 """
 

@@ -16,7 +16,6 @@ import logging
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from app.detector.artifact import forest_path, load_forest
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
@@ -32,26 +31,28 @@ PREPARE_TRAINED_UNUSABLE = 4
 """Exit codes of ``app.detector.prepare`` for its named errors, so the server raises the same one."""
 
 
-def load_for_serving(store: ModelStore, version: str, scorer: Scorer) -> Detector:
-    """``version`` of ``store`` as a server scores with it: verified, on ``scorer``, its kernels warmed up.
+def load_for_serving(store: ModelStore, version: str | None, scorer: Scorer, *, warm_up: bool = True) -> Detector:
+    """``version`` of ``store`` as a server scores with it: verified, on ``scorer``, with ``warm_up`` its kernels
+    compiled now rather than in the first request. ``None`` is the model of a folder from before versions.
 
     ``SCORER=sklearn`` needs the estimator, so it is loaded (and checked against the compiled forest) in this
     process, which imports scikit-learn; every other scorer reads only the compiled forest.
     """
-    artifact = store.artifact_of(version)
+    artifact = store.legacy_artifact if version is None else store.artifact_of(version)
     if scorer is Scorer.sklearn:
-        from app.detector.training import load_model  # noqa: PLC0415 (scikit-learn only where it is asked for)
+        from app.detector.estimator import load_model  # noqa: PLC0415 - scikit-learn only where it is asked for
 
         detector = load_model(artifact, version=version)
     else:
         detector = load_forest(artifact, version=version)
     detector.use(scorer)
-    detector.warm_up()
+    if warm_up:
+        detector.warm_up()
     return detector
 
 
 def load_detector(
-    artifact: Path,
+    store: ModelStore,
     *,
     train_if_missing: bool,
     scorer: Scorer = Scorer.auto,
@@ -66,28 +67,27 @@ def load_detector(
     the child converts it; in both cases the forest is then loaded here. ``with_estimator`` (evaluation, the
     benchmark) and ``SCORER=sklearn`` load the scikit-learn estimator in this process instead.
     """
-    store = ModelStore.of(artifact)
-    if with_estimator or scorer is Scorer.sklearn:
-        from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415 (scikit-learn only here)
-        from app.detector.training import ensure_model  # noqa: PLC0415
+    if with_estimator:
+        from app.detector.estimator import ensure_model  # noqa: PLC0415 - scikit-learn only where it is asked for
+        from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415 - the same
 
-        detector = ensure_model(artifact, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)
-    else:
-        detector = _load_or_prepare(store, artifact, train_if_missing=train_if_missing)
-    detector.use(scorer)
-    if warm_up:
-        detector.warm_up()
-    return detector
+        detector = ensure_model(store, train_if_missing=train_if_missing, evaluate=evaluation_for_metadata)
+        detector.use(scorer)
+        if warm_up:
+            detector.warm_up()
+        return detector
+    return _load_or_prepare(store, scorer, train_if_missing=train_if_missing, warm_up=warm_up)
 
 
-def _load_or_prepare(store: ModelStore, artifact: Path, *, train_if_missing: bool) -> Detector:
+def _load_or_prepare(store: ModelStore, scorer: Scorer, *, train_if_missing: bool, warm_up: bool) -> Detector:
+    """The active version through ``load_for_serving``, after a child process trained or converted it if needed."""
     try:
         version = store.active_version()
     except RegistryError as error:
         raise ModelUnavailableError(str(error)) from error
     active = store.active_artifact()
     try:
-        return load_forest(active, version=version)
+        return load_for_serving(store, version, scorer, warm_up=warm_up)
     except ModelArtifactError as problem:
         if version is not None and not store.needs_conversion(version):
             raise ModelUnavailableError(
@@ -100,23 +100,27 @@ def _load_or_prepare(store: ModelStore, artifact: Path, *, train_if_missing: boo
             ) from problem
         logger.info("%s; preparing it in a child process", problem)
     started = time.perf_counter()
-    prepare_in_child(artifact, train_if_missing=train_if_missing)
+    prepare_in_child(store, train_if_missing=train_if_missing)
     try:
-        detector = load_forest(store.active_artifact(), version=store.active_version())
+        detector = load_for_serving(store, store.active_version(), scorer, warm_up=warm_up)
     except ModelArtifactError as still:  # a read-only folder the child could not write the forest into
         logger.warning("%s; compiling the forest in this process, which loads scikit-learn", still)
-        from app.detector.training import ensure_model  # noqa: PLC0415
+        from app.detector.estimator import ensure_model  # noqa: PLC0415 - scikit-learn only on this rare path
 
-        detector = ensure_model(artifact, train_if_missing=False)
+        detector = ensure_model(store, train_if_missing=False)
+        detector.use(scorer)
+        if warm_up:
+            detector.warm_up()
     detector.trained_now = True  # obtained by training (or converting) it, not by loading it
     detector.load_seconds = time.perf_counter() - started
     return detector
 
 
-def prepare_in_child(artifact: Path, *, train_if_missing: bool) -> None:
+def prepare_in_child(store: ModelStore, *, train_if_missing: bool) -> None:
     """Train, or convert an old model, in a child process (``python -m app.detector.prepare``), so that this
     process never imports scikit-learn. The child's log lines are logged here; its failure is raised here as the
     same named error."""
+    artifact = store.legacy_artifact  # MODEL_DIR/MODEL_NAME: the child builds the same store from it
     command = [sys.executable, "-m", "app.detector.prepare", str(artifact)]
     if train_if_missing:
         command.append("--train-if-missing")

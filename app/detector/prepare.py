@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
 from app.detector.loading import PREPARE_ARTIFACT_ERROR, PREPARE_TRAINED_UNUSABLE, PREPARE_UNAVAILABLE
-from app.detector.registry import VersionRefusedError
+from app.detector.registry import ModelStore, VersionRefusedError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,11 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
 
+    from app.detector.estimator import ensure_model  # noqa: PLC0415 - the same
     from app.detector.evaluate import evaluation_for_metadata  # noqa: PLC0415 - after logging is set up
-    from app.detector.training import ensure_model  # noqa: PLC0415
 
     try:
-        ensure_model(args.artifact, train_if_missing=args.train_if_missing, evaluate=evaluation_for_metadata)
+        ensure_model(
+            ModelStore.of(args.artifact), train_if_missing=args.train_if_missing, evaluate=evaluation_for_metadata
+        )
     except VersionRefusedError as error:  # before ModelUnavailableError's siblings: training again would repeat it
         print(error, file=sys.stderr)
         return PREPARE_TRAINED_UNUSABLE

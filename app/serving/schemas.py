@@ -1,6 +1,6 @@
 """The request and answer shapes of the API, for OpenAPI (``/docs``) only.
 
-``/predict`` reads its body itself (``app.serving.parsing``) rather than through these pydantic models: that keeps
+``/predict`` reads its body itself (``app.serving.edge.parsing``) rather than through these pydantic models: that keeps
 a batch of readings one NumPy array from bytes to scores, and lets the error name the row and field. The models
 here publish the same contract in OpenAPI; the schemathesis tests prove the service keeps it.
 """

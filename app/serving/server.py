@@ -14,15 +14,15 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from app.serving.logs import configure_logging
 from app.serving.readiness import clear_markers
 from app.serving.settings import Settings
+from app.serving.telemetry.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-BOUNDED_PROTOCOL = "app.serving.connections:BoundedHttpToolsProtocol"
-"""uvicorn's httptools protocol with bounds on the request head's size and time (``app.serving.connections``)."""
+BOUNDED_PROTOCOL = "app.serving.edge.connections:BoundedHttpToolsProtocol"
+"""uvicorn's httptools protocol with bounds on the request head's size and time (``app.serving.edge.connections``)."""
 
 
 def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
@@ -36,7 +36,7 @@ def worker_app() -> FastAPI:
     leave logging alone) and builds its own app, model and tracer.
     """
     from app.serving.app import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
-    from app.serving.connections import BoundedHttpToolsProtocol  # noqa: PLC0415 - imports prometheus-client
+    from app.serving.edge.connections import BoundedHttpToolsProtocol  # noqa: PLC0415 - imports prometheus-client
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -13,22 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.detector.scorer import Scorer
-
-
-class LogLevel(StrEnum):
-    critical = "critical"
-    error = "error"
-    warning = "warning"
-    info = "info"
-    debug = "debug"
-
-
-class LogFormat(StrEnum):
-    json = "json"
-    text = "text"
+from app.common.api_key import checked_api_key, read_api_key_file
+from app.scoring.settings import ScoringSettings
 
 
 class TracesExporter(StrEnum):
@@ -37,28 +24,14 @@ class TracesExporter(StrEnum):
     otlp = "otlp"
 
 
-MIN_POLL_INTERVAL_S = 0.1
-"""The shortest MODEL_POLL_INTERVAL: a poll reads a small file and stats three, ten times a second is plenty."""
-
-
-class Settings(BaseSettings):
-    """Backend settings. Field names are the environment variable names (case-insensitive)."""
-
-    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
+class Settings(ScoringSettings):
+    """The HTTP service's settings: the scoring core's plus the server's, the edge's, the key and telemetry. Field
+    names are the environment variable names (case-insensitive)."""
 
     host: str = Field("127.0.0.1", description="Interface to bind; the container image sets 0.0.0.0.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
     workers: int = Field(
         1, ge=1, le=64, description="Uvicorn worker processes; in Kubernetes keep 1 and scale with replicas."
-    )
-    model_dir: Path = Field(Path("models"), description="Folder holding the model artifact and its metadata.")
-    model_name: str = Field("iso_forest.joblib", pattern=r"^[\w.-]+$", description="File name of the model artifact.")
-    train_if_missing: bool = Field(
-        True,
-        description="Train (and save) a model at start-up when none exists or the existing one is unusable.",
-    )
-    scorer: Scorer = Field(
-        Scorer.auto, description="What scores batches: auto (numba if installed, else numpy), numba, numpy, sklearn."
     )
     max_batch: int = Field(10_000, ge=1, description="Most readings accepted in one /predict request (else 413).")
     max_body_bytes: int = Field(
@@ -117,33 +90,6 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed to call the API from a browser; empty turns CORS off."
     )
-    log_level: LogLevel = Field(LogLevel.info, description="Log level of the service and its access log.")
-    log_format: LogFormat = Field(
-        LogFormat.json, description="`json` (one object per line, for log collectors) or `text` (for a terminal)."
-    )
-    model_poll_interval: float = Field(
-        5.0,
-        ge=0,
-        allow_inf_nan=False,
-        description="Seconds between checks of MODEL_DIR's active version: a promotion or rollback is served within "
-        f"this time, without a restart (0: only on POST /model/reload; otherwise at least {MIN_POLL_INTERVAL_S}).",
-    )
-    shadow_model_version: str = Field(
-        "",
-        pattern=r"^[0-9a-f]*$",
-        description="A model version in MODEL_DIR that scores every batch after the answer is sent, as a challenger "
-        "(metrics only; it never changes or fails an answer). Empty: the one `gridwatch models shadow` names, if any.",
-    )
-    shadow_max_share: float = Field(
-        0.25,
-        gt=0,
-        le=1,
-        description="The largest share of the wall-clock time a worker's shadow model may spend scoring; past it, "
-        "batches are skipped (shadow_skipped_total), so a slow challenger never takes the requests' CPU.",
-    )
-    drift_window: int = Field(
-        1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
-    )
     prometheus_multiproc_dir: Path | None = Field(
         None,
         description="prometheus-client's multiprocess folder. Chosen and emptied by `gridwatch serve` when WORKERS>1.",
@@ -166,16 +112,6 @@ class Settings(BaseSettings):
     node_name: str | None = Field(None, description="Set by the chart through the downward API.")
 
     @model_validator(mode="after")
-    def _check_poll_interval(self) -> Settings:
-        """``inf`` once killed the watcher thread (polling silently off) and ``1e-9`` spun a core at idle."""
-        if 0 < self.model_poll_interval < MIN_POLL_INTERVAL_S:
-            raise ValueError(
-                f"MODEL_POLL_INTERVAL={self.model_poll_interval} polls too often: use 0 (only on POST /model/reload) "
-                f"or at least {MIN_POLL_INTERVAL_S} seconds"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _check_traces_exporter(self) -> Settings:
         self.traces_exporters()  # raises naming OTEL_TRACES_EXPORTER if it holds an unknown exporter
         return self
@@ -184,35 +120,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_api_key(self) -> Settings:
-        """Read the key once, at start-up: a key no client could send stops the service with a message.
-
-        A key travels in one HTTP header, so it must be one line of visible ASCII: a multi-line file, a non-ASCII
-        key (header bytes are read as latin-1, so it would match only by accident) or an empty one would lock every
-        client out while the service looked healthy. A UTF-8 byte-order mark, which some editors write, is dropped.
-        """
+        """Read the key once, at start-up: a key no client could send stops the service with a message
+        (``app.common.api_key`` says which keys those are; the UI reads the file the same way)."""
         if self.api_key_file is not None:
-            try:
-                key = self.api_key_file.read_text(encoding="utf-8-sig").strip()
-            except (OSError, UnicodeDecodeError) as error:
-                reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-                raise ValueError(f"API_KEY_FILE={self.api_key_file}: {reason}") from None
-            source = f"API_KEY_FILE={self.api_key_file}"
-            if not key:
-                raise ValueError(f"{source} is empty")
+            self._required_api_key = read_api_key_file(self.api_key_file)
         elif self.api_key is not None:
             key = self.api_key.get_secret_value().strip()
-            source = "API_KEY"
             if not key:
                 raise ValueError("API_KEY is set but empty; unset it to turn the key off")
-        else:
-            return self
-        if "\n" in key or "\r" in key:
-            raise ValueError(f"{source} holds several lines; an X-API-Key header carries one: keep one line")
-        if not all(" " < character < "\x7f" for character in key):
-            raise ValueError(
-                f"{source} holds spaces, control or non-ASCII characters; an HTTP header cannot carry them"
-            )
-        self._required_api_key = key
+            self._required_api_key = checked_api_key(key, "API_KEY")
         return self
 
     def required_api_key(self) -> str | None:
@@ -221,10 +137,6 @@ class Settings(BaseSettings):
 
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
-
-    @property
-    def model_path(self) -> Path:
-        return self.model_dir / self.model_name
 
     def traces_exporters(self) -> tuple[TracesExporter, ...]:
         """Which span exporters to run, following the OpenTelemetry environment conventions.

@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from app.detector.training import load_model
+from app.detector.estimator import load_model
 
 
 class Reading(BaseModel):

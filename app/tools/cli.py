@@ -2,8 +2,10 @@
 
 Each subcommand imports what it needs when it runs, so ``gridwatch simulate`` works without scikit-learn and
 ``gridwatch --help`` is instant. Options override the environment variables of the same meaning (the README's
-configuration table); everything else is read by ``app.serving.settings.Settings``. Each subcommand's parser sits
-beside its handler.
+configuration table); ``serve`` reads the HTTP service's ``app.serving.settings.Settings``, the commands that work on
+MODEL_DIR only ``app.scoring.settings.ModelSettings``, so a serving-only setting never stops them. Each handler is a
+thin adapter: the policies (train -> gate -> promote is ``app.detector.promotion``) live in the packages, tested
+without argparse. Each subcommand's parser sits beside its handler.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from app import __version__
 
 if TYPE_CHECKING:  # pydantic is a backend dependency: `gridwatch simulate` runs without it
     from app.detector.promotion import GateDecision
-    from app.detector.registry import ModelStore
-    from app.serving.settings import Settings
+    from app.scoring.settings import ModelSettings
+
+MODEL_DIR_HELP = "model folder (env MODEL_DIR, default models)"
 
 
 def _positive_int(text: str) -> int:
@@ -65,16 +68,20 @@ def _kinds(text: str) -> list[str]:
     return kinds
 
 
-def _model_command_settings(model_dir: str | None, *, log_level: str | None = None) -> Settings:
-    """The start of every command that works on MODEL_DIR: ``--model-dir`` over the environment, the settings,
-    and logging (at the settings' level unless ``log_level`` says otherwise)."""
+def _model_command_settings(model_dir: str | None, *, log_level: str | None = None) -> ModelSettings:
+    """The start of every command that works on MODEL_DIR: ``--model-dir`` over the environment, the model
+    settings only (never the server's), and logging (at the settings' level unless ``log_level`` says otherwise)."""
     _export(model_dir=model_dir)
-    from app.serving.logs import configure_logging
-    from app.serving.settings import Settings
+    from app.scoring.settings import ModelSettings
+    from app.serving.telemetry.logs import configure_logging
 
-    settings = Settings()
+    settings = ModelSettings()
     configure_logging(log_level or settings.log_level)
     return settings
+
+
+def _add_model_dir(parser: argparse.ArgumentParser, *, default: object = None) -> None:
+    parser.add_argument("--model-dir", default=default, help=MODEL_DIR_HELP)
 
 
 def _export(**overrides: object) -> None:
@@ -98,7 +105,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="interface to bind (env HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env PORT, default 8000)")
     serve.add_argument("--workers", type=_positive_int, help="worker processes (env WORKERS, default 1)")
-    serve.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    _add_model_dir(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -115,7 +122,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train", help="train a model on simulated data or on recorded readings (--data) and save it atomically"
     )
-    train.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    _add_model_dir(train)
     train.add_argument(
         "--data",
         type=Path,
@@ -152,10 +159,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from dataclasses import replace
 
-    from app.detector.evaluate import evaluation_for_metadata
     from app.detector.model import ModelConfig
-    from app.detector.registry import ModelStore
-    from app.detector.training import train_version
+    from app.detector.promotion import train_and_promote
 
     overrides = {
         "n_estimators": args.n_estimators,
@@ -165,34 +170,28 @@ def _train(args: argparse.Namespace) -> int:
         "random_state": args.seed,
     }
     config = replace(ModelConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    training: dict[str, object] = {"evaluate": evaluation_for_metadata}
-    held_out = None
     if args.promote_if_better and args.data is None:
         raise ValueError("--promote-if-better compares on held-out labelled readings: give them with --data FILE")
+    readings = None
     if args.data is not None:
         from app import FEATURES
         from app.detector.dataset import read_readings
-        from app.detector.training import recorded_training
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid)
-        config, training, held_out = recorded_training(readings, config, holdout=args.holdout)
-        if args.promote_if_better and (held_out is None or not len(held_out)):
-            raise ValueError("--promote-if-better needs an is_anomaly column and --holdout above 0 to compare on")
-    store = ModelStore.of(settings.model_path)
-    detector, active = train_version(store, config, promote=args.promote, **training)
-    if args.promote_if_better and not active:
-        from app.detector.promotion import promotion_gate
-
-        decision = promotion_gate(store, detector.version, held_out)
-        _report_gate(decision, store)
-        active = decision.promote
+    store = settings.model_store()
+    trained = train_and_promote(
+        store, config, readings=readings, holdout=args.holdout, promote=args.promote, if_better=args.promote_if_better
+    )
+    if trained.decision is not None:
+        _report_gate(trained.decision)
+    detector = trained.detector
     if args.json:
         print(json.dumps(detector.metadata, indent=2))
     else:
         from app.tools.report import print_training
 
         print_training(detector)
-        if not active and not args.promote_if_better:  # the gate has said why already
+        if not trained.active and not args.promote_if_better:  # the gate has said why already
             print(
                 f"version {detector.version} is not active (the active one is {store.active_version()}): "
                 f"`gridwatch models promote {detector.version}` activates it",
@@ -201,10 +200,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_gate(decision: GateDecision, store: ModelStore) -> None:
-    """Apply and print a promotion gate's decision (one line on stderr, for a Job's log)."""
-    if decision.promote:
-        store.promote(decision.candidate)
+def _report_gate(decision: GateDecision) -> None:
+    """Print a promotion gate's decision, already applied (one line on stderr, for a Job's log)."""
     verdict = "promoted" if decision.promote else f"not promoted, {decision.active} stays active"
     print(
         f"version {decision.candidate} {verdict}: {decision.reason}, on {decision.readings} readings", file=sys.stderr
@@ -215,7 +212,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="precision/recall/F1/ROC-AUC on labelled simulated data or a labelled file (--data)"
     )
-    evaluate.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    _add_model_dir(evaluate)
     evaluate.add_argument(
         "--data", type=Path, help="CSV or Parquet file of labelled readings (needs an is_anomaly column)"
     )
@@ -251,7 +248,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid, require_labels=True)
     # Read-only by its name: evaluating never trains or promotes, whatever TRAIN_IF_MISSING says.
-    detector = load_detector(settings.model_path, train_if_missing=False)
+    detector = load_detector(settings.model_store(), train_if_missing=False)
     if readings is None:
         report = evaluate_detector(
             detector,
@@ -282,11 +279,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_models(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the model versions in MODEL_DIR, promote one, roll back")
-    models.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    _add_model_dir(models)
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="every version, its evaluation, and which one is active")
+    # --model-dir is accepted after the action too (`models list --model-dir DIR`), as `train` accepts it anywhere;
+    # SUPPRESS keeps an action that does not name it from overwriting the value given before the action.
+    after_action = argparse.ArgumentParser(add_help=False)
+    _add_model_dir(after_action, default=argparse.SUPPRESS)
+    listing = actions.add_parser(
+        "list", help="every version, its evaluation, and which one is active", parents=[after_action]
+    )
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
-    promote = actions.add_parser("promote", help="make VERSION the active model (servers pick it up)")
+    promote = actions.add_parser(
+        "promote", help="make VERSION the active model (servers pick it up)", parents=[after_action]
+    )
     promote.add_argument("version")
     promote.add_argument(
         "--if-better",
@@ -295,9 +300,11 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     )
     promote.add_argument("--data", type=Path, help="labelled CSV or Parquet file the --if-better gate compares on")
     promote.add_argument("--drop-invalid", action="store_true", help="leave out rows with bad values")
-    actions.add_parser("rollback", help="make the previously active version active again")
+    actions.add_parser("rollback", help="make the previously active version active again", parents=[after_action])
     shadow = actions.add_parser(
-        "shadow", help="name a challenger that scores every batch after the answer (metrics only), or --off"
+        "shadow",
+        help="name a challenger that scores every batch after the answer (metrics only), or --off",
+        parents=[after_action],
     )
     chosen = shadow.add_mutually_exclusive_group(required=True)
     chosen.add_argument("version", nargs="?")
@@ -307,18 +314,16 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
-    from app.detector.registry import ModelStore
-
-    store = ModelStore.of(settings.model_path)
+    store = settings.model_store()
     if args.action == "promote" and args.if_better:
         if args.data is None:
             raise ValueError("--if-better compares on labelled readings: give them with --data FILE")
         from app import FEATURES
         from app.detector.dataset import read_readings
-        from app.detector.promotion import promotion_gate
+        from app.detector.promotion import gate
 
         readings = read_readings(args.data, FEATURES, drop_invalid=args.drop_invalid, require_labels=True)
-        _report_gate(promotion_gate(store, args.version, readings), store)
+        _report_gate(gate(store, args.version, readings))
     elif args.action == "promote":
         replaced = store.promote(args.version)
         print(f"active model: {args.version} (was {replaced or 'none'})")
@@ -460,7 +465,7 @@ def _sizes(text: str) -> list[int]:
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure the scorer and the HTTP path against scikit-learn")
-    bench.add_argument("--model-dir", help="model folder (env MODEL_DIR, default models)")
+    _add_model_dir(bench)
     bench.add_argument("--sizes", type=_sizes, default=[1, 64, 1024, 65536], help="batch sizes, comma-separated")
     bench.add_argument("--min-seconds", type=float, default=0.5, help="time spent per scorer measurement")
     bench.add_argument("--http-duration", type=float, default=10.0, help="seconds per HTTP measurement")
@@ -495,7 +500,7 @@ def _bench(args: argparse.Namespace) -> int:
     from app.tools.bench import BenchConfig, render_markdown, run_bench
     from app.tools.report import print_bench
 
-    detector = load_detector(settings.model_path, train_if_missing=settings.train_if_missing, with_estimator=True)
+    detector = load_detector(settings.model_store(), train_if_missing=settings.train_if_missing, with_estimator=True)
     config = BenchConfig(
         sizes=tuple(args.sizes),
         min_seconds=args.min_seconds,

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.common.columns import COLUMNS
 from app.detector.artifact import atomic_write_bytes
-
-COLUMNS = ("timestamp", "voltage", "current", "frequency", "is_anomaly", "anomaly_kind")
 
 
 def write_readings(records: Sequence[dict[str, Any]], path: Path, file_format: str) -> None:

@@ -6,7 +6,7 @@ the Python stack of the event loop's thread ``RATE_HZ`` times a second while the
 each sample is given to one stage:
 
 1. a stage of the request path, if one of its functions is on the stack (the innermost such function wins, so the
-   scoring inside ``Inference.score`` counts as scoring and the rest of ``Inference.score`` as metrics and drift);
+   scoring inside ``BatchScorer.score`` counts as scoring and the rest of ``BatchScorer.score`` as metrics and drift);
    the functions are the project's own, imported here, so renaming one breaks this import instead of silently
    emptying a stage; the logging functions stand for the access log, the only thing that logs per request;
 2. else "event loop": the stack ends in the loop's ``run`` with no Python frame above it, i.e. uvloop's C code
@@ -52,7 +52,7 @@ import uvicorn
 from pythonjsonlogger.core import BaseJsonFormatter
 
 import app.serving
-from app.serving.inference import Inference
+from app.scoring.batch import BatchScorer
 from app.tools.request_profile import RECORD_STAGE, STAGES
 from app.tools.wrk import wrk_seconds
 
@@ -141,7 +141,7 @@ def _same_file(shown: str, filename: str) -> bool:
 
 REQUEST_STAGES: dict[str, list[FunctionMatcher]] = {
     **{stage: [FunctionMatcher.of(function) for function in functions] for stage, functions in STAGES.items()},
-    RECORD_STAGE: [FunctionMatcher.of(Inference.score)],
+    RECORD_STAGE: [FunctionMatcher.of(BatchScorer.score)],
     LOGGING_STAGE: [
         FunctionMatcher.of(function)
         for function in (

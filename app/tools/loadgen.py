@@ -26,8 +26,8 @@ import httpx2
 import numpy as np
 import orjson
 
+from app.common.latency import latency_summary
 from app.sim import GridSimulator
-from app.tools.stats import latency_summary
 
 PAYLOAD_POOL = 32
 """Distinct request bodies generated up front and sent in turn, so generating readings never slows the sender."""

@@ -22,11 +22,11 @@ import orjson
 from fastapi import FastAPI
 
 from app.detector.model import Detector
+from app.scoring.batch import BatchScorer, ScoredBatch
 from app.serving.app import create_app
-from app.serving.errors import JSONResponse
-from app.serving.inference import Inference, ScoredBatch
-from app.serving.parsing import parse_readings
-from app.serving.protocol import read_body
+from app.serving.edge.admission import read_body
+from app.serving.edge.http_errors import JSONResponse
+from app.serving.edge.parsing import parse_readings
 from app.serving.settings import Settings
 from app.sim import GridSimulator
 
@@ -39,7 +39,7 @@ STAGES: dict[str, list[Callable[..., Any]]] = {
 """Stage name -> the functions whose inclusive time is the stage's: named by the functions themselves, so a rename
 breaks the import here rather than silently emptying a stage."""
 RECORD_STAGE = "record metrics, drift"
-"""``Inference.score`` minus the scoring inside it: histograms, counters and the drift window of one batch."""
+"""``BatchScorer.score`` minus the scoring inside it: histograms, counters and the drift window of one batch."""
 FRAMEWORK_STAGE = "framework, middleware, response"
 
 
@@ -134,7 +134,7 @@ def profile_predict(detector: Detector, *, rows: int = 64, requests: int = 2000)
 
     total = _inclusive_seconds(stats, [_predict_once])
     measured = {name: _inclusive_seconds(stats, points) for name, points in STAGES.items()}
-    inference = _inclusive_seconds(stats, [Inference.score])
+    inference = _inclusive_seconds(stats, [BatchScorer.score])
     measured[RECORD_STAGE] = max(inference - measured["score (compiled forest)"], 0.0)
     measured[FRAMEWORK_STAGE] = max(total - sum(measured.values()), 0.0)
     stages = [

@@ -20,6 +20,7 @@ from app.detector.errors import ModelArtifactError, ModelUnavailableError
 from app.detector.forest import CompiledForest
 from app.detector.loading import load_detector
 from app.detector.model import Detector
+from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.sim import GridSimulator
 from tests.support import IN_CI, ROOT, require_tool
@@ -118,14 +119,14 @@ def test_a_forest_file_the_kernels_would_misread_is_refused(detector: Detector, 
 
 def test_no_model_and_no_training_is_unavailable_at_once(tmp_path: Path):
     with pytest.raises(ModelUnavailableError, match="TRAIN_IF_MISSING is off"):
-        load_detector(tmp_path / "iso_forest.joblib", train_if_missing=False)
+        load_detector(ModelStore.of(tmp_path / "iso_forest.joblib"), train_if_missing=False)
 
 
 def test_a_damaged_model_without_training_fails_in_the_child_with_the_same_error(artifact: Path):
     forest_path(artifact).unlink()
     artifact.write_bytes(b"not a pickle")
     with pytest.raises(ModelArtifactError, match=r"iso_forest\.joblib holds 12 bytes"):
-        load_detector(artifact, train_if_missing=False)
+        load_detector(ModelStore.of(artifact), train_if_missing=False)
 
 
 def test_an_old_model_in_a_folder_the_child_cannot_write_is_compiled_in_memory(
@@ -137,7 +138,7 @@ def test_an_old_model_in_a_folder_the_child_cannot_write_is_compiled_in_memory(
     rewrite_metadata(artifact, forest=None)
     monkeypatch.setattr(loading_module, "prepare_in_child", lambda *_args, **_kwargs: None)  # wrote nothing
     with caplog.at_level(logging.WARNING):
-        detector = load_detector(artifact, train_if_missing=False)
+        detector = load_detector(ModelStore.of(artifact), train_if_missing=False)
     assert detector.estimator is not None
     assert "compiling the forest in this process" in caplog.text
 

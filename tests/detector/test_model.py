@@ -16,10 +16,11 @@ import sklearn
 from app import FEATURES
 from app.detector.artifact import atomic_write_bytes, metadata_path
 from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.estimator import ensure_model, load_model
 from app.detector.model import Detector, ModelConfig
 from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
-from app.detector.training import ensure_model, load_model, train_model
+from app.detector.training import train_model
 from app.sim import GridSimulator
 
 SMALL = ModelConfig(n_estimators=20, max_samples=512, train_samples=2_000)
@@ -112,14 +113,14 @@ def test_truncated_artifact_is_detected_and_names_the_file(model_dir: Path):
         load_model(artifact)
     assert str(artifact) in str(caught.value)
     with pytest.raises(ModelArtifactError):
-        ensure_model(artifact, train_if_missing=False)
+        ensure_model(ModelStore.of(artifact), train_if_missing=False)
 
 
 def test_unusable_artifact_is_retrained_when_allowed_and_kept_aside(tmp_path: Path):
     artifact = tmp_path / "model.joblib"
     original = train_model(SMALL, artifact)
     artifact.write_bytes(b"garbage")
-    detector = ensure_model(artifact, train_if_missing=True, config=SMALL)
+    detector = ensure_model(ModelStore.of(artifact), train_if_missing=True, config=SMALL)
     assert detector.trained_now
     assert detector.version == original.version  # same config, same deterministic model
     assert load_model(ModelStore.of(artifact).active_artifact()).version == original.version
@@ -152,7 +153,7 @@ def test_artifact_from_another_scikit_learn_version_is_refused(tmp_path: Path):
     rewrite_metadata(artifact, versions={"sklearn": "0.24.2"})
     with pytest.raises(ModelArtifactError, match=r"trained with scikit-learn 0\.24\.2"):
         load_model(artifact)
-    assert ensure_model(artifact, train_if_missing=True, config=SMALL).trained_now
+    assert ensure_model(ModelStore.of(artifact), train_if_missing=True, config=SMALL).trained_now
 
 
 def test_missing_or_broken_metadata_is_refused(tmp_path: Path):
@@ -168,24 +169,26 @@ def test_missing_or_broken_metadata_is_refused(tmp_path: Path):
 
 def test_missing_model_without_training_explains_what_to_do(tmp_path: Path):
     with pytest.raises(ModelUnavailableError, match="gridwatch train"):
-        ensure_model(tmp_path / "none.joblib", train_if_missing=False)
+        ensure_model(ModelStore.of(tmp_path / "none.joblib"), train_if_missing=False)
 
 
 def test_missing_model_is_trained_when_allowed(tmp_path: Path):
     artifact = tmp_path / "sub" / "model.joblib"
-    detector = ensure_model(artifact, train_if_missing=True, config=SMALL)
+    detector = ensure_model(ModelStore.of(artifact), train_if_missing=True, config=SMALL)
     assert detector.trained_now
     active = ModelStore.of(artifact).active_artifact()
     assert active == artifact.parent / "versions" / detector.version / "model.joblib"
     assert active.is_file()
     assert metadata_path(active).is_file()
-    assert not ensure_model(artifact, train_if_missing=True, config=SMALL).trained_now  # second start loads
+    assert not ensure_model(
+        ModelStore.of(artifact), train_if_missing=True, config=SMALL
+    ).trained_now  # second start loads
 
 
 def test_unwritable_model_folder_gives_a_clear_error():
     """/sys refuses new entries even to root, like a read-only volume."""
     with pytest.raises(ModelUnavailableError, match=r"is not writable .* holds no usable model"):
-        ensure_model(Path("/sys/gridwatch-models/model.joblib"), train_if_missing=True, config=SMALL)
+        ensure_model(ModelStore.of(Path("/sys/gridwatch-models/model.joblib")), train_if_missing=True, config=SMALL)
 
 
 @pytest.mark.parametrize(

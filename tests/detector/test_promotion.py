@@ -13,7 +13,7 @@ import pytest
 from app.detector.artifact import forest_path
 from app.detector.dataset import RecordedReadings
 from app.detector.model import ModelConfig
-from app.detector.promotion import promotion_gate
+from app.detector.promotion import promotion_gate, train_and_promote
 from app.detector.registry import ModelStore, VersionRefusedError
 from app.detector.training import train_version
 from app.sim import GridSimulator
@@ -88,3 +88,54 @@ def test_a_candidate_that_does_not_load_is_refused_and_a_broken_active_version_i
     decision = promotion_gate(store, candidate.version, labelled(0.02))
     assert decision.promote, "nothing to protect: however it detects, the candidate loads and the active one does not"
     assert decision.reason.startswith("the active version does not load")
+
+
+# --- the policy the training Job runs: train -> gate -> promote, without argparse ------------------------------
+
+
+def _recorded(anomaly_rate: float, n: int = 6_000) -> RecordedReadings:
+    return labelled(anomaly_rate, n)
+
+
+def test_the_first_trained_version_is_active_without_a_gate(store: ModelStore):
+    trained = train_and_promote(store, CALM, readings=_recorded(0.02), if_better=True)
+    assert trained.active
+    assert trained.decision is None
+    assert store.active_version() == trained.detector.version
+
+
+def test_train_and_promote_keeps_the_active_version_when_the_new_one_is_worse(store: ModelStore):
+    first = train_and_promote(store, CALM, readings=_recorded(0.02)).detector
+    worse = train_and_promote(store, NOISY, readings=_recorded(0.02), if_better=True)
+    assert worse.decision is not None
+    assert not worse.decision.promote
+    assert not worse.active
+    assert store.active_version() == first.version != worse.detector.version
+
+
+def test_train_and_promote_promotes_a_version_that_is_not_worse(store: ModelStore):
+    train_and_promote(store, NOISY, readings=_recorded(0.02))
+    better = train_and_promote(store, CALM, readings=_recorded(0.02), if_better=True)
+    assert better.decision is not None
+    assert better.decision.promote
+    assert better.active
+    assert store.active_version() == better.detector.version
+
+
+def test_without_gate_a_new_version_waits_unless_promoted(store: ModelStore):
+    first = train_and_promote(store, CALM).detector
+    waiting = train_and_promote(store, replace(CALM, random_state=7))
+    assert not waiting.active
+    assert store.active_version() == first.version
+    promoted = train_and_promote(store, replace(CALM, random_state=8), promote=True)
+    assert promoted.active
+    assert store.active_version() == promoted.detector.version
+
+
+def test_gating_without_labelled_held_out_rows_is_refused_not_promoted_blindly(store: ModelStore):
+    with pytest.raises(ValueError, match="none were given"):
+        train_and_promote(store, CALM, if_better=True)
+    unlabelled = RecordedReadings(X=_recorded(0.02).X, is_anomaly=None, anomaly_kind=None)
+    with pytest.raises(ValueError, match="is_anomaly column and --holdout above 0"):
+        train_and_promote(store, CALM, readings=unlabelled, if_better=True)
+    assert store.version_names() == []

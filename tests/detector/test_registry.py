@@ -15,9 +15,10 @@ import pytest
 
 from app.detector.artifact import forest_path, load_forest, metadata_path
 from app.detector.errors import ModelUnavailableError
+from app.detector.estimator import ensure_model
 from app.detector.model import ModelConfig
 from app.detector.registry import POINTER, ModelStore, RegistryError
-from app.detector.training import ensure_model, train_model, train_version
+from app.detector.training import train_model, train_version
 
 SMALL = ModelConfig(n_estimators=5, max_samples=256, train_samples=1_000)
 
@@ -82,12 +83,12 @@ def test_a_damaged_active_version_is_never_replaced_by_training_and_a_retrain_re
     first, _ = train_version(store, SMALL, promote=False)
     first.path.write_bytes(b"damaged")
     with pytest.raises(ModelUnavailableError, match=f"the active version {first.version} cannot be served"):
-        ensure_model(store.legacy_artifact, train_if_missing=True, config=SMALL)
+        ensure_model(store, train_if_missing=True, config=SMALL)
     assert store.version_names() == [first.version], "nothing was trained over the operator's version"
     again, _ = train_version(store, SMALL, promote=False)  # the same bytes: the same version
     assert again.version == first.version
     assert load_forest(store.active_artifact()).version == first.version
-    assert ensure_model(store.legacy_artifact, train_if_missing=False, config=SMALL).version == first.version
+    assert ensure_model(store, train_if_missing=False, config=SMALL).version == first.version
     assert list((tmp_path / "versions").glob(f".damaged-{first.version}-*")), "the damaged copy is kept aside"
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.serving.shadow import ShadowScorer
+from app.scoring.shadow import ShadowScorer
 from tests.monitoring.support import (
     KUBERNETES_METRICS,
     PROMETHEUS_METRICS,

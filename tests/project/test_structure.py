@@ -1,4 +1,6 @@
-"""The shape of app/: three packages by job, and the detector free of everything web, metrics and tracing."""
+"""The shape of app/: packages by job, no import circle, the detector free of everything web, metrics and tracing,
+the scoring core free of every web framework (so a second front door reuses it without HTTP), and a UI that
+imports only the simulator and the shared layer."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from tests.support import ROOT
 APP = ROOT / "app"
 WEB_METRICS_TRACING = ("fastapi", "starlette", "uvicorn", "prometheus_client", "opentelemetry", "pydantic_settings")
 """What the detector must never import: the service's frameworks. Its users (serving, tools) bring them."""
+WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "httptools", "h11")
+"""What the scoring core must never import: a broker consumer serves the same model without any of them."""
 
 
 def imported_modules(path) -> set[str]:
@@ -26,10 +30,10 @@ def imported_modules(path) -> set[str]:
     return names
 
 
-def test_app_is_three_packages_by_job_plus_the_simulator():
+def test_app_is_packages_by_job_plus_the_simulator():
     packages = {entry.name for entry in APP.iterdir() if entry.is_dir() and (entry / "__init__.py").exists()}
     modules = {entry.name for entry in APP.glob("*.py")}
-    assert packages == {"detector", "serving", "tools"}
+    assert packages == {"common", "detector", "scoring", "serving", "tools"}
     assert modules == {"__init__.py", "__main__.py", "sim.py"}
 
 
@@ -63,3 +67,130 @@ def test_the_ui_needs_no_path_tricks():
         if "sys.path" in line
     ]
     assert offenders == []
+
+
+def _module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path) -> set[str]:
+    """The modules ``path`` imports when it runs: at any depth, except under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+        for node in ast.walk(branch)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (a ``from package import module`` counts as the module)."""
+    paths = sorted([*APP.rglob("*.py"), *(ROOT / "ui").rglob("*.py")])
+    modules = {_module_name(path): path for path in paths}
+
+    def resolved(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {
+        module: {target for name in _runtime_imports(path) if (target := resolved(name)) not in (None, module)}
+        for module, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each one import circle or more."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_circle_in_app_or_ui():
+    """Function-level imports count: a circle dodged by importing inside a function is still a circle."""
+    assert _cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("module", sorted(path.stem for path in (APP / "scoring").glob("*.py")))
+def test_the_scoring_core_imports_no_web_framework_and_no_front_door(module: str):
+    imports = _runtime_imports(APP / "scoring" / f"{module}.py")
+    forbidden = [
+        name
+        for name in imports
+        if name.split(".")[0] in WEB_FRAMEWORKS or name.startswith(("app.serving", "app.tools"))
+    ]
+    assert not forbidden, f"app/scoring/{module}.py imports {forbidden}"
+
+
+def test_importing_the_whole_scoring_core_loads_no_web_framework():
+    modules = ", ".join(f"app.scoring.{path.stem}" for path in sorted((APP / "scoring").glob("*.py")))
+    code = (
+        f"import sys, importlib\nfor name in '{modules}'.split(', '): importlib.import_module(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(WEB_FRAMEWORKS)!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_shared_layer_imports_only_the_standard_library_numpy_and_itself():
+    allowed_third_party = {"numpy"}
+    graph = import_graph()
+    for path in sorted((APP / "common").glob("*.py")):
+        project = graph[_module_name(path)]
+        assert {name for name in project if name != "app" and not name.startswith("app.common")} == set(), path.name
+        third_party = {
+            name.split(".")[0]
+            for name in _runtime_imports(path)
+            if name.split(".")[0] not in sys.stdlib_module_names and name.split(".")[0] != "app"
+        }
+        assert third_party <= allowed_third_party, f"app/common/{path.name} imports {third_party}"
+
+
+def test_the_ui_imports_only_the_simulator_and_the_shared_layer_of_app():
+    graph = import_graph()
+    imported = {target for module, targets in graph.items() if module.startswith("ui") for target in targets}
+    from_app = {target for target in imported if target.split(".")[0] == "app"}
+    assert {
+        target for target in from_app if target not in {"app", "app.sim"} and not target.startswith("app.common")
+    } == set()

@@ -16,7 +16,7 @@ from app.detector.artifact import metadata_path
 from app.detector.errors import ModelArtifactError
 from app.detector.model import Detector
 from app.serving.app import create_app
-from app.serving.body_errors import MAX_REPORTED_ERRORS
+from app.serving.edge.body_errors import MAX_REPORTED_ERRORS
 from app.serving.settings import Settings
 from app.sim import GridSimulator
 
@@ -349,7 +349,7 @@ def test_past_max_inflight_a_request_is_refused_at_once_with_retry_after(
     503 and Retry-After without waiting, probes still answer, and the held request completes normally."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.serving.inference import LoadedModel
+    from app.scoring.holder import LoadedModel
 
     entered, release = threading.Event(), threading.Event()
     score = detector.predict_batch

@@ -33,8 +33,8 @@ from app import FEATURES
 from app.detector.model import Detector, ModelConfig
 from app.detector.training import train_model
 from app.serving.app import create_app
-from app.serving.errors import BatchTooLargeError, InvalidReadingsError
-from app.serving.parsing import parse_readings
+from app.serving.edge.http_errors import BatchTooLargeError, InvalidReadingsError
+from app.serving.edge.parsing import parse_readings
 from app.serving.settings import Settings
 
 CHECKS = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 from app.detector.drift import DriftMonitor
 from app.detector.model import Detector
 from app.detector.scorer import Scorer
-from app.serving.inference import INLINE_BUDGET_STEPS, LoadedModel
-from app.serving.metrics import DriftGauges
+from app.scoring.holder import INLINE_BUDGET_STEPS, LoadedModel
+from app.scoring.metrics import DriftGauges
 
 
 def loaded(detector: Detector, scorer: Scorer) -> LoadedModel:

@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from app.detector.model import Detector
+from app.scoring.metrics import LATENCY_BUCKETS
 from app.serving.app import create_app
-from app.serving.metrics import LATENCY_BUCKETS
 from app.serving.settings import Settings
 from tests.support import ServerProcess
 

@@ -377,7 +377,7 @@ def test_concurrent_reload_calls_share_one_check():
     import asyncio
     import threading
 
-    from app.serving.model_swap import SharedCheck, SwapOutcome
+    from app.scoring.hot_swap import SharedCheck, SwapOutcome
 
     started, release, calls = threading.Event(), threading.Event(), []
 

@@ -13,7 +13,8 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.serving.metrics import live_worker_pids, pid_alive
+from app.serving.readiness import pid_alive
+from app.serving.telemetry.exposition import live_worker_pids
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.slow

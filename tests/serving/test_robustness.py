@@ -20,8 +20,8 @@ import pytest
 
 from app.detector import forest_jit
 from app.detector.artifact import forest_path
+from app.detector.estimator import load_model
 from app.detector.registry import ModelStore
-from app.detector.training import load_model
 from app.tools.loadgen import LoadConfig, run_load
 from app.tools.processes import wait_until_ready
 from tests.support import ROOT, ServerProcess, require_tool, status_kib, wait_for_status

@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from app.detector.model import Detector
-from app.serving import protocol
 from app.serving.app import create_app
+from app.serving.edge import admission
 from app.serving.settings import Settings
 from tests.support import ROOT, ServerProcess
 from ui.client import BackendClient, BackendError
+from ui.config import api_key_from_env
 
 KEY = "k3y-0f-the-grid"
 READINGS = {"readings": [{"voltage": 230.1, "current": 10.4, "frequency": 50.01}]}
@@ -142,13 +143,13 @@ def test_refused_requests_are_counted_and_score_nothing(keyed: TestClient):
 
 def test_the_key_is_compared_in_constant_time(keyed: TestClient, monkeypatch: pytest.MonkeyPatch):
     compared: list[tuple[bytes, bytes]] = []
-    real = protocol.hmac.compare_digest
+    real = admission.hmac.compare_digest
 
     def spy(offered: bytes, expected: bytes) -> bool:
         compared.append((offered, expected))
         return real(offered, expected)
 
-    monkeypatch.setattr(protocol.hmac, "compare_digest", spy)
+    monkeypatch.setattr(admission.hmac, "compare_digest", spy)
     assert call(keyed, "GET", "/model", **{"X-API-Key": "guess"}).status_code == 401
     assert compared == [(b"guess", KEY.encode())]
 
@@ -238,3 +239,26 @@ def test_the_ui_sends_the_key_it_is_given_and_reports_a_401_otherwise(model_dir:
             without.close()
         assert refused.value.status == 401
         assert "X-API-Key" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_the_ui_reads_the_shared_key_file_as_the_backend_does(model_dir: Path, tmp_path: Path):
+    """One Secret serves both: the UI once kept the byte-order mark the backend strips, and sent a wrong key."""
+    secret = tmp_path / "api-key"
+    secret.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")
+    assert api_key_from_env({"API_KEY_FILE": str(secret)}) == KEY
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "API_KEY_FILE": str(secret)}
+    with ServerProcess(env=env) as server:
+        client = BackendClient(server.url, api_key=api_key_from_env({"API_KEY_FILE": str(secret)}))
+        try:
+            assert len(client.predict(READINGS["readings"]).flags) == 1
+        finally:
+            client.close()
+
+
+def test_a_key_file_no_header_can_carry_is_no_key_for_the_ui_and_a_refusal_for_the_backend(tmp_path: Path):
+    secret = tmp_path / "api-key"
+    secret.write_text("two\nlines\n")
+    assert api_key_from_env({"API_KEY_FILE": str(secret)}) is None  # the UI shows its 401 banner
+    with pytest.raises(ValueError, match="holds several lines"):
+        Settings(api_key_file=secret)

@@ -17,7 +17,7 @@ from app.detector.artifact import forest_path, load_forest
 from app.detector.model import ModelConfig
 from app.detector.registry import ModelStore
 from app.detector.training import train_version
-from app.serving.shadow import ShadowScorer
+from app.scoring.shadow import ShadowScorer
 from app.sim import GridSimulator
 from tests.support import ServerProcess
 
@@ -98,7 +98,7 @@ class Exploding:
 
 
 def test_a_failing_shadow_is_counted_and_never_raises():
-    from app.serving.metrics import SHADOW_ERRORS
+    from app.scoring.metrics import SHADOW_ERRORS
 
     shadow = ShadowScorer()
     shadow.use(Exploding())  # type: ignore[arg-type]
@@ -120,7 +120,7 @@ class Blocking:
 
 def test_a_shadow_that_falls_behind_skips_batches_instead_of_queueing_them():
     """Submitting never waits: past the queue's size, batches are counted as skipped, and the rest are scored."""
-    from app.serving.metrics import SHADOW_READINGS, SHADOW_SKIPPED
+    from app.scoring.metrics import SHADOW_READINGS, SHADOW_SKIPPED
 
     shadow, slow = ShadowScorer(queue_size=2), Blocking()
     shadow.use(slow)  # type: ignore[arg-type]
@@ -143,7 +143,7 @@ class Clock:
 
 
 def test_the_share_budget_lets_the_shadow_score_its_share_of_the_time_and_no_more():
-    from app.serving.shadow import ShareBudget
+    from app.scoring.shadow import ShareBudget
 
     clock = Clock()
     budget = ShareBudget(0.25, burst=0.5, clock=clock)

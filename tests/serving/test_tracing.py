@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from app.detector.model import Detector
 from app.serving.app import create_app
-from app.serving.logs import ACCESS_LOGGER, TraceContextFilter
 from app.serving.settings import Settings
-from app.serving.tracing import build_tracing
+from app.serving.telemetry.logs import ACCESS_LOGGER, TraceContextFilter
+from app.serving.telemetry.tracing import build_tracing
 from tests.support import ServerProcess
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}

@@ -18,8 +18,8 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.detector.model import Detector
-from app.serving.inference import Inference
-from app.serving.parsing import parse_readings
+from app.scoring.batch import BatchScorer
+from app.serving.edge.parsing import parse_readings
 from app.tools.live_profile import (
     EVENT_LOOP_STAGE,
     IDLE_STAGE,
@@ -196,7 +196,7 @@ def _frame(function: Callable[..., Any], *, offset: int = 1) -> str:
 
 def test_live_samples_go_to_the_innermost_stage_and_idle_fills_the_rounds():
     root = f"thread (4242): MainThread;_run_module_as_main (<frozen runpy>:198);{_frame(asyncio.Runner.run)}"
-    score = _frame(Inference.score)
+    score = _frame(BatchScorer.score)
     stacks = {
         f"{root};{_frame(parse_readings)}": 3,
         f"{root};{score};{_frame(Detector.predict_batch)};path_length_sums (app/detector/forest_jit.py:138)": 5,
@@ -211,7 +211,7 @@ def test_live_samples_go_to_the_innermost_stage_and_idle_fills_the_rounds():
     assert [stage.stage for stage in summary["stages"]] == STAGE_ORDER
     assert shares["parse + validate"].samples == 3
     assert shares["score (compiled forest)"].samples == 5
-    assert shares["record metrics, drift"].samples == 2  # Inference.score minus the scoring inside it
+    assert shares["record metrics, drift"].samples == 2  # BatchScorer.score minus the scoring inside it
     assert shares[SERVER_STAGE].samples == 4
     assert shares[EVENT_LOOP_STAGE].samples == 1
     assert shares[IDLE_STAGE].samples == 20 - 15

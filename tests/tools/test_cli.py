@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.detector.training import load_model
+from app.detector.estimator import load_model
 from app.tools.cli import main
 
 
@@ -154,3 +154,77 @@ def test_training_removes_what_a_killed_writer_left_behind(tmp_path: Path):
         "active.json",
         "versions",
     ]
+
+
+# --- the model commands read the model settings only, and take --model-dir on either side of the action --------
+
+
+@pytest.fixture
+def versioned(tmp_path: Path) -> Path:
+    """A model folder with one small trained version, active."""
+    models = tmp_path / "versioned"
+    trained = run_cli(
+        "train", "--n-estimators", "10", "--max-samples", "256", "--train-samples", "2000", "--model-dir", str(models)
+    )
+    assert trained.returncode == 0, trained.stderr
+    return models
+
+
+@pytest.mark.parametrize(
+    "serving_only",
+    [
+        {"API_KEY_FILE": "/nonexistent/api-key"},  # once: `gridwatch models list` exited 2 on the server's key file
+        {"OTEL_TRACES_EXPORTER": "zipkin"},  # once: the same on an exporter only the server uses
+        {"MAX_BATCH": "-1", "PORT": "eighty"},
+    ],
+)
+def test_model_commands_ignore_serving_only_settings(versioned: Path, serving_only: dict[str, str]):
+    listed = run_cli("models", "--model-dir", str(versioned), "list", "--json", env=serving_only)
+    assert listed.returncode == 0, listed.stderr
+    active = json.loads(listed.stdout)["active"]
+    assert active is not None
+    evaluated = run_cli("evaluate", "--model-dir", str(versioned), "-n", "500", "--json", env=serving_only)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["model_version"] == active
+
+
+def test_the_server_still_refuses_the_same_serving_only_settings(tmp_path: Path):
+    result = run_cli("serve", "--model-dir", str(tmp_path), env={"API_KEY_FILE": "/nonexistent/api-key"})
+    assert result.returncode == 2
+    assert "API_KEY_FILE=/nonexistent/api-key" in result.stderr
+
+
+def test_models_takes_model_dir_before_or_after_the_action(versioned: Path, tmp_path: Path):
+    before = run_cli("models", "--model-dir", str(versioned), "list", "--json")
+    after = run_cli("models", "list", "--model-dir", str(versioned), "--json")
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert json.loads(after.stdout)["versions"]
+    # given on both sides, the one after the action wins, as with any repeated option
+    both = run_cli("models", "--model-dir", str(tmp_path / "elsewhere"), "list", "--model-dir", str(versioned))
+    assert both.returncode == 0, both.stderr
+    assert json.loads(before.stdout)["active"] in both.stdout
+
+
+def test_models_promote_and_rollback_take_model_dir_after_the_action(versioned: Path):
+    first = json.loads(run_cli("models", "list", "--model-dir", str(versioned), "--json").stdout)["active"]
+    trained = run_cli(
+        "train",
+        "--n-estimators",
+        "10",
+        "--seed",
+        "9",
+        "--max-samples",
+        "256",
+        "--train-samples",
+        "2000",
+        "--model-dir",
+        str(versioned),
+    )
+    assert trained.returncode == 0, trained.stderr
+    versions = json.loads(run_cli("models", "list", "--model-dir", str(versioned), "--json").stdout)["versions"]
+    second = next(entry["version"] for entry in versions if entry["version"] != first)
+    assert run_cli("models", "promote", second, "--model-dir", str(versioned)).returncode == 0
+    assert json.loads(run_cli("models", "--model-dir", str(versioned), "list", "--json").stdout)["active"] == second
+    assert run_cli("models", "rollback", "--model-dir", str(versioned)).returncode == 0
+    assert json.loads(run_cli("models", "list", "--model-dir", str(versioned), "--json").stdout)["active"] == first

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.detector.errors import GridWatchError, ModelArtifactError, ModelUnavailableError
+from app.scoring.holder import ModelNotReadyError
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -27,10 +28,6 @@ class JSONResponse(StarletteJSONResponse):
 
     def render(self, content: object) -> bytes:
         return orjson.dumps(content)
-
-
-class ModelNotReadyError(GridWatchError):
-    """The service is up but its model is still loading (or failed to load); retry later."""
 
 
 class ModelRefusedError(GridWatchError):

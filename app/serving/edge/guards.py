@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from app.serving.asgi import HttpMiddleware, Message, Receive, Scope, Send
-from app.serving.errors import JSONResponse
+from app.serving.edge.asgi import HttpMiddleware, Message, Receive, Scope, Send
+from app.serving.edge.http_errors import JSONResponse
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Say precisely what is wrong with a ``/predict`` body that did not decode, FastAPI-style, by row and field.
 
-This is the slow path, taken only after the typed decode in ``app.serving.parsing`` failed, and it is built to
+This is the slow path, taken only after the typed decode in ``app.serving.edge.parsing`` failed, and it is built to
 cost no more than that decode whatever the body holds: fields it does not need are skipped by msgspec's C scanner,
 each reading is held as its raw bytes (``msgspec.Raw``) until it is checked, and objects are built only for the
 readings whose errors are listed: the first ``MAX_REPORTED_ERRORS`` errors, then a count of the invalid readings.
@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from app.serving.errors import BatchTooLargeError, InvalidReadingsError
+from app.serving.edge.http_errors import BatchTooLargeError, InvalidReadingsError
 
 MAX_REPORTED_ERRORS = 20
 """A batch of 10,000 broken rows gets a readable answer: the first errors, then a count of the invalid readings."""

@@ -1,4 +1,4 @@
-"""Turn a ``/predict`` body into the model's input array; when that fails, ``app.serving.body_errors`` says why.
+"""Turn a ``/predict`` body into the model's input array; when that fails, ``app.serving.edge.body_errors`` says why.
 
 The body is decoded by msgspec into typed structs that hold only the model's features: every other field of the
 document or of a reading (``timestamp``, ``sensor_id``, or megabytes of padding) is skipped by the C decoder
@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from app.serving.body_errors import explain_invalid_body, json_invalid, too_many_readings, too_short
+from app.serving.edge.body_errors import explain_invalid_body, json_invalid, too_many_readings, too_short
 
 MIN_READING_BYTES = 40
 """The fewest bytes a reading takes in a body: ``{"voltage":1,"current":1,"frequency":1}`` is 40."""

@@ -27,9 +27,9 @@ from app.detector.errors import GridWatchError
 from app.detector.loading import load_for_serving
 from app.detector.registry import Fingerprint, ModelStore
 from app.detector.scorer import Scorer
-from app.serving.inference import ModelHolder
-from app.serving.metrics import MODEL_REFUSING_ACTIVE, MODEL_SWAPS
-from app.serving.shadow import ShadowScorer
+from app.scoring.holder import ModelHolder
+from app.scoring.metrics import MODEL_REFUSING_ACTIVE, MODEL_SWAPS
+from app.scoring.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 

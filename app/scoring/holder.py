@@ -1,10 +1,8 @@
-"""The serving side of the model: loading it off the event loop, and scoring a batch with its side effects.
+"""The model a worker serves: loaded off the caller's thread, retried until it loads, swapped in one assignment.
 
-The middle hop of a request: ``app.serving.app`` (HTTP) calls ``Inference.score``, which calls
-``Detector.predict_batch`` (``app.detector.model``) and records what operators watch.
-
-Readiness means "the model is loaded": until then ``ModelHolder.get`` raises ``ModelNotReadyError`` (503 with a
-reason) while the process is alive and answers ``/livez``.
+Any front door (the HTTP service, a broker consumer) holds one ``ModelHolder``. Readiness means "the model is
+loaded": until then ``ModelHolder.get`` raises ``ModelNotReadyError`` (an HTTP front door answers 503 with the
+reason) while the process is alive.
 """
 
 from __future__ import annotations
@@ -12,33 +10,23 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-
-import numpy as np
-from opentelemetry import trace
 
 from app.detector import forest_jit
 from app.detector.drift import DriftMonitor
 from app.detector.errors import GridWatchError
 from app.detector.model import Detector
 from app.detector.scorer import Scorer
-from app.serving.errors import ModelNotReadyError
-from app.serving.metrics import (
-    ANOMALIES,
-    BATCH_SIZE,
-    INFERENCE_LATENCY,
-    MODEL_INFO,
-    MODEL_LOAD_DURATION,
-    READINGS_SCORED,
-    DriftGauges,
-    trace_exemplar,
-)
+from app.scoring.metrics import MODEL_INFO, MODEL_LOAD_DURATION, DriftGauges
 
 logger = logging.getLogger(__name__)
+
+
+class ModelNotReadyError(GridWatchError):
+    """The worker is up but its model is still loading (or failed to load and is retried); retry later."""
 
 
 RETRY_FIRST_S = 1.0
@@ -195,7 +183,7 @@ class ModelHolder:
         return None if loaded is None else loaded.detector.version
 
     def swap(self, detector: Detector) -> None:
-        """Serve ``detector`` from now on (``app.serving.model_swap``): one assignment, so a request that already
+        """Serve ``detector`` from now on (``app.scoring.hot_swap``): one assignment, so a request that already
         took the old model finishes with it and the next one gets the new one; the drift window starts afresh,
         measured against the new model's training statistics."""
         old = self._loaded
@@ -227,46 +215,3 @@ def _info_labels(detector: Detector) -> tuple[str, str]:
 
 def _export_model_info(detector: Detector) -> None:
     MODEL_INFO.labels(*_info_labels(detector)).set(1)
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    flags: np.ndarray
-    scores: np.ndarray
-
-    @property
-    def anomalies(self) -> int:
-        return int(np.count_nonzero(self.flags))
-
-    def predictions(self) -> list[dict[str, bool | float]]:
-        """The answer's ``predictions``: one ``{"anomaly", "score"}`` per reading, in input order."""
-        return [
-            {"anomaly": flag, "score": score}
-            for flag, score in zip(self.flags.tolist(), self.scores.tolist(), strict=True)
-        ]
-
-
-class Inference:
-    """Scores a batch and records what operators watch: latency, counts, batch size, the drift window, a span."""
-
-    def __init__(self, tracer: trace.Tracer, *, exemplars: bool) -> None:
-        self.tracer = tracer
-        self.exemplars = exemplars
-
-    def score(self, model: LoadedModel, X: np.ndarray) -> ScoredBatch:
-        """Score on the calling thread; the request's trace context is current (also in a worker thread, which
-        gets a copy of it), so the span is the request span's child."""
-        with self.tracer.start_as_current_span("score_batch") as span:
-            started = time.perf_counter()
-            flags, scores = model.detector.predict_batch(X)
-            elapsed = time.perf_counter() - started
-            batch = ScoredBatch(flags, scores)
-            span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
-            span.set_attribute("gridwatch.anomalies", batch.anomalies)
-            span.set_attribute("gridwatch.model_version", model.detector.version)
-            INFERENCE_LATENCY.observe(elapsed, trace_exemplar() if self.exemplars else None)
-        ANOMALIES.inc(batch.anomalies)
-        READINGS_SCORED.inc(X.shape[0])
-        BATCH_SIZE.observe(X.shape[0])
-        model.gauges.export(model.drift.update(X, flags))
-        return batch

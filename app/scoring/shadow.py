@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from app.detector.model import Detector
-from app.serving.metrics import (
+from app.scoring.metrics import (
     SHADOW_AGREEMENTS,
     SHADOW_ANOMALIES,
     SHADOW_ERRORS,

@@ -1,6 +1,6 @@
 """The HTTP mechanics of one /predict: content type, a bounded body, the API key, the in-flight limits.
 
-Each check raises a named error from ``app.serving.errors``; none of them decides a status code itself.
+Each check raises a named error from ``app.serving.edge.http_errors``; none of them decides a status code itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from app.serving.errors import (
+from app.serving.edge.http_errors import (
     OVERLOAD_RETRY_AFTER_SECONDS,
     ClientClosedError,
     OverloadedError,
@@ -22,7 +22,7 @@ from app.serving.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from app.serving.metrics import REQUESTS_SHED
+from app.serving.edge.http_metrics import REQUESTS_SHED
 
 API_KEY_HEADER = "x-api-key"
 JSON_MEDIA_TYPE = "application/json"
@@ -127,7 +127,7 @@ class ReadingBudget:
     queue over a second of scoring, and clients time out on answers that come too late anyway. Bounding the
     readings sheds that work at once instead (503 + Retry-After, counted in ``requests_shed_total``), keeps the
     worker's latency and memory bounded, and leaves the event loop free for the probes. Readings are counted from
-    the body's size before it is parsed (``app.serving.parsing.most_readings``), so a refused batch costs no
+    the body's size before it is parsed (``app.serving.edge.parsing.most_readings``), so a refused batch costs no
     parsing. A batch arriving while nothing is in flight is always admitted, so no single batch is refused for its
     size alone (``MAX_BATCH`` does that, with 413). One event loop per worker: no lock.
     """

@@ -1,0 +1,153 @@
+"""The metrics of the model a worker serves, whatever front door feeds it: scoring, drift, hot swap and shadow.
+
+Names and labels are a contract with ``grafana-dashboards/`` and ``prometheus-rules/``; tests fail if those use a
+metric that no module defines. Conventions: base units (seconds), ``_total`` counters, bounded labels only
+(``feature`` is one of the model's three features, ``model_version`` and ``shadow_version`` name versions of
+``MODEL_DIR``, which the store's retention bounds).
+
+**Several worker processes.** With ``WORKERS>1`` prometheus-client keeps every value in a shared memory-mapped
+file (``PROMETHEUS_MULTIPROC_DIR``) and the exposition merges them. Every gauge declares how to merge:
+``livemax`` for facts that are the same in every worker (model info), ``livemostrecent`` for the sliding-window
+statistics (the window of the worker that scored last). ``live*`` modes drop a worker's gauges once it is dead.
+
+**Exemplars.** When a batch is scored inside a traced request, its latency observation carries the trace id as an
+exemplar (``trace_exemplar``), visible in the OpenMetrics exposition; multiprocess files cannot store them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+from app.detector.drift import DriftSnapshot
+
+# `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
+# also absent in multiprocess mode, so disabling them keeps both modes' exposition identical.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Half a millisecond to ten seconds: a small batch scores in well under a millisecond, a 10,000-row batch or an
+overloaded worker takes seconds. 0.1 s is a bucket edge because the latency SLO is "99 % under 100 ms"."""
+
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+"""Readings per request, up to the default MAX_BATCH."""
+
+INFERENCE_LATENCY = Histogram(
+    "inference_latency_seconds",
+    "Time spent scoring one batch with the model (excludes parsing and serialisation).",
+    buckets=LATENCY_BUCKETS,
+)
+ANOMALIES = Counter("anomalies", "Readings the model flagged as anomalous.")
+READINGS_SCORED = Counter("readings_scored", "Readings scored by the model.")
+BATCH_SIZE = Histogram(
+    "batch_size_readings",
+    "Readings per scored /predict request.",
+    buckets=BATCH_SIZE_BUCKETS,
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "Always 1; labels name the loaded model version and the scikit-learn version it was trained with.",
+    ["model_version", "sklearn_version"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOAD_DURATION = Gauge(
+    "model_load_duration_seconds",
+    "How long obtaining the model took at start-up: loading the artifact, or training it (source label).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+FEATURE_WINDOW_MEAN = Gauge(
+    "feature_window_mean",
+    "Mean of each input feature over the sliding window of recent readings, in the feature's unit (V, A, Hz).",
+    ["feature"],
+    multiprocess_mode="livemostrecent",
+)
+FEATURE_DRIFT_SCORE = Gauge(
+    "feature_drift_score",
+    "Standardised shift of the window mean from the training mean (|window mean - training mean| / training "
+    "std). Normal traffic stays below 2.2 at any hour of the day; above 3 means the input has drifted.",
+    ["feature"],
+    multiprocess_mode="livemostrecent",
+)
+ANOMALY_RATIO_WINDOW = Gauge(
+    "anomaly_ratio_window",
+    "Fraction of the readings in the sliding window that were flagged.",
+    multiprocess_mode="livemostrecent",
+)
+DRIFT_WINDOW_READINGS = Gauge(
+    "drift_window_readings",
+    "Readings currently in the sliding window (it fills up to DRIFT_WINDOW after a start).",
+    multiprocess_mode="livemostrecent",
+)
+
+
+MODEL_SWAPS = Counter(
+    "model_swaps",
+    "Changes of the serving model to MODEL_DIR's active version without a restart (result: swapped, or failed when "
+    "the new version could not be loaded and the old one kept serving).",
+    ["result"],
+)
+for _result in ("swapped", "failed"):
+    MODEL_SWAPS.labels(_result)  # exported at 0 from the start, so the first swap is an increase
+MODEL_REFUSING_ACTIVE = Gauge(
+    "model_refusing_active",
+    "1 while this worker keeps serving an older version because MODEL_DIR's active version (or active.json) does "
+    "not load, else 0: a pod that restarts would not serve what this one serves, so versions differ across pods.",
+    multiprocess_mode="livemax",
+)
+
+
+SHADOW_READINGS = Counter(
+    "shadow_readings_scored",
+    "Readings the shadow (challenger) model scored after the active one answered.",
+    ["shadow_version"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "shadow_agreements",
+    "Readings the shadow model flagged exactly as the active model did (both anomalous or both normal).",
+    ["shadow_version"],
+)
+SHADOW_ANOMALIES = Counter(
+    "shadow_anomalies",
+    "Readings the shadow model flagged as anomalous (the active model's own count is anomalies_total).",
+    ["shadow_version"],
+)
+SHADOW_SCORING_SECONDS = Counter(
+    "shadow_scoring_seconds",
+    "CPU seconds the shadow model spent scoring, bounded by SHADOW_MAX_SHARE of the wall-clock time per worker.",
+    ["shadow_version"],
+)
+SHADOW_ERRORS = Counter(
+    "shadow_errors",
+    "Shadow scorings that failed; never an answer's failure, which the active model had already sent.",
+)
+SHADOW_SKIPPED = Counter(
+    "shadow_skipped",
+    "Batches the shadow model did not score because it had fallen behind (its queue was full) or had used its "
+    "SHADOW_MAX_SHARE of the time: the answer is never held up by the shadow, the shadow's work is shed first.",
+)
+
+
+def trace_exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ...}`` of the current sampled span, for attaching to an observation; None when untraced."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return {"trace_id": format(context.trace_id, "032x")}
+
+
+class DriftGauges:
+    """Publishes snapshots through the window gauges; the labelled children are resolved once, not per request."""
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self._means = {name: FEATURE_WINDOW_MEAN.labels(name) for name in features}
+        self._scores = {name: FEATURE_DRIFT_SCORE.labels(name) for name in features}
+
+    def export(self, snapshot: DriftSnapshot) -> None:
+        for name, mean in snapshot.means.items():
+            self._means[name].set(mean)
+            self._scores[name].set(snapshot.scores[name])
+        ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
+        DRIFT_WINDOW_READINGS.set(snapshot.readings)

@@ -1,0 +1,210 @@
+"""The routes of the HTTP API: the whole surface in one file, each route thin (check, call one function, shape).
+
+A ``POST /predict`` goes down three hops: ``predict`` here (HTTP: key, in-flight limit, body, parsing, all from
+``app.serving.edge``) -> ``BatchScorer.score`` (``app.scoring.batch``: scoring with its metrics, drift and span)
+-> ``Detector.predict_batch`` (``app.detector.model``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+
+from app.scoring.batch import BatchScorer
+from app.scoring.holder import ModelHolder, ModelState
+from app.scoring.hot_swap import ModelWatcher, SharedCheck
+from app.scoring.shadow import ShadowScorer
+from app.serving.edge.admission import (
+    BodyBytesBudget,
+    InflightLimit,
+    ReadingBudget,
+    read_body,
+    require_api_key,
+    require_json,
+)
+from app.serving.edge.http_errors import JSONResponse, ModelRefusedError
+from app.serving.edge.parsing import most_readings, parse_readings
+from app.serving.readiness import ServerReadiness
+from app.serving.schemas import (
+    PREDICT_ERRORS,
+    UNAUTHORIZED,
+    ErrorResponse,
+    HealthResponse,
+    NotReadyResponse,
+    PredictResponse,
+    ReloadResponse,
+    predict_request_schema,
+)
+from app.serving.settings import Settings
+from app.serving.telemetry.exposition import render_metrics
+
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size (about 1,000 readings) are parsed on the event loop; bigger ones in the thread pool.
+
+Parsing costs about a microsecond per reading and holds the GIL either way, but on the event loop a burst of big
+bodies is parsed back to back before the loop polls again, and the probes wait behind all of them; in a thread the
+loop gets the GIL back every few milliseconds. Small bodies stay inline: a thread hop costs more than parsing them."""
+
+
+def add_routes(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    holder: ModelHolder,
+    readiness: ServerReadiness,
+    scorer: BatchScorer,
+    shadow: ShadowScorer,
+    watcher: ModelWatcher,
+) -> None:
+    """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
+    limit; /model, /predict and /model/reload require the key when one is set."""
+    multiprocess_dir = settings.prometheus_multiproc_dir
+    inflight = InflightLimit(settings.max_inflight)
+    budget = ReadingBudget(settings.max_inflight_readings)
+    buffered = BodyBytesBudget(settings.max_buffered_body_bytes)
+    keyed, unauthorized = api_key_dependency(settings.required_api_key())
+
+    @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/health",
+        summary="Readiness: 200 once every worker has its model loaded, 503 with a reason before.",
+        response_model=HealthResponse,
+        responses={503: {"model": NotReadyResponse}},
+    )
+    async def health(request: Request) -> Response:
+        instance = request.app.state.instance
+        if holder.state is not ModelState.ready:
+            body = {"status": holder.state.value, "reason": holder.reason, "instance": instance}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        if not readiness.all_ready():
+            reason = f"this worker is ready, {readiness.ready_workers()} of {readiness.workers} workers are"
+            body = {"status": ModelState.loading.value, "reason": reason, "instance": instance}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        model = holder.get().detector
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": "isolation_forest",
+                "features": list(model.features),
+                "model_version": model.version,
+                "instance": instance,
+                "pod": settings.pod_name,
+                "node": settings.node_name,
+            }
+        )
+
+    @app.get(
+        "/model",
+        summary="Metadata of the loaded model: version, training, statistics, evaluation.",
+        responses={**unauthorized, 503: {"model": ErrorResponse, "description": "Model not loaded yet."}},
+        dependencies=keyed,
+    )
+    async def model_metadata() -> Response:
+        return JSONResponse(holder.get().detector.metadata)
+
+    @app.post(
+        "/predict",
+        summary="Score a batch of readings.",
+        response_model=PredictResponse,
+        responses={**unauthorized, **PREDICT_ERRORS},
+        dependencies=keyed,
+        openapi_extra=_predict_request_body(settings.max_batch),
+    )
+    async def predict(request: Request) -> Response:
+        model = holder.get()
+        require_json(request)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout, buffered)
+        with inflight, budget.admit(most_readings(body, settings.max_batch)):
+            batch = (body, model.detector.features, settings.max_batch)
+            inline = len(body) <= INLINE_PARSE_BYTES
+            X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
+            if model.scores_inline(X.shape[0]):
+                scored = scorer.score(model, X)
+            else:
+                scored = await run_in_threadpool(scorer.score, model, X)
+        shadow.submit(X, scored.flags)  # the challenger scores it on its own thread: never in the answer's way
+        return JSONResponse(
+            {
+                "predictions": scored.predictions(),
+                "anomalies": scored.anomalies,
+                "total": len(scored.flags),
+                "served_by": request.app.state.instance,
+                "model_version": model.detector.version,
+            }
+        )
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (OpenMetrics when the scraper asks for it).",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        content, content_type = render_metrics(request.headers.get("accept", ""), multiprocess_dir)
+        return Response(content, media_type=content_type)
+
+    _add_model_reload(app, keyed, unauthorized, holder, watcher)
+
+
+def api_key_dependency(key: str | None) -> tuple[list[Any], dict[int | str, dict[str, Any]]]:
+    """The one API-key dependency of the protected routes and their 401 answer, both only when a key is required:
+    the dependency declares the X-API-Key scheme in OpenAPI (so /docs shows an Authorize button exactly then) and
+    checks the key, in constant time (``require_api_key``), before the route runs."""
+    if key is None:
+        return [], {}
+    header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    async def check_api_key(request: Request, _declared: str | None = Security(header)) -> None:
+        require_api_key(request, key)
+
+    return [Depends(check_api_key)], UNAUTHORIZED
+
+
+def _add_model_reload(
+    app: FastAPI,
+    keyed: list[Any],
+    unauthorized: dict[int | str, dict[str, Any]],
+    holder: ModelHolder,
+    watcher: ModelWatcher,
+) -> None:
+    shared_check = SharedCheck(watcher.check)
+
+    @app.post(
+        "/model/reload",
+        summary="Serve MODEL_DIR's active version now, without waiting for the next poll (this worker).",
+        response_model=ReloadResponse,
+        responses={
+            **unauthorized,
+            409: {"model": ErrorResponse, "description": "The active version failed to load; the old one serves."},
+            503: {"model": ErrorResponse, "description": "Model not loaded yet."},
+        },
+        dependencies=keyed,
+    )
+    async def reload_model() -> Response:
+        holder.get()  # 503 while the first model is still loading
+        outcome = await shared_check()  # one check in flight per worker; concurrent calls share its outcome
+        if outcome.refused is not None:
+            raise ModelRefusedError(
+                f"version {outcome.refused} was not loaded, {outcome.serving} keeps serving: "
+                f"{holder.without_model_dir(outcome.reason or '')}"
+            )
+        return JSONResponse(
+            {"model_version": outcome.serving, "previous": outcome.previous, "swapped": outcome.swapped}
+        )
+
+
+def _predict_request_body(max_batch: int) -> dict[str, Any]:
+    """The /predict body in OpenAPI, from the doc-only schema (the route reads the bytes itself)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": predict_request_schema(max_batch)}},
+        }
+    }

@@ -42,9 +42,10 @@ test: lint ## lint, format check and the whole test suite (what CI runs)
 test-quick: sync ## the quick loop: skip tests marked slow
 	$(RUN) pytest -m "not slow"
 
-lint: sync ## ruff lint and format check
+lint: sync ## ruff lint and format check, mypy type check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) mypy
 
 fmt: sync ## format and auto-fix
 	$(RUN) ruff format .

@@ -233,7 +233,7 @@ class GridSimulator:
             is_anomaly = self._rng.random(n) < self.anomaly_rate
             kinds = np.full(n, None, dtype=object)
             if is_anomaly.any():
-                choices = np.array([k.value for k in self.anomaly_kinds], dtype=object)
+                choices = np.array([AnomalyKind(k).value for k in self.anomaly_kinds], dtype=object)
                 kinds[is_anomaly] = self._rng.choice(choices, size=int(is_anomaly.sum()))
         for anomaly in AnomalyKind:
             mask = kinds == anomaly.value

@@ -37,6 +37,9 @@ SIGNALS = {
     "frequency": ("Frequency", "Hz"),
 }
 
+LayeredChart = alt.LayerChart | alt.FacetChart
+"""What ``alt.layer(...).properties(...)`` is typed to return; these charts are always layers."""
+
 
 def _outcome_colour(*, legend: bool) -> alt.Color:
     return alt.Color(
@@ -74,7 +77,7 @@ def _tooltip(column: str, unit: str) -> list[alt.Tooltip]:
     ]
 
 
-def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, height: int = 175) -> alt.LayerChart:
+def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, height: int = 175) -> LayeredChart:
     """One signal over time as a line, with the readings that were anomalous or flagged as markers on it."""
     title, unit = SIGNALS[column]
     data = frame[["time", column, "score", "outcome", "kind", "served_by"]]
@@ -94,7 +97,7 @@ def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, heig
     return alt.layer(line, marks).properties(height=height)
 
 
-def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 220) -> alt.LayerChart:
+def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 220) -> LayeredChart:
     """The anomaly score of every reading against the model's threshold: above the line means flagged."""
     data = frame[["time", "score", "outcome", "kind", "served_by"]]
     base = alt.Chart(data).encode(x=_time_axis())
@@ -133,7 +136,7 @@ def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 22
     return alt.layer(normal, marked, rule, label).properties(height=height)
 
 
-def confusion_chart(confusion: pd.DataFrame, *, height: int = 200) -> alt.LayerChart:
+def confusion_chart(confusion: pd.DataFrame, *, height: int = 200) -> LayeredChart:
     """The 2x2 confusion matrix: rows the truth from the simulator, columns the backend's verdict."""
     base = alt.Chart(confusion).encode(
         x=alt.X("predicted:N", title="backend said", sort=["flagged", "not flagged"], axis=alt.Axis(labelAngle=0)),

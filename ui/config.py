@@ -1,4 +1,4 @@
-"""The UI's configuration: its one environment variable and the bounds of every control.
+"""The UI's configuration: its environment variables and the bounds of every control.
 
 The backend reads its settings in ``app/serving/settings.py``; the UI has two, ``BACKEND_URL`` and the optional API key
 (``API_KEY`` or ``API_KEY_FILE``, the backend's names, so one Secret serves both), read here and nowhere else

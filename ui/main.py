@@ -75,10 +75,12 @@ def range_slider(
     ``whole`` makes it an integer slider: Streamlit picks an int or a float widget from the values' type, and a
     ``Range`` is typed as floats. The other arguments default to ``st.slider``'s own.
     """
-    values: tuple[float, ...] = (bounds.low, bounds.high, bounds.default)
     if whole:
-        values = tuple(int(value) for value in values)
-    return st.slider(label, *values, step=step, format=format, key=key, help=help)
+        low, high, default = int(bounds.low), int(bounds.high), int(bounds.default)
+        return st.slider(
+            label, low, high, default, step=None if step is None else int(step), format=format, key=key, help=help
+        )
+    return st.slider(label, bounds.low, bounds.high, bounds.default, step=step, format=format, key=key, help=help)
 
 
 def sidebar() -> tuple[str, bool, StreamSettings]:

@@ -175,7 +175,7 @@ def check_metadata(artifact: Path, metadata: dict[str, Any]) -> ModelConfig:
     for name in config.features:
         entry = stats.get(name) if isinstance(stats, dict) else None
         mean, std = (entry.get("mean"), entry.get("std")) if isinstance(entry, dict) else (None, None)
-        if not (_finite_number(mean) and _finite_number(std) and std > 0):
+        if not (_finite_number(mean) and _finite_number(std) and std is not None and std > 0):
             raise ModelArtifactError(artifact, f"metadata feature_stats lack a finite mean and positive std for {name}")
     return config
 

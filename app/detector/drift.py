@@ -5,21 +5,11 @@ and computes, per feature, the window mean and a drift score, plus the rolling a
 ``app.scoring.metrics.DriftGauges`` publishes them.
 
 **The drift score** is the standardised mean shift ``|mean(window) - mean(training)| / std(training)``: how many
-training standard deviations the recent average has moved. Two textbook alternatives were measured and rejected,
-because the window covers minutes of a daily cycle that the training set covers whole:
-
-* the z-score of the window mean against its *standard error* (``std / sqrt(n)``) reached 68 for current on normal
-  readings at the evening peak: with 1,000 readings any time-of-day difference is "significant";
-* PSI over training deciles reached 7.8 on normal readings (0.25 is the usual alarm level) for the same reason.
-
-The standardised shift stays below ``NORMAL_MAX_SCORE`` (2.2, current at the evening peak; voltage 1.1, frequency
-0.8) on normal simulated traffic at every hour of the day, hence ``DRIFT_THRESHOLD = 3``, which the alert rules
-use. Measured on 1,000-reading windows over a whole simulated day (``tests/test_drift.py``), it catches at every
-hour: a voltage offset of +2.5 % or -3 % (a mis-calibrated sensor, a tap changer stuck off position), a frequency
-offset of 0.075 Hz, a 60 Hz feed into a 50 Hz model (score ~500). A +2 % voltage offset is caught in 91 % of the
-hours (not at the evening peak, where the load's voltage drop hides it). Blind spot, by construction: a change
-that keeps the mean inside the daily range, such as current scaled by 1.5 (caught in 15 % of the hours), is not
-drift by this measure; the detector's anomaly ratio is the signal for that.
+training standard deviations the recent average has moved, chosen over the standard-error z-score and PSI because
+the window covers minutes of a daily cycle that the training set covers whole. It stays below
+``NORMAL_MAX_SCORE`` on normal simulated traffic at every hour of the day, hence ``DRIFT_THRESHOLD = 3``, which
+the alert rules use. What it catches and what it cannot see, with the measurements, is in docs/monitoring.md
+("Drift score"); ``tests/detector/test_drift.py`` holds those figures.
 """
 
 from __future__ import annotations

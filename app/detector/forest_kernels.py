@@ -6,14 +6,13 @@ They are compiled two ways from this one source: just in time in the process tha
 (``app.detector.forest_aot``, needs numba only to build; the container image ships it), which serving imports
 without numba.
 
-Two traversals, chosen by measurement (``gridwatch bench``; figures in docs/benchmarks.md):
+Two traversals, chosen by measurement (the figures and the variants that lost are in docs/performance.md):
 
 * ``trees_outer``: every tree in turn, eight rows walking it together as eight independent chains held in
   registers. A tree (about 27 kB) stays in L1/L2 while all rows pass through it, and the CPU overlaps the eight
-  chains' dependent loads. This reached about 2 ns per node step; a version keeping the eight chains in a small
-  array instead of registers was 2x slower, rows-outer orders 1.5 to 3x slower on batches.
+  chains' dependent loads.
 * ``rows_outer``: for fewer than eight rows, each row walks eight trees at a time instead (the chains must come
-  from somewhere); twice as fast as ``trees_outer`` for a single reading.
+  from somewhere).
 
 Sums are added in tree order in both, so they equal scikit-learn's to the last bit.
 """

@@ -166,6 +166,7 @@ class Detector:
         ``flags = scores > 0``, so a flag is raised exactly when scikit-learn's ``predict`` says -1, whichever
         scorer computes it."""
         if self.scorer is Scorer.sklearn:
+            assert self.estimator is not None, "use(Scorer.sklearn) loads the estimator first"
             scores = -self.estimator.decision_function(X)
         else:
             scores = -self.forest.decision_function(X, self.scorer)

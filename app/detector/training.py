@@ -1,9 +1,8 @@
-"""Training, and the scikit-learn side of the artifact: the pickled estimator, checked and unpickled, and the
-serving form compiled from it.
+"""Training a model version: the estimator fitted on simulated or recorded readings, its metadata (training data,
+statistics, evaluation), and the version committed into the store and activated when asked.
 
-Everything here imports scikit-learn, so only training, evaluation, the benchmark and ``SCORER=sklearn`` come
-here; a serving process loads the compiled forest through ``app.detector.artifact`` and, when it has to train or
-convert an old model, does it in a child process (``app.detector.prepare``).
+Everything here imports scikit-learn, so only training, evaluation, the benchmark and the preparation child come
+here; loading a saved estimator is ``app.detector.estimator``'s, loading for serving ``app.detector.loading``'s.
 """
 
 from __future__ import annotations

@@ -43,14 +43,19 @@ class ModelSettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
 
-    model_dir: Path = Field(Path("models"), description="Folder holding the model artifact and its metadata.")
+    model_dir: Path = Field(
+        Path("models"), description="Folder of the model versions and the pointer to the active one."
+    )
     model_name: str = Field("iso_forest.joblib", pattern=r"^[\w.-]+$", description="File name of the model artifact.")
     train_if_missing: bool = Field(
         True,
-        description="Train (and save) a model at start-up when none exists or the existing one is unusable.",
+        description="Train (and save) a model at start-up when MODEL_DIR holds none at all; never over an existing "
+        "one.",
     )
     scorer: Scorer = Field(
-        Scorer.auto, description="What scores batches: auto (numba if installed, else numpy), numba, numpy, sklearn."
+        Scorer.auto,
+        description="What scores batches: auto (the compiled kernels if built or numba is installed, else numpy), "
+        "numba, numpy, sklearn.",
     )
     log_level: LogLevel = Field(LogLevel.info, description="Log level of the service and its access log.")
     log_format: LogFormat = Field(

@@ -113,7 +113,12 @@ class ShadowScorer:
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every submitted batch is scored (for tests); True if it happened in time."""
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def join_then_signal() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=join_then_signal, daemon=True).start()
         return done.wait(timeout)
 
     def _start(self) -> None:

@@ -128,22 +128,6 @@ def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> Non
     app.add_middleware(SecurityHeadersMiddleware)
 
 
-def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> None:
-    """Added innermost first: security headers > access log > metrics > CORS > error guard > routes, so CORS
-    answers (preflights) are counted and logged too. The tracing middleware, when on, wraps them all."""
-    app.add_middleware(InternalErrorMiddleware)
-    if origins := settings.allowed_origins():
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-API-Key"],
-        )
-    app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
-    app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
-
-
 def _default_loader(settings: Settings, store: ModelStore) -> Callable[[], Detector]:
     """Load (or, with ``TRAIN_IF_MISSING``, train) the model; retried by the holder until it succeeds.
 

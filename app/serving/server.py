@@ -80,7 +80,9 @@ def run_server(settings: Settings) -> None:
     try:
         _run_uvicorn(settings)
     finally:
-        if chosen_here:  # a folder this process made under /tmp leaves with it; a configured one is the user's
+        if (
+            chosen_here and directory is not None
+        ):  # a folder this process made under /tmp leaves with it; a configured one is the user's
             shutil.rmtree(directory, ignore_errors=True)
 
 

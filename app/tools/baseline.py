@@ -32,6 +32,7 @@ class PredictRequest(BaseModel):
 
 def create_baseline_app(artifact: Path) -> FastAPI:
     estimator = load_model(artifact).estimator
+    assert estimator is not None, "load_model always loads the estimator"
     app = FastAPI(title="GridWatch baseline (benchmark only)")
 
     @app.get("/health")

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +187,17 @@ def _median_seconds(call: Callable[[], object], min_seconds: float) -> float:
 def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
     X = GridSimulator(anomaly_rate=0.02, seed=11, interval_s=13.0).batch(max(config.sizes)).features()
     forest, estimator = detector.forest, detector.estimator
+    assert estimator is not None, "the benchmark loads the estimator (with_estimator=True)"
     rows = []
     for size in config.sizes:
         batch = X[:size]
-        sk = _median_seconds(lambda b=batch: estimator.decision_function(b), config.min_seconds)
+        sk = _median_seconds(partial(estimator.decision_function, batch), config.min_seconds)
         nb = (
-            _median_seconds(lambda b=batch: forest.decision_function(b, Scorer.numba), config.min_seconds)
+            _median_seconds(partial(forest.decision_function, batch, Scorer.numba), config.min_seconds)
             if NUMBA_AVAILABLE
             else None
         )
-        npy = _median_seconds(lambda b=batch: forest.decision_function(b, Scorer.numpy), config.min_seconds)
+        npy = _median_seconds(partial(forest.decision_function, batch, Scorer.numpy), config.min_seconds)
         rows.append(
             ScorerRow(
                 batch=size,

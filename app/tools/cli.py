@@ -266,7 +266,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed, readings=readings
         )
     if args.json:
-        document = {"model_version": detector.version, "report": report.to_dict()}
+        document: dict[str, object] = {"model_version": detector.version, "report": report.to_dict()}
         if sweep is not None:
             document["sweep"] = [{"contamination": c, **r.to_dict()} for c, r in sweep]
         print(json.dumps(document, indent=2))

@@ -159,7 +159,7 @@ EVENT_LOOP_RUN = [
         asyncio.Runner.run,
         asyncio.BaseEventLoop.run_forever,
         asyncio.BaseEventLoop.run_until_complete,
-        asyncio.BaseEventLoop._run_once,
+        asyncio.BaseEventLoop._run_once,  # type: ignore[attr-defined]  # private, but where the loop spends its time
         selectors.DefaultSelector.select,
     )
 ]

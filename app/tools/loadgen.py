@@ -96,7 +96,7 @@ def check_target(url: str, *, allow_remote: bool) -> None:
     if allow_remote:
         return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as error:
         raise ValueError(f"cannot resolve {host!r}: {error}") from error
     remote = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)

@@ -14,7 +14,7 @@ import asyncio
 import cProfile
 import pstats
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,13 +81,13 @@ async def _predict_once(app: FastAPI, body: bytes) -> int:
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     status = 0
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> MutableMapping[str, Any]:
         return messages.pop() if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
-            status = int(message["status"])  # type: ignore[arg-type]
+            status = int(str(message["status"]))
 
     await app(_scope(body), receive, send)
     return status

@@ -122,8 +122,8 @@ def _well_formed(body: bytes) -> bytes | bytearray:
             start, literal = _non_finite_literal_at(document, str(error))
             if literal is None:
                 raise _malformed(body, str(error)) from None
-        if document is body:
-            document = bytearray(body)
+        if isinstance(document, bytes):  # the first stand-in: copy the body once, then edit the copy in place
+            document = bytearray(document)
         document[start : start + len(literal)] = _STAND_IN[literal]
     raise json_invalid(f"malformed JSON: more than {MAX_REPORTED_ERRORS} NaN or Infinity literals; send finite numbers")
 

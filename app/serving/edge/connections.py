@@ -1,9 +1,8 @@
 """The HTTP connection itself: uvicorn's httptools protocol plus the two bounds it lacks.
 
-uvicorn's httptools parser (its fast path, kept for throughput) sets no limit on the request head: one 100 MiB
-header was read and answered 200, four 40 MiB ones took a worker past its memory limit, all before any of the
-service's code or the API key check ran. And its keep-alive timer starts only after a first response, so a
-connection that sends nothing, or a head one byte at a time, was held open forever. ``BoundedHttpToolsProtocol``
+uvicorn's httptools parser (its fast path, kept for throughput) sets no limit on the request head, and its
+keep-alive timer starts only after a first response, so a connection that sends nothing, or a head one byte at a
+time, is held open forever (what each allowed, measured, is in docs/security.md). ``BoundedHttpToolsProtocol``
 adds both bounds at the lowest level, where the bytes arrive:
 
 * **MAX_HEADER_BYTES**: the bytes of a request head (request line and headers) are counted as they arrive; past
@@ -13,8 +12,7 @@ adds both bounds at the lowest level, where the bytes arrive:
   first byte of a keep-alive follow-up request); otherwise it gets ``408`` (if it sent part of one) and is closed.
 * **MAX_CONNECTIONS** (default: the open-file limit minus 128): past it, each new connection makes room by closing
   the one that has waited longest for its request head, rather than being refused itself, so a flood of idle
-  sockets cannot exhaust the worker's file descriptors and a kubelet's probe still gets in (1,100 idle sockets
-  used to make every ``/livez`` fail with a reset, silently).
+  sockets cannot exhaust the worker's file descriptors and a kubelet's probe still gets in.
 
 Both refusals, and uvicorn's own 400s for requests it cannot parse, are counted in ``requests_total`` (route
 ``unmatched``, method ``other``) and logged, like every other answer, so an attack shows on the dashboards.

@@ -36,10 +36,11 @@ class _BatchDecoder:
     def __init__(self, features: tuple[str, ...]) -> None:
         # Positional field names, each renamed to its feature: a feature need not be a Python identifier.
         fields = [(f"f{i}", float, msgspec.field(name=name)) for i, name in enumerate(features)]
-        reading = msgspec.defstruct("Reading", fields, gc=False)
-        batch = msgspec.defstruct("Batch", [("readings", list[reading])], gc=False)
-        self.decoder = msgspec.json.Decoder(batch)
-        self.reading_decoder = msgspec.json.Decoder(reading)
+        # Types built at run time, so typed as Any: the static checker cannot know their fields.
+        reading: Any = msgspec.defstruct("Reading", fields, gc=False)
+        batch: Any = msgspec.defstruct("Batch", [("readings", list[reading])], gc=False)
+        self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(batch)
+        self.reading_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reading)
         self.row: Callable[[Any], Any] = operator.attrgetter(*(name for name, _, _ in fields))
         self.width = len(features)
 

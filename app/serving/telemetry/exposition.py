@@ -16,7 +16,7 @@ summed over every live worker (the processes that write into ``PROMETHEUS_MULTIP
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, PlatformCollector, ProcessCollector
@@ -37,6 +37,11 @@ _SUMMED = {
 }
 
 
+def _constant(pid: int) -> Callable[[], int]:
+    """A pid as the callable ``ProcessCollector`` wants."""
+    return lambda: pid
+
+
 def live_worker_pids(directory: Path) -> list[int]:
     """Pids that wrote metrics into ``directory`` and are still running."""
     pids = {int(m.group(1)) for entry in directory.glob("*.db") if (m := _PID_IN_FILE.search(entry.name))}
@@ -55,7 +60,7 @@ class ServerProcessCollector(Collector):
         totals = dict.fromkeys(_SUMMED, 0.0)
         start_times: list[float] = []
         for pid in live_worker_pids(self.directory):
-            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            collector = ProcessCollector(pid=_constant(pid), registry=None)
             for family in collector.collect():
                 for sample in family.samples:
                     if family.name in totals:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -14,31 +13,18 @@ import numpy as np
 import pytest
 
 from app.detector import forest_jit
-from app.detector import loading as loading_module
 from app.detector.artifact import forest_path, load_forest, metadata_path
-from app.detector.errors import ModelArtifactError, ModelUnavailableError
+from app.detector.errors import ModelArtifactError
 from app.detector.forest import CompiledForest
-from app.detector.loading import load_detector
 from app.detector.model import Detector
-from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 from app.sim import GridSimulator
+from tests.detector.support import rewrite_metadata
 from tests.support import IN_CI, ROOT, require_tool
 
 
 def hard_rows(n: int = 20_000) -> np.ndarray:
     return GridSimulator(anomaly_rate=0.3, seed=17, interval_s=7.0).batch(n).features()
-
-
-def rewrite_metadata(artifact: Path, **changes: object) -> None:
-    metadata = json.loads(metadata_path(artifact).read_text())
-    metadata.update(changes)
-    metadata_path(artifact).write_text(json.dumps(metadata))
-
-
-@pytest.fixture
-def artifact(model_dir: Path) -> Path:
-    return model_dir / "iso_forest.joblib"
 
 
 def test_the_serving_form_scores_exactly_like_scikit_learn(artifact: Path, detector: Detector):
@@ -115,32 +101,6 @@ def test_a_forest_file_the_kernels_would_misread_is_refused(detector: Detector, 
     change(arrays)
     with pytest.raises((ValueError, KeyError), match=message):
         CompiledForest.from_npz(npz(arrays))
-
-
-def test_no_model_and_no_training_is_unavailable_at_once(tmp_path: Path):
-    with pytest.raises(ModelUnavailableError, match="TRAIN_IF_MISSING is off"):
-        load_detector(ModelStore.of(tmp_path / "iso_forest.joblib"), train_if_missing=False)
-
-
-def test_a_damaged_model_without_training_fails_in_the_child_with_the_same_error(artifact: Path):
-    forest_path(artifact).unlink()
-    artifact.write_bytes(b"not a pickle")
-    with pytest.raises(ModelArtifactError, match=r"iso_forest\.joblib holds 12 bytes"):
-        load_detector(ModelStore.of(artifact), train_if_missing=False)
-
-
-def test_an_old_model_in_a_folder_the_child_cannot_write_is_compiled_in_memory(
-    artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-):
-    """What a read-only MODEL_DIR holding a model saved before the compiled forest existed gets: it is served,
-    by compiling the forest in this process, and the log says what that costs."""
-    forest_path(artifact).unlink()
-    rewrite_metadata(artifact, forest=None)
-    monkeypatch.setattr(loading_module, "prepare_in_child", lambda *_args, **_kwargs: None)  # wrote nothing
-    with caplog.at_level(logging.WARNING):
-        detector = load_detector(ModelStore.of(artifact), train_if_missing=False)
-    assert detector.estimator is not None
-    assert "compiling the forest in this process" in caplog.text
 
 
 def test_kernel_unrolling_is_the_same_constant_on_both_paths():

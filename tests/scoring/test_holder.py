@@ -1,4 +1,4 @@
-"""The serving glue: which batches are scored on the event loop, and readiness bookkeeping."""
+"""The model holder: which batches are scored on the event loop (a LoadedModel decides), whatever the front door."""
 
 from __future__ import annotations
 

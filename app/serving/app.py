@@ -27,10 +27,13 @@ from app.scoring.batch import BatchScorer
 from app.scoring.holder import ModelHolder
 from app.scoring.hot_swap import ModelWatcher
 from app.scoring.shadow import ShadowScorer
-from app.serving.edge.access_log import AccessLogMiddleware
-from app.serving.edge.guards import InternalErrorMiddleware, SecurityHeadersMiddleware
 from app.serving.edge.http_errors import JSONResponse, install_error_handlers
-from app.serving.edge.http_metrics import HTTPMetricsMiddleware
+from app.serving.edge.middleware import (
+    AccessLogMiddleware,
+    HTTPMetricsMiddleware,
+    InternalErrorMiddleware,
+    SecurityHeadersMiddleware,
+)
 from app.serving.readiness import ServerReadiness
 from app.serving.routes import add_routes
 from app.serving.settings import Settings

@@ -22,7 +22,7 @@ from app.serving.edge.http_errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from app.serving.edge.http_metrics import REQUESTS_SHED
+from app.serving.telemetry.metrics import REQUESTS_SHED
 
 API_KEY_HEADER = "x-api-key"
 JSON_MEDIA_TYPE = "application/json"

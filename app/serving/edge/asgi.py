@@ -1,6 +1,6 @@
 """ASGI types, the base of the pure-ASGI middlewares, and what the router leaves in a request's scope.
 
-Kept apart from ``app.serving.edge.http_metrics`` so that modules needed by uvicorn's supervisor process (logging) never
+Kept apart from ``app.serving.edge.middleware`` so that modules needed by uvicorn's supervisor process (logging) never
 import prometheus-client: in multiprocess mode an import there would create metric files for a process that serves
 nothing.
 """

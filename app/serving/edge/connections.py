@@ -29,8 +29,8 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.serving.edge.asgi import SERVER_ANSWERED, UNMATCHED_PATH
-from app.serving.edge.http_metrics import REQUESTS
 from app.serving.settings import Settings
+from app.serving.telemetry.metrics import REQUESTS
 
 logger = logging.getLogger(__name__)
 

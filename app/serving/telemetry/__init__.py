@@ -1,4 +1,4 @@
-"""What the service tells its operators besides answers: logging (``logs``), tracing (``tracing``) and the
-metrics exposition (``exposition``). Metric definitions live beside what they measure (``app.scoring.metrics``,
-``app.serving.edge.http_metrics``). Importing this package imports nothing.
+"""What the service tells its operators besides answers: logging (``logs``), tracing (``tracing``), the HTTP
+metrics' definitions (``metrics``; the model's are ``app.scoring.metrics``) and the exposition of both
+(``exposition``). Importing this package imports nothing.
 """

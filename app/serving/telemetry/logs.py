@@ -14,7 +14,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 ACCESS_LOGGER = "gridwatch.access"
-"""The logger of the access log (``app.serving.edge.access_log``), one line per request."""
+"""The logger of the access log (``app.serving.edge.middleware``), one line per request."""
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

@@ -23,6 +23,7 @@ from app.detector.errors import ModelUnavailableError
 from app.detector.loading import load_detector
 from app.detector.model import Detector
 from app.detector.registry import ModelStore, VersionRefusedError
+from app.detector.scorer import Scorer
 from app.scoring.batch import BatchScorer
 from app.scoring.holder import ModelHolder
 from app.scoring.hot_swap import ModelWatcher
@@ -60,7 +61,7 @@ def create_app(
     store = settings.model_store()
     readiness = ServerReadiness(settings.workers, settings.prometheus_multiproc_dir)
     holder = ModelHolder(
-        loader or _default_loader(settings, store),
+        loader or _default_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
         drift_window=settings.drift_window,
         detector=detector,
         on_ready=readiness.mark_ready,
@@ -131,7 +132,7 @@ def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> Non
     app.add_middleware(SecurityHeadersMiddleware)
 
 
-def _default_loader(settings: Settings, store: ModelStore) -> Callable[[], Detector]:
+def _default_loader(store: ModelStore, scorer: Scorer, *, train_if_missing: bool) -> Callable[[], Detector]:
     """Load (or, with ``TRAIN_IF_MISSING``, train) the model; retried by the holder until it succeeds.
 
     A model that was trained and then refused by its own verification would be trained, byte for byte, again at
@@ -141,9 +142,9 @@ def _default_loader(settings: Settings, store: ModelStore) -> Callable[[], Detec
 
     def load() -> Detector:
         nonlocal refusal
-        train = settings.train_if_missing and refusal is None
+        train = train_if_missing and refusal is None
         try:
-            return load_detector(store, train_if_missing=train, scorer=settings.scorer, warm_up=True)
+            return load_detector(store, train_if_missing=train, scorer=scorer, warm_up=True)
         except VersionRefusedError as error:
             refusal = error
             raise

@@ -1,7 +1,7 @@
 """helm test hook: the API is ready, and /predict flags an extreme reading while passing a normal one.
 
-Runs inside the backend image (stdlib only) as a Pod of `helm test`; tests/test_helm_hooks.py and
-tests/test_helm_security.py run this same file against a real local server. Configured by BACKEND_URL,
+Runs inside the backend image (stdlib only) as a Pod of `helm test`; tests/deploy/test_chart_hooks.py and
+tests/deploy/test_chart_security.py run this same file against a real local server. Configured by BACKEND_URL,
 TEST_TIMEOUT_SECONDS and, when the chart's apiKey is on, API_KEY_FILE (the mounted Secret; API_KEY also works): the
 test then sends the key in X-API-Key and also checks that /predict refuses a call without it (401).
 """

@@ -1,7 +1,7 @@
 """helm test hook: Prometheus scrapes the backend (an `up` target equal to 1) and has loaded the GridWatch rules.
 
 Runs inside the backend image (stdlib only) as a Pod of `helm test` when kube-prometheus-stack is enabled;
-tests/test_helm_hooks.py runs this same file against a real local Prometheus. Configured by PROMETHEUS_URL, JOB,
+tests/deploy/test_chart_hooks.py runs this same file against a real local Prometheus. Configured by PROMETHEUS_URL, JOB,
 NAMESPACE (optional label filter), RULE_GROUPS (comma-separated group names that must be loaded; may be empty)
 TEST_TIMEOUT_SECONDS and POLL_SECONDS. Waits: the operator needs a moment to pick up the ServiceMonitor, and
 Prometheus to scrape it once.

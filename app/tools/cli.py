@@ -497,8 +497,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir, log_level="warning")
     from app.detector.loading import load_detector
-    from app.tools.bench import BenchConfig, render_markdown, run_bench
-    from app.tools.report import print_bench
+    from app.tools.bench.render import print_bench, render_markdown
+    from app.tools.bench.results import BenchConfig
+    from app.tools.bench.run import run_bench
 
     detector = load_detector(settings.model_store(), train_if_missing=settings.train_if_missing, with_estimator=True)
     config = BenchConfig(

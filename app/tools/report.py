@@ -14,7 +14,6 @@ from rich.text import Text
 if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
     from app.detector.evaluate import EvaluationReport
     from app.detector.model import Detector
-    from app.tools.bench import BenchResult
     from app.tools.loadgen import LoadReport
 
 
@@ -148,67 +147,6 @@ def print_load_report(report: LoadReport) -> None:
     if report.model_versions:
         versions = ", ".join(f"{name} x{count}" for name, count in report.model_versions.items())
         console.print(f"scored by model: {versions}")
-
-
-def print_bench(result: BenchResult) -> None:
-    from app.tools.bench import http_comparison, rows_ratio  # noqa: PLC0415 - the bench pulls in scikit-learn
-
-    console = _console()
-    scorer = Table("batch", "scikit-learn ms", "numba ms", "numpy ms", "numba x", "numpy x", title="scorer")
-    for row in result.scorer:
-        scorer.add_row(
-            f"{row.batch:,}",
-            f"{row.sklearn_ms:.3f}",
-            f"{row.numba_ms:.4f}" if row.numba_ms is not None else "n/a",
-            f"{row.numpy_ms:.3f}",
-            f"{row.speedup_numba:,.1f}" if row.speedup_numba is not None else "n/a",
-            f"{row.speedup_numpy:,.1f}",
-        )
-    console.print(scorer)
-    if result.http:
-        http = Table("", *(row.server for row in result.http), title=f"HTTP at the defaults ({result.http[0].tool})")
-        for name, cells in http_comparison(result.http, result.config):
-            http.add_row(name, *cells)
-        console.print(http)
-        if ratio := rows_ratio(result.http):
-            console.print(ratio)
-    if result.live_profile:
-        _print_live_profile(console, result)
-    if result.request_path:
-        profile = result.request_path
-        path = Table(
-            "stage",
-            "us/request (profiled)",
-            "share",
-            title=f"/predict of {profile.rows} readings in process (cProfile): "
-            f"{profile.unprofiled_us_per_request:,.0f} us unprofiled",
-        )
-        for stage in profile.stages:
-            path.add_row(stage.stage, f"{stage.us_per_request:,.1f}", f"{stage.share:.0%}")
-        console.print(path)
-
-
-def _print_live_profile(console: Console, result: BenchResult) -> None:
-    profile = result.live_profile
-    if profile is None:
-        return
-    if not profile.available:
-        console.print(f"[yellow]no live profile: {profile.reason}[/]")
-        return
-    stages = Table(
-        "stage",
-        "samples",
-        "share",
-        title=f"live server under load (py-spy, {profile.mode}): {profile.rounds:,} samples, {profile.errors} failed, "
-        f"{profile.incomplete_stacks} incomplete, {profile.load_requests_per_s:,.1f} req/s meanwhile",
-    )
-    for stage in profile.stages:
-        stages.add_row(stage.stage, f"{stage.samples:,}", f"{stage.share:.1%}")
-    console.print(stages)
-    hottest = Table("function", "share", title="hottest functions (self)")
-    for hot in profile.hottest:
-        hottest.add_row(hot.stage, f"{hot.share:.1%}")
-    console.print(hottest)
 
 
 def print_versions(versions: list[dict]) -> None:

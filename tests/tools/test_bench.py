@@ -10,17 +10,19 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
 from app.serving.edge.parsing import parse_readings
-from app.tools.live_profile import (
+from app.tools.bench.live_profile import (
     EVENT_LOOP_STAGE,
     IDLE_STAGE,
     SERVER_STAGE,
@@ -30,13 +32,13 @@ from app.tools.live_profile import (
     profile_under_load,
     summarise,
 )
-from app.tools.server_probes import process_memory
-from app.tools.wrk import parse_wrk
+from app.tools.bench.render import print_bench, render_markdown, sections
+from app.tools.bench.results import BASELINE, GRIDWATCH, BenchConfig, BenchResult, HttpRow, ScorerRow
+from app.tools.bench.server_probes import process_memory
+from app.tools.bench.wrk import parse_wrk
 from tests.support import IN_CI, require_tool
 
 HAS_PROC = Path("/proc/self/status").exists()
-GRIDWATCH = "gridwatch (compiled forest, msgspec)"
-BASELINE = "baseline (FastAPI + pydantic + scikit-learn)"
 
 
 @pytest.mark.slow
@@ -258,7 +260,8 @@ def test_memory_of_a_process_comes_from_proc():
 def test_the_shadow_server_serves_the_model_as_its_own_challenger(tmp_path: Path, trained_artifact: Path):
     """`gridwatch bench --shadow`: the same version active and in the shadow, so the extra cost is one scoring."""
     from app.detector.registry import ModelStore
-    from app.tools.bench import GRIDWATCH_SHADOW, shadow_spec
+    from app.tools.bench.results import GRIDWATCH_SHADOW
+    from app.tools.bench.servers import shadow_spec
 
     spec = shadow_spec(trained_artifact, tmp_path)
     version = json.loads(trained_artifact.with_suffix(".json").read_text())["model_version"]
@@ -268,3 +271,37 @@ def test_the_shadow_server_serves_the_model_as_its_own_challenger(tmp_path: Path
     assert store.active_version() == version
     assert store.artifact_of(version).is_file()
     assert trained_artifact.is_file(), "the benchmarked model itself is left where it was"
+
+
+def _http_row(server: str, rows_per_s: float) -> HttpRow:
+    return HttpRow(
+        server=server, tool="wrk", max_rows_per_s=rows_per_s, max_requests_per_s=rows_per_s / 64, max_p50_ms=3.25,
+        max_p99_ms=9.5, max_errors=0, single_requests_per_s=812.4, single_p50_ms=1.1, single_p99_ms=2.3,
+        rss_mb=86.6, peak_rss_mb=91.4, ready_s=0.73, ready_starts_s=(0.7, 0.73, 0.8), fresh_ready_s=None,
+        fresh_ready_starts_s=(), fixed_rps=150.0, fixed_achieved_rps=149.9, fixed_p50_ms=1.4, fixed_p99_ms=4.2,
+        fixed_failed=0, fixed_unsent=0, server_cpus=(0,), load_cpus=(1,),
+    )  # fmt: skip
+
+
+def test_the_terminal_and_the_markdown_are_one_rendering():
+    """docs/benchmarks.md and the terminal once rendered the results two ways; now both lay out ``sections``."""
+    result = BenchResult(
+        machine={"date": "2026-12-03T23:00:00+00:00", "cpu": "x", "cpus": 2, "load_average_at_start": [0.1],
+                 "python": "3.11", "numpy": "2", "scikit-learn": "1.8", "kernels": "ahead-of-time"},
+        model={"version": "abc", "trees": 100, "max_samples": 16384, "nodes": 340_000, "max_depth": 14,
+               "artifact_mb": 3.1},
+        config=asdict(BenchConfig()),
+        scorer=[ScorerRow(64, 9.8, 0.021, 0.4, 466.7, 24.5), ScorerRow(1_024, 12.0, None, 2.5, None, 4.8)],
+        http=[_http_row(GRIDWATCH, 70_120.0), _http_row(BASELINE, 4_100.0)],
+    )  # fmt: skip
+    markdown = render_markdown(result, "gridwatch bench")
+    console = Console(record=True, width=500, highlight=False)
+    print_bench(result, console)
+    terminal = console.export_text()
+    cells = [cell for section in sections(result) for table in section.tables for row in table.rows for cell in row]
+    assert "466.7x" in cells
+    assert "17.1x the rows/s of the baseline" in markdown
+    assert "17.1x the rows/s of the baseline" in terminal
+    for cell in cells:
+        assert cell in markdown, cell
+        assert cell in terminal, cell

@@ -4,7 +4,7 @@ This is how the workshop material writes the service: pydantic models for the re
 scikit-learn's ``decision_function``, a sync endpoint (so FastAPI runs it in its thread pool), FastAPI's default JSON
 response. ``gridwatch bench`` runs it on the same model artifact as the real service, side by side.
 
-Run: ``python -m app.tools.baseline --model models/iso_forest.joblib --port 8100``.
+Run: ``python -m app.tools.bench.baseline --model models/iso_forest.joblib --port 8100``.
 """
 
 from __future__ import annotations

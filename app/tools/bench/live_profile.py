@@ -1,6 +1,6 @@
 """Where the real GridWatch server spends its time while it serves, sampled from outside with py-spy.
 
-``app.tools.request_profile`` profiles the application in process, without sockets or uvicorn, under cProfile
+``app.tools.bench.request_profile`` profiles the application in process, without sockets or uvicorn, under cProfile
 (which slows Python code more than native code). This module samples the live server process instead: py-spy reads
 the Python stack of the event loop's thread ``RATE_HZ`` times a second while the benchmark's load keeps it busy, and
 each sample is given to one stage:
@@ -53,8 +53,8 @@ from pythonjsonlogger.core import BaseJsonFormatter
 
 import app.serving
 from app.scoring.batch import BatchScorer
-from app.tools.request_profile import RECORD_STAGE, STAGES
-from app.tools.wrk import wrk_seconds
+from app.tools.bench.request_profile import RECORD_STAGE, STAGES
+from app.tools.bench.wrk import wrk_seconds
 
 RATE_HZ = 250
 LOAD_MARGIN_S = 1.0

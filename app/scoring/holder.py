@@ -17,8 +17,10 @@ from pathlib import Path
 
 from app.detector import forest_jit
 from app.detector.drift import DriftMonitor
-from app.detector.errors import GridWatchError
+from app.detector.errors import GridWatchError, ModelUnavailableError
+from app.detector.loading import load_detector
 from app.detector.model import Detector
+from app.detector.registry import ModelStore, VersionRefusedError
 from app.detector.scorer import Scorer
 from app.scoring.metrics import MODEL_INFO, MODEL_LOAD_DURATION, DriftGauges
 
@@ -215,3 +217,28 @@ def _info_labels(detector: Detector) -> tuple[str, str]:
 
 def _export_model_info(detector: Detector) -> None:
     MODEL_INFO.labels(*_info_labels(detector)).set(1)
+
+
+def model_loader(store: ModelStore, scorer: Scorer, *, train_if_missing: bool) -> Callable[[], Detector]:
+    """The loader a ``ModelHolder`` retries until it succeeds, for every front door: load the active version of
+    ``store`` (or, with ``TRAIN_IF_MISSING`` and no model at all, train one) through ``load_for_serving``.
+
+    A model that was trained and then refused by its own verification would be trained, byte for byte, again at
+    every retry (a training child every few seconds, forever): after one such refusal the retries only load,
+    picking up a model an operator provides, and keep answering with the refusal until then."""
+    refusal: VersionRefusedError | None = None
+
+    def load() -> Detector:
+        nonlocal refusal
+        train = train_if_missing and refusal is None
+        try:
+            return load_detector(store, train_if_missing=train, scorer=scorer, warm_up=True)
+        except VersionRefusedError as error:
+            refusal = error
+            raise
+        except ModelUnavailableError:
+            if refusal is not None:
+                raise refusal from None
+            raise
+
+    return load

@@ -19,13 +19,9 @@ from opentelemetry import trace
 from prometheus_client.multiprocess import mark_process_dead
 
 from app import __version__
-from app.detector.errors import ModelUnavailableError
-from app.detector.loading import load_detector
 from app.detector.model import Detector
-from app.detector.registry import ModelStore, VersionRefusedError
-from app.detector.scorer import Scorer
 from app.scoring.batch import BatchScorer
-from app.scoring.holder import ModelHolder
+from app.scoring.holder import ModelHolder, model_loader
 from app.scoring.hot_swap import ModelWatcher
 from app.scoring.shadow import ShadowScorer
 from app.serving.edge.http_errors import JSONResponse, install_error_handlers
@@ -61,7 +57,7 @@ def create_app(
     store = settings.model_store()
     readiness = ServerReadiness(settings.workers, settings.prometheus_multiproc_dir)
     holder = ModelHolder(
-        loader or _default_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
+        loader or model_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
         drift_window=settings.drift_window,
         detector=detector,
         on_ready=readiness.mark_ready,
@@ -130,27 +126,3 @@ def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> Non
     app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
-
-
-def _default_loader(store: ModelStore, scorer: Scorer, *, train_if_missing: bool) -> Callable[[], Detector]:
-    """Load (or, with ``TRAIN_IF_MISSING``, train) the model; retried by the holder until it succeeds.
-
-    A model that was trained and then refused by its own verification would be trained, byte for byte, again at
-    every retry (a training child every few seconds, forever): after one such refusal the retries only load,
-    picking up a model an operator provides, and keep answering with the refusal until then."""
-    refusal: VersionRefusedError | None = None
-
-    def load() -> Detector:
-        nonlocal refusal
-        train = train_if_missing and refusal is None
-        try:
-            return load_detector(store, train_if_missing=train, scorer=scorer, warm_up=True)
-        except VersionRefusedError as error:
-            refusal = error
-            raise
-        except ModelUnavailableError:
-            if refusal is not None:
-                raise refusal from None
-            raise
-
-    return load

@@ -95,7 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description="Anomaly detection on electricity-grid readings.")
     parser.add_argument("--version", action="version", version=f"gridwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_train, _add_evaluate, _add_models, _add_simulate, _add_load, _add_bench, _add_up):
+    commands_in_order = (
+        _add_serve,
+        _add_stream,
+        _add_train,
+        _add_evaluate,
+        _add_models,
+        _add_simulate,
+        _add_load,
+        _add_publish,
+        _add_bench,
+        _add_up,
+    )
+    for add in commands_in_order:
         add(commands)
     return parser
 
@@ -115,6 +127,29 @@ def _serve(args: argparse.Namespace) -> int:
     from app.serving.settings import Settings
 
     run_server(Settings())
+    return 0
+
+
+def _add_stream(commands: argparse._SubParsersAction) -> None:
+    stream = commands.add_parser(
+        "stream", help="score the readings feeders publish to NATS JetStream (MQTT or NATS), one result per reading"
+    )
+    stream.add_argument("--nats-url", help="the NATS server (env NATS_URL, default nats://127.0.0.1:4222)")
+    stream.add_argument("--host", help="interface of /livez, /health, /metrics (env HOST, default 127.0.0.1)")
+    stream.add_argument("--port", type=int, help="port of /livez, /health, /metrics (env PORT, default 8000)")
+    _add_model_dir(stream)
+    stream.set_defaults(handler=_stream)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    _export(nats_url=args.nats_url, host=args.host, port=args.port, model_dir=args.model_dir)
+    from app.serving.telemetry.logs import configure_logging
+    from app.stream.runner import run_stream
+    from app.stream.settings import StreamSettings
+
+    settings = StreamSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    run_stream(settings)
     return 0
 
 
@@ -459,6 +494,50 @@ def _load(args: argparse.Namespace) -> int:
     return 0 if report.succeeded else 1
 
 
+def _add_publish(commands: argparse._SubParsersAction) -> None:
+    publish = commands.add_parser(
+        "publish", help="simulated feeders publishing readings over MQTT (loopback only unless --allow-remote)"
+    )
+    publish.add_argument("--url", default="mqtt://127.0.0.1:1883", help="the MQTT listener (NATS's, for GridWatch)")
+    publish.add_argument("--rate", type=float, default=100.0, help="readings per second, all sensors together")
+    publish.add_argument("--duration", type=float, default=10.0, help="seconds; stops by itself")
+    publish.add_argument("--count", type=_positive_int, help="stop after this many readings")
+    publish.add_argument("--feeders", type=_positive_int, default=2)
+    publish.add_argument("--sensors", type=_positive_int, default=5, help="sensors per feeder")
+    publish.add_argument("--anomaly-rate", type=_rate, default=0.01)
+    publish.add_argument("--seed", type=int)
+    publish.add_argument("--allow-remote", action="store_true", help="allow a broker that is not this machine")
+    publish.add_argument("--json", action="store_true", help="print the summary as JSON")
+    publish.set_defaults(handler=_publish)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from app.tools.publish import PublishConfig, run_publish
+
+    if args.rate <= 0 or args.duration <= 0:
+        raise ValueError("--rate and --duration must be above 0")
+    config = PublishConfig(
+        url=args.url,
+        rate=args.rate,
+        duration=args.duration,
+        count=args.count,
+        feeders=args.feeders,
+        sensors=args.sensors,
+        anomaly_rate=args.anomaly_rate,
+        seed=args.seed,
+        allow_remote=args.allow_remote,
+    )
+    report = run_publish(config)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(
+            f"published {report.published} readings in {report.seconds:.1f}s, {report.acknowledged} acknowledged "
+            "by the broker"
+        )
+    return 0 if report.acknowledged == report.published else 1
+
+
 def _sizes(text: str) -> list[int]:
     return [_positive_int(part) for part in text.split(",") if part.strip()]
 
@@ -534,13 +613,26 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--api-port", type=int, default=8000)
     up.add_argument("--ui-port", type=int, default=8501)
     up.add_argument("--host", default="127.0.0.1", help="interface both servers bind")
+    up.add_argument(
+        "--stream",
+        action="store_true",
+        help="also a local NATS server (JetStream, MQTT on port API-6117), the stream consumer (port API+1) and "
+        "simulated feeders publishing over MQTT",
+    )
+    up.add_argument("--publish-seconds", type=float, default=600.0, help="with --stream: how long the feeders publish")
     up.set_defaults(handler=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
     from app.tools.demo import run_demo
 
-    return run_demo(host=args.host, api_port=args.api_port, ui_port=args.ui_port)
+    return run_demo(
+        host=args.host,
+        api_port=args.api_port,
+        ui_port=args.ui_port,
+        stream=args.stream,
+        publish_seconds=args.publish_seconds,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``gridwatch up``: the local demo without a cluster, the API and the Streamlit UI as two child processes.
+"""``gridwatch up``: the local demo without a cluster, the API and the Streamlit UI as two child processes; with
+``--stream`` also a NATS server (JetStream and MQTT), the stream consumer and simulated feeders publishing over MQTT.
 
 Both children run from this Python environment (``sys.executable``), so the demo uses exactly the installed
 project. The UI gets ``BACKEND_URL`` pointing at the API. Ctrl-C, SIGTERM or the exit of either child stops
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from app.tools.nats_server import LocalNats
 from app.tools.processes import NotReadyError, wait_until_ready
 
 UI_SCRIPT = Path(__file__).resolve().parents[2] / "ui" / "main.py"
@@ -36,7 +38,18 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501) -> int:
+STREAM_DATA = Path(".gridwatch") / "nats"
+"""Where ``gridwatch up --stream`` keeps the NATS server's configuration and JetStream store (git-ignored)."""
+
+
+def run_demo(
+    *,
+    host: str = "127.0.0.1",
+    api_port: int = 8000,
+    ui_port: int = 8501,
+    stream: bool = False,
+    publish_seconds: float = 600.0,
+) -> int:
     if not UI_SCRIPT.is_file():
         print(f"gridwatch up: the UI script {UI_SCRIPT} is missing", file=sys.stderr)
         return 2
@@ -68,6 +81,11 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
         env=env,
     )
     children = [api, ui]
+    names = {api: "API", ui: "UI"}
+    if stream:
+        started = _start_stream(env, host, api_port, publish_seconds)
+        children += list(started)
+        names.update(started)
     # Signals only set a flag, so a second Ctrl-C (a terminal signals the whole process group, and `uv run`
     # forwards the signal again) can never interrupt the shutdown half-way and orphan the children.
     stop = threading.Event()
@@ -82,18 +100,44 @@ def run_demo(*, host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 85
     except NotReadyError:
         pass  # the loop below tells an API that exited from a Ctrl-C; a slow one just keeps starting
     else:
+        streaming = (
+            f"  NATS nats://{host}:{api_port + 2222}, MQTT mqtt://{host}:{api_port - 6117}; stream consumer "
+            f"http://{host}:{api_port + 1}/health; simulated feeders publish for {publish_seconds:.0f} s\n"
+            if stream
+            else ""
+        )
         print(
             f"\nGridWatch is up:\n  API  {api_url}  (docs: {api_url}/docs, metrics: {api_url}/metrics)\n"
-            f"  UI   http://{host}:{ui_port}\nPress Ctrl-C to stop.\n",
+            f"  UI   http://{host}:{ui_port}\n{streaming}Press Ctrl-C to stop.\n",
             flush=True,
         )
-    while not stop.is_set() and all(child.poll() is None for child in children):
+    publisher = next((child for child, name in names.items() if name == "publisher"), None)
+    while not stop.is_set() and all(child.poll() is None for child in children if child is not publisher):
         stop.wait(0.5)
     if stop.is_set():
         _stop(children)
         return 0
-    failed = next(child for child in children if child.poll() is not None)
-    name = "API" if failed is api else "UI"
+    failed = next(child for child in children if child.poll() is not None and child is not publisher)
+    name = names[failed]
     _stop(children)
     print(f"gridwatch up: the {name} exited with code {failed.returncode}", file=sys.stderr)
     return failed.returncode or 1
+
+
+def _start_stream(
+    env: dict[str, str], host: str, api_port: int, publish_seconds: float
+) -> dict[subprocess.Popen[bytes], str]:
+    """The NATS server (ports derived from the API's: 10222 and 1883 for the default 8000), the consumer on the
+    API's port + 1, and the publisher, which stops by itself after ``publish_seconds``."""
+    local = LocalNats(host, api_port + 2222, api_port - 6117, api_port + 222)
+    nats_server = local.start(STREAM_DATA)
+    wait_until_ready(local.health_url, timeout=60.0, process=nats_server)
+    consumer_env = {**env, "PORT": str(api_port + 1), "NATS_URL": local.nats_url}
+    consumer = subprocess.Popen([sys.executable, "-m", "app.tools.cli", "stream"], env=consumer_env)
+    wait_until_ready(f"http://{host}:{api_port + 1}/health", timeout=READY_TIMEOUT_S, process=consumer)
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "app.tools.cli", "publish", "--url", local.mqtt_url, "--rate", "200", "--duration",
+         str(publish_seconds)],
+        env=env,
+    )  # fmt: skip
+    return {nats_server: "NATS server", consumer: "stream consumer", publisher: "publisher"}

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from app.serving.settings import Settings
+from app.stream.settings import StreamSettings
 from app.tools.cli import build_parser
 from tests.support import ROOT
 
@@ -105,7 +106,7 @@ def test_every_setting_is_in_the_readme_table_and_nothing_else():
     table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
     documented = {name for cell in first_cells for name in re.findall(r"`([A-Z_]+)`", cell)}
-    backend = {name.upper() for name in Settings.model_fields}
+    backend = {name.upper() for name in Settings.model_fields} | {name.upper() for name in StreamSettings.model_fields}
     ui_only = {"BACKEND_URL", "STREAMLIT_SERVER_PORT"}
     assert documented - ui_only == backend
 
@@ -153,7 +154,7 @@ def test_every_gridwatch_command_in_readme_and_docs_parses():
         command
         for page in PAGES
         for command in re.findall(
-            r"gridwatch ((?:serve|train|evaluate|simulate|load|bench|up)\b[^`|\\\n]*)", page.read_text()
+            r"gridwatch ((?:serve|stream|train|evaluate|simulate|load|publish|bench|up)\b[^`|\\\n]*)", page.read_text()
         )
     ]
     commands = {" ".join(part for part in line.split() if not part.startswith(("$(", "|"))) for line in shown}

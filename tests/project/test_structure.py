@@ -34,7 +34,7 @@ def imported_modules(path) -> set[str]:
 def test_app_is_packages_by_job_plus_the_simulator():
     packages = {entry.name for entry in APP.iterdir() if entry.is_dir() and (entry / "__init__.py").exists()}
     modules = {entry.name for entry in APP.glob("*.py")}
-    assert packages == {"common", "detector", "scoring", "serving", "tools"}
+    assert packages == {"common", "detector", "scoring", "serving", "stream", "tools"}
     assert modules == {"__init__.py", "__main__.py", "sim.py"}
 
 
@@ -209,3 +209,15 @@ def test_the_module_table_in_the_development_guide_lists_every_module():
     }
     assert sorted(modules - listed) == [], "modules without a row"
     assert sorted(listed - modules) == [], "rows naming no module"
+
+
+@pytest.mark.parametrize("module", sorted(path.stem for path in (APP / "stream").glob("*.py")))
+def test_the_stream_front_door_imports_no_http_service_and_no_web_framework(module: str):
+    """The second front door reuses the scoring core, never the HTTP service's code."""
+    imports = _runtime_imports(APP / "stream" / f"{module}.py")
+    forbidden = [
+        name
+        for name in imports
+        if name.split(".")[0] in WEB_FRAMEWORKS or name.startswith(("app.serving", "app.tools"))
+    ]
+    assert not forbidden, f"app/stream/{module}.py imports {forbidden}"

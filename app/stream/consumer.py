@@ -1,0 +1,261 @@
+"""Fetch, score, publish, acknowledge: the consumer's loop, and the promise it keeps.
+
+**At least once, made effectively once.** A batch of messages is fetched from the durable pull consumer; its valid
+readings are scored in one call of the scoring core (``BatchScorer.score``, as ``/predict`` scores); every result is
+published to the results stream with a ``Nats-Msg-Id`` that names the reading, and every refused message or reading
+to the dead-letter stream; only when the server has acknowledged all of them (``PubAck``) are the input messages
+acknowledged. A consumer that dies anywhere before that leaves its messages unacknowledged: the server delivers
+them again after ``STREAM_ACK_WAIT``, they are scored again, and the results stream drops the second result of each
+reading inside its duplicate window (``STREAM_DUPLICATE_WINDOW``). Where the promise ends is in docs/streaming.md.
+
+**Failures.** A batch whose scoring or publishing fails (no model yet, the broker gone mid-batch) is handed back
+(``nak`` with a back-off of 1, 2, 4... seconds, at most 30) and delivered again; a message that fails on its
+``STREAM_MAX_DELIVER``-th delivery is dead-lettered with the reason ``max_deliveries`` instead. Bad input never
+waits for that: it is dead-lettered at once (``app.stream.messages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from app.detector.errors import GridWatchError
+from app.scoring.batch import BatchScorer
+from app.scoring.holder import ModelHolder
+from app.scoring.shadow import ShadowScorer
+from app.stream import metrics
+from app.stream.messages import Reading, Refusal, Rejected, decode
+from app.stream.settings import StreamSettings
+from app.stream.topology import READINGS_PREFIX
+
+logger = logging.getLogger(__name__)
+
+NAK_LONGEST_S = 30.0
+PUBLISH_ACK_TIMEOUT_S = 5.0
+"""The longest a batch waits for the server to acknowledge its results: a server that died mid-batch never will,
+and the batch is then handed back rather than waited for forever."""
+PENDING_REFRESH_S = 2.0
+"""How often the consumer's backlog (num_pending, num_ack_pending) is read for its gauges."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One fetched message: where it came from, how often it was delivered, and what it holds."""
+
+    msg: Msg
+    tokens: str
+    """The subject after ``grid.readings.``: ``<feeder>.<sensor>`` for a device publishing to MQTT topic
+    ``grid/readings/<feeder>/<sensor>``."""
+    sequence: int
+    delivered: int
+    arrived: float
+    """When the stream stored it, epoch seconds."""
+    readings: list[Reading]
+    rejected: list[Rejected]
+
+    @classmethod
+    def of(cls, msg: Msg) -> Delivery:
+        meta = msg.metadata
+        subject = msg.subject
+        tokens = subject[len(READINGS_PREFIX) :] if subject.startswith(READINGS_PREFIX) else subject
+        decoded = decode(msg.data)
+        arrived = meta.timestamp.timestamp() if meta.timestamp else time.time()
+        return cls(msg, tokens, meta.sequence.stream, meta.num_delivered, arrived, decoded.readings, decoded.rejected)
+
+    def result_id(self, reading: Reading) -> str:
+        """The reading's identity in the results stream: its sensor and timestamp when it has them (a re-sent
+        reading is then recognised too), else its place in the readings stream."""
+        if reading.timestamp_text is not None:
+            return f"{self.tokens}|{reading.sensor_id or ''}|{reading.timestamp_text}"
+        return f"seq|{self.sequence}|{reading.index}"
+
+
+class StreamConsumer:
+    """Scores what the durable consumer delivers, one batch at a time, until told to stop."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subscription: JetStreamContext.PullSubscription,
+        settings: StreamSettings,
+        *,
+        holder: ModelHolder,
+        scorer: BatchScorer,
+        shadow: ShadowScorer,
+    ) -> None:
+        self.js = js
+        self.subscription = subscription
+        self.settings = settings
+        self.holder = holder
+        self.scorer = scorer
+        self.shadow = shadow
+        self._pending_read_at = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle batches until ``stop`` is set; the batch in hand is always finished."""
+        while not stop.is_set():
+            try:
+                messages = await self.subscription.fetch(
+                    batch=self.settings.stream_batch, timeout=self.settings.stream_max_wait
+                )
+            except (NatsTimeoutError, TimeoutError):  # nothing arrived within STREAM_MAX_WAIT
+                messages = []
+            except Exception as error:  # the broker is away: the client reconnects, this loop waits for it
+                logger.warning("fetch failed (%s); retrying", error)
+                await asyncio.sleep(0.5)
+                continue
+            if messages:
+                await self.handle(messages)
+            await self._refresh_pending()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Handle what was delivered but not yet fetched: a fetch that gave up at STREAM_MAX_WAIT may leave its pull
+        request alive on the server for as long again, and what it brings waits in the client's queue. Without this,
+        a stopping consumer would leave those messages unacknowledged until the server's ack wait ran out."""
+        await asyncio.sleep(self.settings.stream_max_wait)  # the longest such a pull request lives
+        while self.subscription.pending_msgs > 0:
+            try:
+                messages = await self.subscription.fetch(
+                    batch=self.settings.stream_batch, timeout=self.settings.stream_max_wait
+                )
+            except (NatsTimeoutError, TimeoutError):
+                return
+            if not messages:
+                return
+            await self.handle(messages)
+
+    async def handle(self, messages: Sequence[Msg]) -> None:
+        """Score, publish and acknowledge one fetched batch; on failure hand it back for a later delivery."""
+        deliveries = [Delivery.of(msg) for msg in messages]
+        metrics.MESSAGES_CONSUMED.inc(len(deliveries))
+        metrics.REDELIVERIES.inc(sum(1 for delivery in deliveries if delivery.delivered > 1))
+        try:
+            await self._score_and_publish(deliveries)
+        except Exception as error:
+            metrics.FAILED_BATCHES.inc()
+            reason = str(error) if isinstance(error, GridWatchError) else repr(error)
+            logger.warning("batch of %d messages not done (%s): delivered again later", len(deliveries), reason)
+            await self._hand_back(deliveries, reason)
+            return
+        for delivery in deliveries:
+            if delivery.readings:
+                await delivery.msg.ack()
+            else:  # nothing in it to score: all of it went to the dead letters
+                await delivery.msg.term()
+
+    async def _score_and_publish(self, deliveries: list[Delivery]) -> None:
+        pending: list[asyncio.Future[PubAck]] = []
+        rejected = [(delivery, bad) for delivery in deliveries for bad in delivery.rejected]
+        for delivery, bad in rejected:
+            pending.append(await self._dead_letter(delivery, bad.reason, bad.detail, bad.payload, bad.index))
+        items = [(delivery, reading) for delivery in deliveries for reading in delivery.readings]
+        if items:
+            model = self.holder.get()  # ModelNotReadyError: handed back, scored once the model is there
+            X = np.array([reading.values for _, reading in items], dtype=np.float64)
+            scored = self.scorer.score(model, X)
+            self.shadow.submit(X, scored.flags)
+            version = model.detector.version
+            metrics.READINGS_CONSUMED.inc(len(items))
+            for (delivery, reading), flag, score in zip(
+                items, scored.flags.tolist(), scored.scores.tolist(), strict=True
+            ):
+                pending += await self._publish_result(delivery, reading, flag, score, version)
+        acks = await _acknowledged(pending)
+        duplicates = sum(1 for ack in acks if ack.duplicate)
+        metrics.RESULTS_DUPLICATE.inc(duplicates)
+        metrics.RESULTS_PUBLISHED.inc(len(acks) - duplicates)
+        now = time.time()
+        for delivery, reading in items:
+            started = reading.timestamp if reading.timestamp is not None else delivery.arrived
+            metrics.END_TO_END.observe(max(now - started, 0.0))
+        for _, bad in rejected:
+            metrics.DEAD_LETTERS.labels(bad.reason.value).inc()
+
+    async def _publish_result(
+        self, delivery: Delivery, reading: Reading, anomaly: bool, score: float, version: str
+    ) -> list[asyncio.Future[PubAck]]:
+        result = {
+            "sensor": delivery.tokens,
+            "sensor_id": reading.sensor_id,
+            "sequence": delivery.sequence,
+            "index": reading.index,
+            "timestamp": reading.timestamp_text,
+            "anomaly": anomaly,
+            "score": score,
+            "model_version": version,
+        }
+        payload = orjson.dumps(result)
+        reading_id = delivery.result_id(reading)
+        futures = [
+            await self.js.publish_async(f"grid.scored.{delivery.tokens}", payload, headers={"Nats-Msg-Id": reading_id})
+        ]
+        if anomaly:
+            futures.append(
+                await self.js.publish_async(
+                    f"grid.anomalies.{delivery.tokens}", payload, headers={"Nats-Msg-Id": f"anomaly|{reading_id}"}
+                )
+            )
+        return futures
+
+    async def _dead_letter(
+        self, delivery: Delivery, reason: Refusal, detail: str, payload: bytes, index: int | None
+    ) -> asyncio.Future[PubAck]:
+        headers = {
+            "Nats-Msg-Id": f"deadletter|{delivery.sequence}|{'' if index is None else index}",
+            "Gridwatch-Reason": reason.value,
+            "Gridwatch-Detail": detail[:500].replace("\r", " ").replace("\n", " "),
+            "Gridwatch-Subject": delivery.msg.subject,
+            "Gridwatch-Sequence": str(delivery.sequence),
+        }
+        return await self.js.publish_async(f"grid.deadletter.{delivery.tokens}", payload, headers=headers)
+
+    async def _hand_back(self, deliveries: list[Delivery], reason: str) -> None:
+        """``nak`` each message with a growing delay, or dead-letter it when this was its last delivery."""
+        for delivery in deliveries:
+            try:
+                if delivery.delivered >= self.settings.stream_max_deliver:
+                    ack = await self._dead_letter(delivery, Refusal.max_deliveries, reason, delivery.msg.data, None)
+                    await ack
+                    metrics.DEAD_LETTERS.labels(Refusal.max_deliveries.value).inc()
+                    await delivery.msg.term()
+                else:
+                    delay = min(2.0 ** (delivery.delivered - 1), NAK_LONGEST_S)
+                    await delivery.msg.nak(delay=delay)
+            except Exception as error:  # the broker is away: it redelivers after the ack wait anyway
+                logger.warning("could not hand message %d back (%s)", delivery.sequence, error)
+
+    async def _refresh_pending(self) -> None:
+        now = time.monotonic()
+        if now - self._pending_read_at < PENDING_REFRESH_S:
+            return
+        self._pending_read_at = now
+        try:
+            info = await self.subscription.consumer_info()
+        except Exception:  # a metric only: never let it stop the loop
+            return
+        metrics.PENDING.set(info.num_pending or 0)
+        metrics.ACK_PENDING.set(info.num_ack_pending or 0)
+
+
+async def _acknowledged(pending: list[asyncio.Future[PubAck]]) -> list[PubAck]:
+    """The server's acknowledgements of every published message, or an error after ``PUBLISH_ACK_TIMEOUT_S``.
+
+    Futures still open then are cancelled, which gives their slots back to the client's limit of unacknowledged
+    publishes (otherwise a few lost acknowledgements would stall every later publish)."""
+    try:
+        return list(await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_ACK_TIMEOUT_S))
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise

@@ -72,6 +72,8 @@ class Container:
     """The container's port to publish on a free port of 127.0.0.1 (``url``)."""
     name: str = field(default_factory=lambda: f"gridwatch-test-{uuid.uuid4().hex[:8]}")
     host_port: int = 0
+    host_network: bool = False
+    """Share the host's network (to reach a server the test runs on 127.0.0.1); ``port`` is then not published."""
 
     @property
     def url(self) -> str:
@@ -88,7 +90,9 @@ class Container:
         ]
         options += [f"--env={key}={value}" for key, value in self.env.items()]
         options += [f"--volume={source}:{target}" for source, target in self.volumes.items()]
-        if self.port is not None:
+        if self.host_network:
+            options.append("--network=host")
+        elif self.port is not None:
             self.host_port = free_port()
             options.append(f"--publish=127.0.0.1:{self.host_port}:{self.port}")
         return options

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
+from app.tools.processes import free_port
 from tests.deploy.containers import (
     BACKEND_IMAGE,
     MEMORY_LIMIT,
@@ -122,3 +123,31 @@ def test_the_ui_serves_its_page_and_reaches_the_backend(backend):
         )
         assert reached.stdout.strip() == "200", reached.stderr
         assert ui.exec("python", "-c", "import sklearn").returncode != 0, "the UI image carries no scikit-learn"
+
+
+def test_the_same_image_runs_the_stream_consumer_and_stays_lean(backend, tmp_path):
+    """`gridwatch stream` from the backend image, as the chart's stream Deployment will run it, against a real NATS
+    server on this machine: it scores what arrives, and its process loads no scikit-learn, numba or SciPy."""
+    from tests.stream.support import RESULTS, NatsServer, publish_batches, run, wait_for_count
+    from tests.stream.test_stream import readings_of
+
+    _, volume = backend  # the model the backend trained is in the volume
+    with NatsServer(tmp_path / "jetstream") as broker:
+        port = free_port()
+        env = {"NATS_URL": broker.nats_url, "HOST": "127.0.0.1", "PORT": str(port), "TRAIN_IF_MISSING": "0"}
+        consumer = Container(
+            BACKEND_IMAGE, args=["stream"], env=env, volumes={volume.name: "/models"}, host_network=True
+        )
+        with consumer:
+            wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), "the stream consumer ready")
+            readings = readings_of(4, 500, "feeder-0.sensor-0")
+            run(publish_batches(broker.nats_url, [("feeder-0.sensor-0", readings)]))
+            assert wait_for_count(broker.nats_url, RESULTS, 500) >= 500
+            mapped = {
+                match.group(1)
+                for match in re.finditer(r"/site-packages/([A-Za-z_]+)/", consumer.pid1_maps())
+                if match.group(1) in SERVING_NEEDS_NONE_OF
+            }
+            healthy = podman("healthcheck", "run", consumer.name, check=False).returncode
+    assert mapped == set(), f"the stream consumer mapped {mapped}"
+    assert healthy == 0

@@ -29,6 +29,7 @@ from tests.stream.support import (
     publish_raw,
     read_all,
     run,
+    stream_count,
     wait_for_count,
 )
 
@@ -224,21 +225,28 @@ def test_a_consumer_killed_three_times_mid_stream_loses_nothing_and_duplicates_n
     messages = _as_messages(sent, 100)
     total = sum(len(rows) for rows in sent.values())
     consumer = StreamProcess(broker.nats_url, model_dir, STREAM_BATCH="20").start()
+    counted = Counter[str]()
+
+    def tally(process: StreamProcess) -> None:
+        for name in ("stream_redeliveries_total", "stream_results_duplicate_total", "stream_results_published_total"):
+            counted[name] += int(process.metric(name))
+
     try:
         run(publish_batches(broker.nats_url, messages))
-        for kill in range(1, 4):  # kill it while it works, at a third, two thirds and nearly the end of the backlog
+        for kill in range(1, 4):  # kill it while it works, at a quarter, a half and three quarters of the backlog
             wait_for_count(broker.nats_url, RESULTS, total * kill // 4)
+            tally(consumer)  # what it did until a moment before it dies
             consumer.stop(signal.SIGKILL)
             consumer = StreamProcess(broker.nats_url, model_dir, STREAM_BATCH="20").start()
-        _exactly_once(broker.nats_url, sent)
-        redelivered = consumer.metric("stream_redeliveries_total")
+        results = _exactly_once(broker.nats_url, sent)
+        tally(consumer)
     finally:
         consumer.stop()
     info = run(_consumer_info(broker.nats_url))
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
-    assert info.num_redelivered + redelivered >= 0  # reported in the note: how many the kills cost
-    print(f"kills: 3, readings {total}, server-side redelivered {info.num_redelivered}")
+    assert run(stream_count(broker.nats_url, DEADLETTERS)) == 0
+    print(f"\nkills: 3, readings sent {total}, results {len(results)}, counted {dict(counted)}")
 
 
 def test_two_consumers_share_one_durable_consumer_and_split_the_work(broker: NatsServer, model_dir: Path):

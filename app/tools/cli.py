@@ -568,6 +568,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--shadow", action="store_true", help="also measure GridWatch with a challenger scoring in the shadow"
     )
+    bench.add_argument(
+        "--stream", action="store_true", help="also measure readings end to end through NATS and `gridwatch stream`"
+    )
     bench.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(handler=_bench)
@@ -592,8 +595,9 @@ def _bench(args: argparse.Namespace) -> int:
         ready_starts=args.ready_starts,
         profile_nonblocking=args.profile_nonblocking,
         shadow=args.shadow,
+        stream=args.stream,
     )
-    result = run_bench(detector, config)
+    result = run_bench(detector, config, settings.model_dir)
     if args.write:
         import shlex
 

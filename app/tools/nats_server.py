@@ -57,8 +57,9 @@ class LocalNats:
     def health_url(self) -> str:
         return f"http://{self.host}:{self.monitor_port}/healthz"
 
-    def start(self, data_dir: Path) -> subprocess.Popen[bytes]:
-        """Write the configuration into ``data_dir`` and start the server on it (its store under ``data_dir``)."""
+    def start(self, data_dir: Path, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Write the configuration into ``data_dir`` and start the server on it (its store under ``data_dir``);
+        its output goes to ``log`` when given, else to this process's."""
         data_dir.mkdir(parents=True, exist_ok=True)
         config = data_dir / "nats.conf"
         config.write_text(
@@ -70,4 +71,7 @@ class LocalNats:
                 store=(data_dir / "jetstream").resolve(),
             )
         )
-        return subprocess.Popen([nats_server_binary(), "-c", str(config)])
+        if log is None:
+            return subprocess.Popen([nats_server_binary(), "-c", str(config)])
+        with log.open("wb") as sink:
+            return subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=sink, stderr=subprocess.STDOUT)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -15,6 +15,9 @@ from app.tools.bench.live_profile import LiveProfile
 from app.tools.bench.request_profile import RequestProfile
 from app.tools.bench.results import BASELINE, GRIDWATCH, BenchResult, HttpRow, ScorerRow
 from app.tools.bench.server_probes import READY_POLL_S
+
+if TYPE_CHECKING:
+    from app.tools.bench.stream import StreamResult
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ def sections(result: BenchResult) -> list[Section]:
         found.append(_live_profile_section(result.live_profile, result.config))
     if result.request_path:
         found.append(_request_path_section(result.request_path))
+    if result.stream:
+        found.append(_stream_section(result.stream))
     return found
 
 
@@ -275,3 +280,31 @@ def _request_path_section(profile: RequestProfile) -> Section:
     return Section(
         f"Where one /predict of {profile.rows} readings spends its time (cProfile, in process)", [method], [table]
     )
+
+
+def _stream_section(stream: StreamResult) -> Section:
+    method = (
+        "One `gridwatch stream` process at its defaults but `STREAM_BATCH`, pinned to the first CPU; a real NATS "
+        "server (JetStream on a temporary store) and the publisher on the others. Each reading is its own message, "
+        "as a device publishes it, and gets its own result message. Throughput: a backlog published as fast as "
+        "possible, timed from the first publish until every reading has its result in the results stream; beside "
+        "it, the in-process scorer on batches of the same size."
+    )
+    table = Table(
+        ("STREAM_BATCH", "readings", "seconds", "readings/s end to end", "scorer readings/s", "share of the scorer"),
+        (True, True, True, True, True, True),
+        [
+            (f"{row.batch:,}", f"{row.readings:,}", f"{row.seconds:.2f}", f"{row.readings_per_s:,.0f}",
+             f"{row.scorer_readings_per_s:,.0f}", f"{row.share_of_scorer:.1%}")
+            for row in stream.throughput
+        ],
+    )  # fmt: skip
+    notes = []
+    if stream.latency is not None:
+        latency = stream.latency
+        notes.append(
+            f"Latency at {latency.rate:,.0f} readings/s for {latency.seconds:.0f} s (default batch), from each "
+            f"reading's publish to its result reaching a subscriber of `grid.scored.>`: p50 {latency.p50_ms:,.1f} "
+            f"ms, p99 {latency.p99_ms:,.1f} ms, max {latency.max_ms:,.1f} ms ({latency.received:,} results)."
+        )
+    return Section("Stream: readings end to end through NATS JetStream", [method], [table], notes)

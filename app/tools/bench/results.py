@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sklearn
@@ -19,6 +19,9 @@ from app.detector import forest_jit
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.tools.bench.live_profile import LiveProfile
 from app.tools.bench.request_profile import RequestProfile
+
+if TYPE_CHECKING:
+    from app.tools.bench.stream import StreamResult
 
 GRIDWATCH = "gridwatch (compiled forest, msgspec)"
 GRIDWATCH_SHADOW = "gridwatch, a challenger in the shadow"
@@ -44,6 +47,14 @@ class BenchConfig:
     """py-spy ``--nonblocking``: slows the server less, but tears stacks (see ``app.tools.live_profile``)."""
     shadow: bool = False
     """Also measure GridWatch with a challenger scoring every batch in the shadow (``SHADOW_MODEL_VERSION``)."""
+    stream: bool = False
+    """Also measure readings end to end through a real NATS server and ``gridwatch stream``."""
+    stream_batches: Sequence[int] = (50, 500, 5000)
+    """``STREAM_BATCH`` values of the throughput runs: the default (500) and one on each side."""
+    stream_readings: int = 50_000
+    """Readings of each throughput run."""
+    stream_rate: float = 10_000.0
+    """Readings per second of the latency run (for ``http_duration`` seconds)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class BenchResult:
     http: list[HttpRow] = field(default_factory=list)
     live_profile: LiveProfile | None = None
     request_path: RequestProfile | None = None
+    stream: StreamResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,7 @@ from app.tools.bench.results import BenchConfig, BenchResult, machine_info
 from app.tools.bench.scorer import scorer_table
 
 
-def run_bench(detector: Detector, config: BenchConfig) -> BenchResult:
+def run_bench(detector: Detector, config: BenchConfig, model_dir: Path | None = None) -> BenchResult:
     meta = detector.metadata
     result = BenchResult(
         machine=machine_info(),
@@ -33,4 +33,8 @@ def run_bench(detector: Detector, config: BenchConfig) -> BenchResult:
     if config.http and detector.path is not None:
         with tempfile.TemporaryDirectory(prefix="gridwatch-bench-") as workdir:
             result.http, result.live_profile = http_table(detector.path, config, Path(workdir))
+    if config.stream and model_dir is not None:
+        from app.tools.bench.stream import stream_section  # noqa: PLC0415 - nats-py only when asked for
+
+        result.stream = stream_section(detector, model_dir, config)
     return result

@@ -15,7 +15,7 @@ from app.sim import GridSimulator
 from app.tools.bench.results import BenchConfig, ScorerRow
 
 
-def _median_seconds(call: Callable[[], object], min_seconds: float) -> float:
+def median_seconds(call: Callable[[], object], min_seconds: float) -> float:
     call()  # warm: caches, numba's dispatcher
     times: list[float] = []
     deadline = time.perf_counter() + min_seconds
@@ -33,13 +33,13 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
     rows = []
     for size in config.sizes:
         batch = X[:size]
-        sk = _median_seconds(partial(estimator.decision_function, batch), config.min_seconds)
+        sk = median_seconds(partial(estimator.decision_function, batch), config.min_seconds)
         nb = (
-            _median_seconds(partial(forest.decision_function, batch, Scorer.numba), config.min_seconds)
+            median_seconds(partial(forest.decision_function, batch, Scorer.numba), config.min_seconds)
             if NUMBA_AVAILABLE
             else None
         )
-        npy = _median_seconds(partial(forest.decision_function, batch, Scorer.numpy), config.min_seconds)
+        npy = median_seconds(partial(forest.decision_function, batch, Scorer.numpy), config.min_seconds)
         rows.append(
             ScorerRow(
                 batch=size,

@@ -211,11 +211,24 @@ def exported_metric_names(client: TestClient) -> set[str]:
     return {sample.name for family in families for sample in family.samples}
 
 
+def stream_metric_names() -> set[str]:
+    """Sample names of the stream consumer's own metrics (``app.stream.metrics``), which its /metrics serves beside
+    the scoring core's."""
+    from prometheus_client import Metric
+
+    from app.stream import metrics
+
+    collectors = [value for value in vars(metrics).values() if hasattr(value, "collect") and hasattr(value, "_name")]
+    families: list[Metric] = [family for collector in collectors for family in collector.collect()]
+    return {sample.name for family in families for sample in family.samples}
+
+
 def test_dashboards_and_rules_use_only_exported_metrics(client: TestClient):
     """Every metric a dashboard or rule names is one the service exports, a recording rule, Prometheus' own
     (`up`, `ALERTS`), or a Kubernetes metric from the explicit list."""
-    exported = exported_metric_names(client)
+    exported = exported_metric_names(client) | stream_metric_names()
     assert {"requests_total", "request_latency_seconds_bucket", "feature_drift_score"} <= exported
+    assert {"stream_consumer_pending", "stream_dead_letters_total"} <= exported
     recorded = {rule["record"] for rule in recording_rules()}
     allowed = exported | recorded | PROMETHEUS_METRICS | KUBERNETES_METRICS
     used = {str(query): metric_names(query.expr) for query in all_queries()}

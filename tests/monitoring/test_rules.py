@@ -108,7 +108,8 @@ def selectors(expr: str) -> list[promql_parser.VectorSelector]:
 
 
 def test_every_rule_selects_the_gridwatch_job():
-    """The scrape job is `gridwatch` everywhere (chart ServiceMonitor, compose, tests): an unscoped selector
+    """The scrape job is `gridwatch` everywhere (chart ServiceMonitor, compose, tests), `gridwatch-stream` for the
+    stream consumers' own metrics: an unscoped selector
     would mix in another application's `requests_total`. Recorded series are scoped by their own rule, and
     `ALERTS` (Prometheus' own) is selected by alert name."""
     recorded = {rule["record"] for rule in recording_rules()}
@@ -121,7 +122,9 @@ def test_every_rule_selects_the_gridwatch_job():
                 assert any(name == "alertname" for name, _, _ in matchers), rule
                 continue
             where = rule.get("alert") or rule["record"]
-            assert ("job", "MatchOp.Equal", "gridwatch") in matchers, f"{selector.name} in {where}"
+            # The stream consumers' own metrics are scraped as job "gridwatch-stream" (docs/streaming.md).
+            job = "gridwatch-stream" if selector.name.startswith("stream_") else "gridwatch"
+            assert ("job", "MatchOp.Equal", job) in matchers, f"{selector.name} in {where}"
 
 
 def test_the_selector_check_sees_every_selector():

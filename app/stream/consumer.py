@@ -27,7 +27,6 @@ import orjson
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from app.detector.errors import GridWatchError
 from app.scoring.batch import BatchScorer
@@ -35,6 +34,7 @@ from app.scoring.holder import ModelHolder
 from app.scoring.shadow import ShadowScorer
 from app.stream import metrics
 from app.stream.messages import Reading, Refusal, Rejected, decode
+from app.stream.publisher import AckedPublisher, Batch
 from app.stream.settings import StreamSettings
 from app.stream.topology import READINGS_PREFIX
 
@@ -92,8 +92,10 @@ class StreamConsumer:
         holder: ModelHolder,
         scorer: BatchScorer,
         shadow: ShadowScorer,
+        publisher: AckedPublisher,
     ) -> None:
         self.js = js
+        self.publisher = publisher
         self.subscription = subscription
         self.settings = settings
         self.holder = holder
@@ -155,10 +157,12 @@ class StreamConsumer:
                 await delivery.msg.term()
 
     async def _score_and_publish(self, deliveries: list[Delivery]) -> None:
-        pending: list[asyncio.Future[PubAck]] = []
+        batch = self.publisher.batch()
         rejected = [(delivery, bad) for delivery in deliveries for bad in delivery.rejected]
         for delivery, bad in rejected:
-            pending.append(await self._dead_letter(delivery, bad.reason, bad.detail, bad.payload, bad.index))
+            await self._dead_letter(
+                batch, delivery, bad.reason, detail=bad.detail, payload=bad.payload, index=bad.index
+            )
         items = [(delivery, reading) for delivery in deliveries for reading in delivery.readings]
         if items:
             model = self.holder.get()  # ModelNotReadyError: handed back, scored once the model is there
@@ -170,11 +174,10 @@ class StreamConsumer:
             for (delivery, reading), flag, score in zip(
                 items, scored.flags.tolist(), scored.scores.tolist(), strict=True
             ):
-                pending += await self._publish_result(delivery, reading, flag, score, version)
-        acks = await _acknowledged(pending)
-        duplicates = sum(1 for ack in acks if ack.duplicate)
-        metrics.RESULTS_DUPLICATE.inc(duplicates)
-        metrics.RESULTS_PUBLISHED.inc(len(acks) - duplicates)
+                await self._publish_result(batch, delivery, reading, anomaly=flag, score=score, version=version)
+        await self.publisher.wait(batch, PUBLISH_ACK_TIMEOUT_S)
+        metrics.RESULTS_DUPLICATE.inc(batch.duplicates)
+        metrics.RESULTS_PUBLISHED.inc(batch.acknowledged - batch.duplicates)
         now = time.time()
         for delivery, reading in items:
             started = reading.timestamp if reading.timestamp is not None else delivery.arrived
@@ -183,8 +186,8 @@ class StreamConsumer:
             metrics.DEAD_LETTERS.labels(bad.reason.value).inc()
 
     async def _publish_result(
-        self, delivery: Delivery, reading: Reading, anomaly: bool, score: float, version: str
-    ) -> list[asyncio.Future[PubAck]]:
+        self, batch: Batch, delivery: Delivery, reading: Reading, *, anomaly: bool, score: float, version: str
+    ) -> None:
         result = {
             "sensor": delivery.tokens,
             "sensor_id": reading.sensor_id,
@@ -197,20 +200,15 @@ class StreamConsumer:
         }
         payload = orjson.dumps(result)
         reading_id = delivery.result_id(reading)
-        futures = [
-            await self.js.publish_async(f"grid.scored.{delivery.tokens}", payload, headers={"Nats-Msg-Id": reading_id})
-        ]
+        await self.publisher.publish(batch, f"grid.scored.{delivery.tokens}", payload, {"Nats-Msg-Id": reading_id})
         if anomaly:
-            futures.append(
-                await self.js.publish_async(
-                    f"grid.anomalies.{delivery.tokens}", payload, headers={"Nats-Msg-Id": f"anomaly|{reading_id}"}
-                )
+            await self.publisher.publish(
+                batch, f"grid.anomalies.{delivery.tokens}", payload, {"Nats-Msg-Id": f"anomaly|{reading_id}"}
             )
-        return futures
 
     async def _dead_letter(
-        self, delivery: Delivery, reason: Refusal, detail: str, payload: bytes, index: int | None
-    ) -> asyncio.Future[PubAck]:
+        self, batch: Batch, delivery: Delivery, reason: Refusal, *, detail: str, payload: bytes, index: int | None
+    ) -> None:
         headers = {
             "Nats-Msg-Id": f"deadletter|{delivery.sequence}|{'' if index is None else index}",
             "Gridwatch-Reason": reason.value,
@@ -218,15 +216,18 @@ class StreamConsumer:
             "Gridwatch-Subject": delivery.msg.subject,
             "Gridwatch-Sequence": str(delivery.sequence),
         }
-        return await self.js.publish_async(f"grid.deadletter.{delivery.tokens}", payload, headers=headers)
+        await self.publisher.publish(batch, f"grid.deadletter.{delivery.tokens}", payload, headers)
 
     async def _hand_back(self, deliveries: list[Delivery], reason: str) -> None:
         """``nak`` each message with a growing delay, or dead-letter it when this was its last delivery."""
         for delivery in deliveries:
             try:
                 if delivery.delivered >= self.settings.stream_max_deliver:
-                    ack = await self._dead_letter(delivery, Refusal.max_deliveries, reason, delivery.msg.data, None)
-                    await ack
+                    batch = self.publisher.batch()
+                    await self._dead_letter(
+                        batch, delivery, Refusal.max_deliveries, detail=reason, payload=delivery.msg.data, index=None
+                    )
+                    await self.publisher.wait(batch, PUBLISH_ACK_TIMEOUT_S)
                     metrics.DEAD_LETTERS.labels(Refusal.max_deliveries.value).inc()
                     await delivery.msg.term()
                 else:
@@ -246,16 +247,3 @@ class StreamConsumer:
             return
         metrics.PENDING.set(info.num_pending or 0)
         metrics.ACK_PENDING.set(info.num_ack_pending or 0)
-
-
-async def _acknowledged(pending: list[asyncio.Future[PubAck]]) -> list[PubAck]:
-    """The server's acknowledgements of every published message, or an error after ``PUBLISH_ACK_TIMEOUT_S``.
-
-    Futures still open then are cancelled, which gives their slots back to the client's limit of unacknowledged
-    publishes (otherwise a few lost acknowledgements would stall every later publish)."""
-    try:
-        return list(await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_ACK_TIMEOUT_S))
-    except BaseException:
-        for future in pending:
-            future.cancel()
-        raise

@@ -26,6 +26,7 @@ from app.scoring.shadow import ShadowScorer
 from app.stream import metrics
 from app.stream.consumer import StreamConsumer
 from app.stream.probes import ProbeServer
+from app.stream.publisher import AckedPublisher
 from app.stream.settings import StreamSettings
 from app.stream.topology import ensure_topology
 
@@ -138,6 +139,8 @@ async def _consume(
     try:
         await ensure_topology(js, settings)
         subscription = await js.pull_subscribe_bind(settings.stream_consumer, settings.stream_readings)
+        publisher = AckedPublisher(client)
+        await publisher.start()
         connection.up()
         consumer = StreamConsumer(
             js,
@@ -146,6 +149,7 @@ async def _consume(
             holder=holder,
             scorer=BatchScorer(trace.NoOpTracer(), exemplars=False),
             shadow=shadow,
+            publisher=publisher,
         )
         work = asyncio.create_task(consumer.run(stop))
         stopping = asyncio.create_task(stop.wait())

@@ -6,6 +6,8 @@ Whether each expression parses and returns data is proven against a real Prometh
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +25,7 @@ from tests.monitoring.support import (
     recording_rules,
     rules,
 )
+from tests.support import ROOT
 
 DASHBOARDS = dashboards()
 EXPECTED = {
@@ -213,14 +216,15 @@ def exported_metric_names(client: TestClient) -> set[str]:
 
 def stream_metric_names() -> set[str]:
     """Sample names of the stream consumer's own metrics (``app.stream.metrics``), which its /metrics serves beside
-    the scoring core's."""
-    from prometheus_client import Metric
-
-    from app.stream import metrics
-
-    collectors = [value for value in vars(metrics).values() if hasattr(value, "collect") and hasattr(value, "_name")]
-    families: list[Metric] = [family for collector in collectors for family in collector.collect()]
-    return {sample.name for family in families for sample in family.samples}
+    the scoring core's. Read in a child process: importing them here would add them to this process's registry,
+    where the HTTP service's tests would then find series the service never exports."""
+    code = (
+        "import app.stream.metrics\n"
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "print(generate_latest(REGISTRY).decode())"
+    )
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_dashboards_and_rules_use_only_exported_metrics(client: TestClient):

@@ -151,10 +151,13 @@ class StreamConsumer:
             await self._hand_back(deliveries, reason)
             return
         for delivery in deliveries:
-            if delivery.readings:
-                await delivery.msg.ack()
-            else:  # nothing in it to score: all of it went to the dead letters
-                await delivery.msg.term()
+            try:
+                if delivery.readings:
+                    await delivery.msg.ack()
+                else:  # nothing in it to score: all of it went to the dead letters
+                    await delivery.msg.term()
+            except Exception as error:  # the connection closed under it: redelivered, and its results deduplicated
+                logger.warning("could not acknowledge message %d (%s)", delivery.sequence, error)
 
     async def _score_and_publish(self, deliveries: list[Delivery]) -> None:
         batch = self.publisher.batch()

@@ -8,7 +8,6 @@ Model loading starts in the lifespan on a worker thread, so the port opens at on
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -21,9 +20,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from app import __version__
 from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
-from app.scoring.holder import ModelHolder, model_loader
-from app.scoring.hot_swap import ModelWatcher
-from app.scoring.shadow import ShadowScorer
+from app.scoring.served import ServedModel
 from app.serving.edge.http_errors import JSONResponse, install_error_handlers
 from app.serving.edge.middleware import (
     AccessLogMiddleware,
@@ -54,24 +51,9 @@ def create_app(
     these exporters, each span exported as it ends (tests). Settings default to the environment.
     """
     settings = settings or Settings()
-    store = settings.model_store()
     readiness = ServerReadiness(settings.workers, settings.prometheus_multiproc_dir)
-    holder = ModelHolder(
-        loader or model_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
-        drift_window=settings.drift_window,
-        detector=detector,
-        on_ready=readiness.mark_ready,
-        model_dir=settings.model_dir,
-    )
-    shadow = ShadowScorer(max_share=settings.shadow_max_share)
-    watcher = ModelWatcher(
-        holder,
-        store,
-        interval=settings.model_poll_interval,
-        scorer=settings.scorer,
-        shadow=shadow,
-        shadow_version=settings.shadow_model_version,
-    )
+    served = ServedModel.of(settings, loader=loader, detector=detector, on_ready=readiness.mark_ready)
+    holder = served.holder
     multiprocess_dir = settings.prometheus_multiproc_dir
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
     exemplars = tracing is not None and multiprocess_dir is None
@@ -83,13 +65,11 @@ def create_app(
         app.state.instance = settings.instance_id()
         if tracing is not None:
             tracing.start()
-        threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
-        threading.Thread(target=watcher.run, name="model-watcher", daemon=True).start()
+        served.start()
         try:
             yield
         finally:
-            watcher.close()
-            holder.close()
+            served.close()
             if tracing is not None:
                 tracing.shutdown()
             if multiprocess_dir is not None:  # this worker's live gauges leave with it
@@ -108,7 +88,15 @@ def create_app(
     _add_middleware(app, settings, exemplars=exemplars)
     if tracing is not None:
         instrument(app, tracing)
-    add_routes(app, settings, holder=holder, readiness=readiness, scorer=scorer, shadow=shadow, watcher=watcher)
+    add_routes(
+        app,
+        settings,
+        holder=holder,
+        readiness=readiness,
+        scorer=scorer,
+        shadow=served.shadow,
+        watcher=served.watcher,
+    )
     return app
 
 

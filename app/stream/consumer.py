@@ -85,7 +85,6 @@ class StreamConsumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
         subscription: JetStreamContext.PullSubscription,
         settings: StreamSettings,
         *,
@@ -94,7 +93,6 @@ class StreamConsumer:
         shadow: ShadowScorer,
         publisher: AckedPublisher,
     ) -> None:
-        self.js = js
         self.publisher = publisher
         self.subscription = subscription
         self.settings = settings

@@ -13,19 +13,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 
 import nats
 from nats.aio.client import Client
 from opentelemetry import trace
 
 from app.scoring.batch import BatchScorer
-from app.scoring.holder import ModelHolder, ModelState, model_loader
-from app.scoring.hot_swap import ModelWatcher
+from app.scoring.holder import ModelHolder, ModelState
+from app.scoring.served import ServedModel
 from app.scoring.shadow import ShadowScorer
 from app.stream import metrics
 from app.stream.consumer import StreamConsumer
-from app.stream.probes import ProbeServer
+from app.stream.probes import Health, ProbeServer
 from app.stream.publisher import AckedPublisher
 from app.stream.settings import StreamSettings
 from app.stream.topology import ensure_topology
@@ -57,26 +56,11 @@ def run_stream(settings: StreamSettings) -> None:
 
 
 async def _run(settings: StreamSettings) -> None:
-    store = settings.model_store()
-    holder = ModelHolder(
-        model_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
-        drift_window=settings.drift_window,
-        model_dir=settings.model_dir,
-    )
-    shadow = ShadowScorer(max_share=settings.shadow_max_share)
-    watcher = ModelWatcher(
-        holder,
-        store,
-        interval=settings.model_poll_interval,
-        scorer=settings.scorer,
-        shadow=shadow,
-        shadow_version=settings.shadow_model_version,
-    )
+    served = ServedModel.of(settings)
     connection = Connection()
-    probes = ProbeServer(settings.host, settings.port, _health(holder, connection, settings))
+    probes = ProbeServer(settings.host, settings.port, _health(served.holder, connection, settings))
     probes.start()
-    threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
-    threading.Thread(target=watcher.run, name="model-watcher", daemon=True).start()
+    served.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -85,10 +69,9 @@ async def _run(settings: StreamSettings) -> None:
     try:
         client = await _connect(settings, connection, stop)
         if client is not None:
-            await _consume(client, settings, connection, stop, holder=holder, shadow=shadow)
+            await _consume(client, settings, connection, stop, holder=served.holder, shadow=served.shadow)
     finally:
-        watcher.close()
-        holder.close()
+        served.close()
         probes.close()
 
 
@@ -143,7 +126,6 @@ async def _consume(
         await publisher.start()
         connection.up()
         consumer = StreamConsumer(
-            js,
             subscription,
             settings,
             holder=holder,
@@ -170,7 +152,7 @@ async def _consume(
         await client.close()
 
 
-def _health(holder: ModelHolder, connection: Connection, settings: StreamSettings):
+def _health(holder: ModelHolder, connection: Connection, settings: StreamSettings) -> Health:
     def health() -> tuple[bool, dict[str, object]]:
         if holder.state is not ModelState.ready:
             return False, {"status": holder.state.value, "reason": holder.reason}

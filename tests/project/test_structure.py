@@ -31,6 +31,25 @@ def imported_modules(path) -> set[str]:
     return names
 
 
+def forbidden_imports(imports: set[str], libraries: tuple[str, ...]) -> list[str]:
+    """The imports that name one of ``libraries`` or a front door's or the tools' code (app.serving, app.tools)."""
+    return [
+        name for name in imports if name.split(".")[0] in libraries or name.startswith(("app.serving", "app.tools"))
+    ]
+
+
+def libraries_loaded_by(package: str, libraries: tuple[str, ...]) -> str:
+    """Beyond the source: which of ``libraries`` a fresh process has loaded after importing every module of
+    ``app.<package>`` (printed as a sorted list)."""
+    modules = ", ".join(f"app.{package}.{path.stem}" for path in sorted((APP / package).glob("*.py")))
+    code = (
+        f"import sys, importlib\nfor name in '{modules}'.split(', '): importlib.import_module(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(libraries)!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return result.stdout.strip()
+
+
 def test_app_is_packages_by_job_plus_the_simulator():
     packages = {entry.name for entry in APP.iterdir() if entry.is_dir() and (entry / "__init__.py").exists()}
     modules = {entry.name for entry in APP.glob("*.py")}
@@ -40,24 +59,13 @@ def test_app_is_packages_by_job_plus_the_simulator():
 
 @pytest.mark.parametrize("module", sorted(path.stem for path in (APP / "detector").glob("*.py")))
 def test_no_detector_module_imports_serving_tools_or_web_libraries(module: str):
-    imports = imported_modules(APP / "detector" / f"{module}.py")
-    forbidden = [
-        name
-        for name in imports
-        if name.split(".")[0] in WEB_METRICS_TRACING or name.startswith(("app.serving", "app.tools"))
-    ]
+    forbidden = forbidden_imports(imported_modules(APP / "detector" / f"{module}.py"), WEB_METRICS_TRACING)
     assert not forbidden, f"app/detector/{module}.py imports {forbidden}"
 
 
 def test_importing_the_whole_detector_loads_no_web_metrics_or_tracing_library():
     """Beyond the source: what a process really has loaded after importing every detector module."""
-    modules = ", ".join(f"app.detector.{path.stem}" for path in sorted((APP / "detector").glob("*.py")))
-    code = (
-        f"import sys, importlib\nfor name in '{modules}'.split(', '): importlib.import_module(name)\n"
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(WEB_METRICS_TRACING)!r}))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert result.stdout.strip() == "[]"
+    assert libraries_loaded_by("detector", WEB_METRICS_TRACING) == "[]"
 
 
 def test_the_ui_needs_no_path_tricks():
@@ -155,23 +163,12 @@ def test_the_cycle_finder_finds_a_circle():
 
 @pytest.mark.parametrize("module", sorted(path.stem for path in (APP / "scoring").glob("*.py")))
 def test_the_scoring_core_imports_no_web_framework_and_no_front_door(module: str):
-    imports = _runtime_imports(APP / "scoring" / f"{module}.py")
-    forbidden = [
-        name
-        for name in imports
-        if name.split(".")[0] in WEB_FRAMEWORKS or name.startswith(("app.serving", "app.tools"))
-    ]
+    forbidden = forbidden_imports(_runtime_imports(APP / "scoring" / f"{module}.py"), WEB_FRAMEWORKS)
     assert not forbidden, f"app/scoring/{module}.py imports {forbidden}"
 
 
 def test_importing_the_whole_scoring_core_loads_no_web_framework():
-    modules = ", ".join(f"app.scoring.{path.stem}" for path in sorted((APP / "scoring").glob("*.py")))
-    code = (
-        f"import sys, importlib\nfor name in '{modules}'.split(', '): importlib.import_module(name)\n"
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(WEB_FRAMEWORKS)!r}))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert result.stdout.strip() == "[]"
+    assert libraries_loaded_by("scoring", WEB_FRAMEWORKS) == "[]"
 
 
 def test_the_shared_layer_imports_only_the_standard_library_numpy_and_itself():
@@ -214,10 +211,5 @@ def test_the_module_table_in_the_development_guide_lists_every_module():
 @pytest.mark.parametrize("module", sorted(path.stem for path in (APP / "stream").glob("*.py")))
 def test_the_stream_front_door_imports_no_http_service_and_no_web_framework(module: str):
     """The second front door reuses the scoring core, never the HTTP service's code."""
-    imports = _runtime_imports(APP / "stream" / f"{module}.py")
-    forbidden = [
-        name
-        for name in imports
-        if name.split(".")[0] in WEB_FRAMEWORKS or name.startswith(("app.serving", "app.tools"))
-    ]
+    forbidden = forbidden_imports(_runtime_imports(APP / "stream" / f"{module}.py"), WEB_FRAMEWORKS)
     assert not forbidden, f"app/stream/{module}.py imports {forbidden}"

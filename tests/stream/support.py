@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -56,8 +57,6 @@ class StreamProcess(HttpProcess):
     consumer bound."""
 
     def __init__(self, nats_url: str, model_dir: Path, **env: str) -> None:
-        import os
-
         super().__init__(ready_path="/health", log_name="stream", ready_timeout=60.0)
         self.env = {
             **os.environ,
@@ -123,7 +122,7 @@ async def stream_count(url: str, stream: str) -> int:
         await client.close()
 
 
-def wait_for_count(url: str, stream: str, expected: int, *, subject: str | None = None) -> int:
+def wait_for_count(url: str, stream: str, expected: int) -> int:
     """Poll the stream's message count until it reaches ``expected`` (bounded by WAIT_S); returns the last count."""
     deadline = time.monotonic() + WAIT_S
     count = -1

@@ -99,7 +99,6 @@ def test_every_reading_gets_exactly_one_result_with_the_score_predict_gives(brok
         ]
         run(publish_batches(broker.nats_url, batches))
         total = len(sensors) * per_sensor
-        anomalies_expected = None
         assert wait_for_count(broker.nats_url, RESULTS, total) >= total
         results = run(read_all(broker.nats_url, RESULTS, "grid.scored.>"))
         anomalies = run(read_all(broker.nats_url, RESULTS, "grid.anomalies.>"))

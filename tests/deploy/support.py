@@ -56,12 +56,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "production": yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
     "second-release": yaml.safe_load((CHART_DIR / "values-second-release.yaml").read_text()),
+    "stream": yaml.safe_load((CHART_DIR / "values-stream.yaml").read_text()),
 }
 """The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
 a PersistentVolumeClaim, a fixed replica count without the HPA, the training Job and CronJob on that claim (tests/
 deploy/test_chart_training.py checks them in detail), the chart's values-production.yaml (API key from
-an existing Secret) and values-second-release.yaml (here under the default release name; tests/deploy/
-test_chart_releases.py renders it as a second release in its own namespace)."""
+an existing Secret), values-second-release.yaml (here under the default release name; tests/deploy/
+test_chart_releases.py renders it as a second release in its own namespace) and values-stream.yaml (the stream
+consumer with the bundled NATS and KEDA, as at a first install: KEDA's CRDs not yet there, so no ScaledObject;
+tests/deploy/test_chart_stream.py renders it with them too)."""
 
 API_KEY = "s3cret-from-values"
 EXISTING_SECRET = {"apiKey": {"enabled": True, "existingSecret": "ops-api-key", "secretKey": "token"}}

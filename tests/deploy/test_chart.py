@@ -52,20 +52,26 @@ def default(rendered: dict[str, Rendered]) -> Rendered:
 # --- the chart's metadata and its sources ----------------------------------------------------------------------
 
 
-def test_chart_declares_both_dependencies_pinned_and_optional():
+def test_chart_declares_its_dependencies_pinned_and_optional():
     chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "gridwatch"
     dependencies = {dep["name"]: dep for dep in chart["dependencies"]}
-    assert set(dependencies) == {"kube-prometheus-stack", "metrics-server"}
+    assert set(dependencies) == {"kube-prometheus-stack", "metrics-server", "nats", "keda"}
     stack, metrics = dependencies["kube-prometheus-stack"], dependencies["metrics-server"]
     assert re.fullmatch(r"88\.\d+\.\d+", stack["version"]), "pinned to one 88.x release"
     assert stack["repository"] == "https://prometheus-community.github.io/helm-charts"
     assert re.fullmatch(r"3\.13\.\d+", metrics["version"]), "pinned to one 3.13.x release"
     assert metrics["repository"] == "https://kubernetes-sigs.github.io/metrics-server/"
+    nats, keda = dependencies["nats"], dependencies["keda"]
+    assert re.fullmatch(r"2\.14\.\d+", nats["version"]), "pinned to one 2.14.x release (NATS server 2.14)"
+    assert nats["repository"] == "https://nats-io.github.io/k8s/helm/charts/"
+    assert re.fullmatch(r"2\.20\.\d+", keda["version"]), "pinned to one 2.20.x release"
+    assert keda["repository"] == "https://kedacore.github.io/charts"
     for name, dep in dependencies.items():
         assert dep["condition"] == f"{name}.enabled"
-        assert VALUES[name]["enabled"] is True
+        # The monitoring stack is on by default; the stream's broker and autoscaler are opt-in (values-stream.yaml).
+        assert VALUES[name]["enabled"] is (name in {"kube-prometheus-stack", "metrics-server"})
     assert VALUES["kube-prometheus-stack"]["fullnameOverride"], "stable service names for the stack"
 
 
@@ -96,6 +102,7 @@ def test_dashboards_and_rules_enter_the_chart_through_symlinks_not_copies():
         "values.yaml",
         "values-production.yaml",
         "values-second-release.yaml",
+        "values-stream.yaml",
         "values.schema.json",
     }
     assert stray == set(), f"second copies of dashboards or rules inside the chart: {stray}"
@@ -425,8 +432,8 @@ def test_backend_environment_mirrors_the_readme_table_and_is_valid(chart: Path, 
         for name in re.findall(r"`([A-Z_]+)`", line.split("|")[1])
     }
     downward, ui_only = {"POD_NAME", "NODE_NAME"}, {"BACKEND_URL"}
-    # The stream consumer's own variables: the chart gains its Deployment (and these values) with the KEDA part of
-    # the streams work (docs/streaming.md, "Not yet"); the backend does not read them.
+    # The stream consumer's own variables: in stream.config (tests/deploy/test_chart_stream.py checks them there);
+    # the backend does not read them.
     stream_only = {
         name
         for line in table.splitlines()
@@ -444,6 +451,7 @@ def test_backend_environment_mirrors_the_readme_table_and_is_valid(chart: Path, 
     for name in documented - downward - ui_only - stream_only - typed - set_by_tracing:
         assert name in values_text, f"{name} is not mentioned in values.yaml"
     assert ui_only <= set(VALUES["ui"]["config"])
+    assert stream_only <= set(VALUES["stream"]["config"])
     container = pod_spec(default.get("Deployment", BACKEND))["containers"][0]
     field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
     assert field_refs["POD_NAME"] == "metadata.name"

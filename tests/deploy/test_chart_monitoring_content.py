@@ -201,8 +201,7 @@ def test_one_backend_job_name_everywhere():
     selected = set()
     for path in [*RULES.glob("*.yaml"), *DASHBOARDS.glob("*.json")]:
         selected |= set(re.findall(r'job\s*=\s*\\?"([^"\\]+)\\?"', path.read_text()))
-    # and the stream consumers' own metrics by "gridwatch-stream": the chart scrapes them once its stream Deployment
-    # lands (docs/streaming.md, "Not yet"); until then those alerts stay silent.
+    # and the stream consumers' own metrics by "gridwatch-stream", the job of the stream's ServiceMonitor.
     assert selected == {job, "gridwatch-stream"}
     for config in (ROOT / "docker" / "prometheus" / "prometheus.yml", ROOT / "docker" / "prometheus-local.yml"):
         jobs = {entry["job_name"] for entry in yaml.safe_load(config.read_text())["scrape_configs"]}

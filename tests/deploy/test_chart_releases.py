@@ -94,6 +94,24 @@ kind: ClusterRole
 metadata:
   name: system:{{ .Release.Name }}-metrics-server
 """,
+    "nats": """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-nats-config
+  namespace: {{ .Release.Namespace }}
+""",
+    "keda": """\
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.external.metrics.k8s.io
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: keda-operator
+""",
 }
 """What each stand-in renders: cluster-scoped objects named as upstream names them, and one namespaced object."""
 

@@ -46,3 +46,22 @@ seccompProfile:
 checkov.io/skip1: CKV_K8S_8=A helm test pod runs one check to completion; a liveness probe has nothing to guard
 checkov.io/skip2: CKV_K8S_9=A helm test pod serves nothing, so there is no readiness to probe
 {{- end -}}
+
+{{/*
+A ConfigMap's data from a dict of environment variables: an empty string leaves a variable out (the program's own
+default applies), booleans become true/false, whole numbers stay whole (10, not 10.0 or 1e+01) and fractions keep
+their decimals.
+*/}}
+{{- define "gridwatch.envData" -}}
+{{- range $name, $value := . }}
+{{- if and (kindIs "string" $value) (eq $value "") }}
+{{- else if kindIs "bool" $value }}
+{{ $name }}: {{ ternary "true" "false" $value | quote }}
+{{- else if or (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value) }}
+{{- $number := float64 $value }}
+{{ $name }}: {{ ternary (int64 $value | toString) (toString $number) (eq $number (floor $number)) | quote }}
+{{- else }}
+{{ $name }}: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -92,9 +92,17 @@ BUILD_ARGS := --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git 
 LOAD_SECONDS ?= 60
 # 300 batches of 64 a second: several times what one backend pod at its 1-CPU limit scores, so the HPA scales out.
 LOAD_RPS ?= 300
+# The stream on the cluster (values-stream.yaml): readings per second the laptop publishes over MQTT, and the pending
+# messages per consumer KEDA aims at, low enough that what a port-forward carries builds a backlog worth scaling for.
+PUBLISH_RATE ?= 3000
+STREAM_LAG_THRESHOLD ?= 500
+STREAM_VALUES := -f $(CHART)/values-stream.yaml --set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) \
+	--set stream.autoscaling.lagThreshold=$(STREAM_LAG_THRESHOLD)
+# The bundled NATS chart's name for its objects: "<release>-nats", or the release alone when it holds "nats".
+NATS_FULLNAME := $(if $(findstring nats,$(RELEASE)),$(RELEASE),$(RELEASE)-nats)
 
 .PHONY: compose-up compose-down kind kind-up kind-build kind-push helm-deps kind-deploy kind-test kind-forward \
-	kind-load kind-redeploy kind-down
+	kind-load kind-redeploy kind-down kind-stream kind-publish
 
 compose-up: ## API, UI, Prometheus and Grafana with Docker Compose (no Kubernetes)
 	docker compose -f docker/compose.yaml up --build
@@ -116,7 +124,7 @@ kind-push: ## push both images to the cluster's registry
 	docker push $(REGISTRY)/gridwatch-backend:$(IMAGE_TAG)
 	docker push $(REGISTRY)/gridwatch-ui:$(IMAGE_TAG)
 
-helm-deps: ## fetch kube-prometheus-stack and metrics-server into helm/gridwatch/charts/
+helm-deps: ## fetch the pinned dependencies (Chart.lock) into helm/gridwatch/charts/
 	$(HELM) dependency build $(CHART)
 
 kind-deploy: ## install or upgrade the release and wait until it is ready
@@ -141,6 +149,20 @@ kind-load: ## LOAD_SECONDS of open-loop /predict load from a pod in the cluster 
 		load --url http://$(FULLNAME)-backend:8000 --allow-remote --no-keepalive \
 		--rps $(LOAD_RPS) --duration $(LOAD_SECONDS) --workers 32
 	$(KUBECTL) get hpa $(FULLNAME)-backend
+
+kind-stream: ## the stream on the cluster: NATS, consumers and KEDA (values-stream.yaml), then KEDA's ScaledObject
+	$(HELM_KIND) upgrade --install $(RELEASE) $(CHART) --create-namespace $(STREAM_VALUES) --wait --timeout 10m
+	kubectl --context $(CLUSTER) wait --for condition=established crd/scaledobjects.keda.sh --timeout 5m
+	$(HELM_KIND) upgrade --install $(RELEASE) $(CHART) $(STREAM_VALUES) --wait --timeout 10m
+	$(KUBECTL) get scaledobject/$(FULLNAME)-stream deployment/$(FULLNAME)-stream
+
+kind-publish: ## LOAD_SECONDS of simulated feeders over MQTT through a port-forward, then KEDA's view and the consumers
+	@trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
+	$(KUBECTL) port-forward svc/$(NATS_FULLNAME) 1883:1883 >/dev/null & \
+	timeout 30 python3 -c "import socket, time; [time.sleep(0.2) for _ in iter(lambda: socket.socket().connect_ex(('127.0.0.1', 1883)), 0)]" && \
+	$(UV) run gridwatch publish --url mqtt://127.0.0.1:1883 --rate $(PUBLISH_RATE) --duration $(LOAD_SECONDS) \
+		--feeders 8 --sensors 10
+	$(KUBECTL) get scaledobject/$(FULLNAME)-stream hpa/keda-hpa-$(FULLNAME)-stream deployment/$(FULLNAME)-stream
 
 kind-redeploy: kind-build kind-push ## rebuild, push, and restart the pods on the new images
 	$(KUBECTL) rollout restart deployment/$(FULLNAME)-backend deployment/$(FULLNAME)-ui

@@ -6,7 +6,7 @@ matches ("the lock file (Chart.lock) is out of sync"), so the lock is committed 
 
 The chart repositories are not reachable from CI (only PyPI and Debian are), and the lock records only names,
 versions, repository URLs and that digest, never the archives' content. So helm runs here against an offline
-stand-in: throw-away helm home folders whose repositories.yaml names the two upstream URLs, cached index files that
+stand-in: throw-away helm home folders whose repositories.yaml names the upstream URLs, cached index files that
 list exactly the pinned versions, and a local HTTP server on 127.0.0.1 serving stub packages (a Chart.yaml of the
 right name and version, packaged by `helm package`). helm resolves, downloads and locks as it would online.
 

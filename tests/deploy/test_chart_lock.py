@@ -1,7 +1,7 @@
 """Chart.lock: committed, equal to the pins of Chart.yaml, and accepted by the real `helm dependency build`.
 
 Chart repositories are unreachable here, so .ci/chart_lock.py (`make chart-lock`) runs helm against an offline
-stand-in of the two upstream repositories (cached index files naming the pinned versions, stub packages served on
+stand-in of the upstream repositories (cached index files naming the pinned versions, stub packages served on
 127.0.0.1). helm computes the lock's digest itself; these tests run that script the way a developer does.
 """
 

@@ -122,6 +122,33 @@ def test_port_forwards_and_load_use_the_services_the_chart_renders(tmp_path: Pat
     assert "--image-pull-policy=Always" in load
 
 
+@pytest.mark.parametrize("release", [RELEASE, "demo"])
+def test_stream_targets_install_twice_around_kedas_crds_and_publish_through_the_mqtt_port(tmp_path: Path, release: str):
+    """`helm upgrade --install` with values-stream.yaml, wait for KEDA's CRD, the same again (the ScaledObject's
+    turn: docs/streaming.md, "The KEDA CRD trap"); then MQTT from the laptop through a port-forward."""
+    chart = chart_copy(tmp_path)
+    stream_values = yaml.safe_load((CHART_DIR / "values-stream.yaml").read_text())
+    first = render(chart, stream_values, release=release)
+    after = render(chart, stream_values, release=release, extra=["--api-versions", "keda.sh/v1alpha1/ScaledObject"])
+    commands = re.sub(r"\\\n\s*", " ", make_n("kind-stream", "kind-publish", RELEASE=release))
+    installs = [line for line in commands.splitlines() if "upgrade --install" in line]
+    assert len(installs) == 2
+    for line in installs:
+        assert "-f helm/gridwatch/values-stream.yaml" in line
+        assert "--set stream.autoscaling.lagThreshold=" in line
+    wait = commands.index("wait --for condition=established crd/scaledobjects.keda.sh")
+    assert commands.index(installs[0]) < wait < commands.rindex(installs[1])
+    stream = next(name for name in first.names("Deployment") if name.endswith("-stream"))
+    (scaled,) = after.of_kind("ScaledObject")
+    assert f"scaledobject/{scaled['metadata']['name']}" in commands
+    assert f"deployment/{stream}" in commands
+    assert f"hpa/keda-hpa-{scaled['metadata']['name']}" in commands, "the HPA KEDA creates for the ScaledObject"
+    (forward,) = re.findall(r"port-forward svc/(\S+) 1883:1883", commands)
+    nats_policy = next(obj for obj in first.of_kind("NetworkPolicy") if obj["metadata"]["name"].endswith("nats"))
+    assert forward == nats_policy["metadata"]["name"], "the bundled NATS Service, as its chart names it"
+    assert "gridwatch publish --url mqtt://127.0.0.1:1883" in commands
+
+
 def test_test_and_down_targets():
     assert f"test {RELEASE} --logs" in make_n("kind-test")
     assert "ctlptl delete -f ctlptl.yaml" in make_n("kind-down")

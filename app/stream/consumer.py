@@ -8,6 +8,11 @@ acknowledged. A consumer that dies anywhere before that leaves its messages unac
 them again after ``STREAM_ACK_WAIT``, they are scored again, and the results stream drops the second result of each
 reading inside its duplicate window (``STREAM_DUPLICATE_WINDOW``). Where the promise ends is in docs/streaming.md.
 
+**Two batches at a time.** Waiting for the server's acknowledgements of one batch's results is a round trip in
+which the consumer has nothing to compute; the next batch is fetched, scored and published meanwhile
+(``BATCHES_IN_FLIGHT``). Each batch still acknowledges its own inputs only after its own results are stored, so the
+promise above holds batch by batch; results are published in the order the batches were fetched.
+
 **Failures.** A batch whose scoring or publishing fails (no model yet, the broker gone mid-batch) is handed back
 (``nak`` with a back-off of 1, 2, 4... seconds, at most 30) and delivered again; a message that fails on its
 ``STREAM_MAX_DELIVER``-th delivery is dead-lettered with the reason ``max_deliveries`` instead. Bad input never
@@ -44,6 +49,8 @@ NAK_LONGEST_S = 30.0
 PUBLISH_ACK_TIMEOUT_S = 5.0
 """The longest a batch waits for the server to acknowledge its results: a server that died mid-batch never will,
 and the batch is then handed back rather than waited for forever."""
+BATCHES_IN_FLIGHT = 2
+"""Batches published but not yet acknowledged at once: the next one is scored while the server stores the last."""
 PENDING_REFRESH_S = 2.0
 """How often the consumer's backlog (num_pending, num_ack_pending) is read for its gauges."""
 
@@ -80,6 +87,27 @@ class Delivery:
         return f"seq|{self.sequence}|{reading.index}"
 
 
+@dataclass(frozen=True)
+class Published:
+    """A batch whose results and dead letters are sent and not yet known to be stored."""
+
+    deliveries: list[Delivery]
+    batch: Batch
+    items: list[tuple[Delivery, Reading]]
+    rejected: list[Rejected]
+
+    def record(self) -> None:
+        """Count what the server stored: results (duplicates apart), dead letters, end-to-end latencies."""
+        metrics.RESULTS_DUPLICATE.inc(self.batch.duplicates)
+        metrics.RESULTS_PUBLISHED.inc(self.batch.acknowledged - self.batch.duplicates)
+        now = time.time()
+        for delivery, reading in self.items:
+            started = reading.timestamp if reading.timestamp is not None else delivery.arrived
+            metrics.END_TO_END.observe(max(now - started, 0.0))
+        for bad in self.rejected:
+            metrics.DEAD_LETTERS.labels(bad.reason.value).inc()
+
+
 class StreamConsumer:
     """Scores what the durable consumer delivers, one batch at a time, until told to stop."""
 
@@ -100,24 +128,29 @@ class StreamConsumer:
         self.scorer = scorer
         self.shadow = shadow
         self._pending_read_at = 0.0
+        self._in_flight: list[asyncio.Task[None]] = []
+        """Batches waiting for their acknowledgements, oldest first."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and handle batches until ``stop`` is set; the batch in hand is always finished."""
-        while not stop.is_set():
-            try:
-                messages = await self.subscription.fetch(
-                    batch=self.settings.stream_batch, timeout=self.settings.stream_max_wait
-                )
-            except (NatsTimeoutError, TimeoutError):  # nothing arrived within STREAM_MAX_WAIT
-                messages = []
-            except Exception as error:  # the broker is away: the client reconnects, this loop waits for it
-                logger.warning("fetch failed (%s); retrying", error)
-                await asyncio.sleep(0.5)
-                continue
-            if messages:
-                await self.handle(messages)
-            await self._refresh_pending()
-        await self._drain()
+        """Fetch and handle batches until ``stop`` is set; the batches in hand are always finished."""
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await self.subscription.fetch(
+                        batch=self.settings.stream_batch, timeout=self.settings.stream_max_wait
+                    )
+                except (NatsTimeoutError, TimeoutError):  # nothing arrived within STREAM_MAX_WAIT
+                    messages = []
+                except Exception as error:  # the broker is away: the client reconnects, this loop waits for it
+                    logger.warning("fetch failed (%s); retrying", error)
+                    await asyncio.sleep(0.5)
+                    continue
+                if messages:
+                    await self.handle(messages)
+                await self._refresh_pending()
+            await self._drain()
+        finally:
+            await self._settle_all()
 
     async def _drain(self) -> None:
         """Handle what was delivered but not yet fetched: a fetch that gave up at STREAM_MAX_WAIT may leave its pull
@@ -136,18 +169,40 @@ class StreamConsumer:
             await self.handle(messages)
 
     async def handle(self, messages: Sequence[Msg]) -> None:
-        """Score, publish and acknowledge one fetched batch; on failure hand it back for a later delivery."""
+        """Score and publish one fetched batch, then let it wait for its acknowledgements (and acknowledge its
+        inputs) while the next one is handled; on failure hand it back for a later delivery."""
         deliveries = [Delivery.of(msg) for msg in messages]
         metrics.MESSAGES_CONSUMED.inc(len(deliveries))
         metrics.REDELIVERIES.inc(sum(1 for delivery in deliveries if delivery.delivered > 1))
+        while len(self._in_flight) >= BATCHES_IN_FLIGHT:
+            await self._in_flight.pop(0)
         try:
-            await self._score_and_publish(deliveries)
+            published = await self._score_and_publish(deliveries)
         except Exception as error:
-            metrics.FAILED_BATCHES.inc()
-            reason = str(error) if isinstance(error, GridWatchError) else repr(error)
-            logger.warning("batch of %d messages not done (%s): delivered again later", len(deliveries), reason)
-            await self._hand_back(deliveries, reason)
+            await self._failed(deliveries, error)
             return
+        self._in_flight.append(asyncio.ensure_future(self._settle(published)))
+
+    async def _settle_all(self) -> None:
+        """Every batch in flight finished: its inputs acknowledged, or handed back."""
+        while self._in_flight:
+            await self._in_flight.pop(0)
+
+    async def _failed(self, deliveries: list[Delivery], error: Exception) -> None:
+        metrics.FAILED_BATCHES.inc()
+        reason = str(error) if isinstance(error, GridWatchError) else repr(error)
+        logger.warning("batch of %d messages not done (%s): delivered again later", len(deliveries), reason)
+        await self._hand_back(deliveries, reason)
+
+    async def _settle(self, published: Published) -> None:
+        """Wait until the server stored every result of the batch, then acknowledge its inputs."""
+        deliveries = published.deliveries
+        try:
+            await self.publisher.wait(published.batch, PUBLISH_ACK_TIMEOUT_S)
+        except Exception as error:
+            await self._failed(deliveries, error)
+            return
+        published.record()
         for delivery in deliveries:
             try:
                 if delivery.readings:
@@ -157,7 +212,7 @@ class StreamConsumer:
             except Exception as error:  # the connection closed under it: redelivered, and its results deduplicated
                 logger.warning("could not acknowledge message %d (%s)", delivery.sequence, error)
 
-    async def _score_and_publish(self, deliveries: list[Delivery]) -> None:
+    async def _score_and_publish(self, deliveries: list[Delivery]) -> Published:
         batch = self.publisher.batch()
         rejected = [(delivery, bad) for delivery in deliveries for bad in delivery.rejected]
         for delivery, bad in rejected:
@@ -176,15 +231,7 @@ class StreamConsumer:
                 items, scored.flags.tolist(), scored.scores.tolist(), strict=True
             ):
                 await self._publish_result(batch, delivery, reading, anomaly=flag, score=score, version=version)
-        await self.publisher.wait(batch, PUBLISH_ACK_TIMEOUT_S)
-        metrics.RESULTS_DUPLICATE.inc(batch.duplicates)
-        metrics.RESULTS_PUBLISHED.inc(batch.acknowledged - batch.duplicates)
-        now = time.time()
-        for delivery, reading in items:
-            started = reading.timestamp if reading.timestamp is not None else delivery.arrived
-            metrics.END_TO_END.observe(max(now - started, 0.0))
-        for _, bad in rejected:
-            metrics.DEAD_LETTERS.labels(bad.reason.value).inc()
+        return Published(deliveries, batch, items, [bad for _, bad in rejected])
 
     async def _publish_result(
         self, batch: Batch, delivery: Delivery, reading: Reading, *, anomaly: bool, score: float, version: str

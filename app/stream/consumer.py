@@ -128,6 +128,7 @@ class StreamConsumer:
         self.scorer = scorer
         self.shadow = shadow
         self._pending_read_at = 0.0
+        self._pending_task: asyncio.Future[None] | None = None
         self._in_flight: list[asyncio.Task[None]] = []
         """Batches waiting for their acknowledgements, oldest first."""
 
@@ -285,10 +286,15 @@ class StreamConsumer:
                 logger.warning("could not hand message %d back (%s)", delivery.sequence, error)
 
     async def _refresh_pending(self) -> None:
+        """Start reading the backlog for the gauges, at most every PENDING_REFRESH_S, beside the loop: a request to
+        the server that the next fetch must not wait for."""
         now = time.monotonic()
-        if now - self._pending_read_at < PENDING_REFRESH_S:
+        if now - self._pending_read_at < PENDING_REFRESH_S or (self._pending_task and not self._pending_task.done()):
             return
         self._pending_read_at = now
+        self._pending_task = asyncio.ensure_future(self._read_pending())
+
+    async def _read_pending(self) -> None:
         try:
             info = await self.subscription.consumer_info()
         except Exception:  # a metric only: never let it stop the loop

@@ -32,13 +32,16 @@ EXPECTED = {
     "gridwatch-service.json": ("gridwatch-service", "GridWatch / Service"),
     "gridwatch-detector.json": ("gridwatch-detector", "GridWatch / Detector"),
     "gridwatch-capacity.json": ("gridwatch-capacity", "GridWatch / Capacity"),
+    "gridwatch-stream.json": ("gridwatch-stream", "GridWatch / Stream"),
 }
+JOBS = {name: 'job="gridwatch-stream"' if name == "gridwatch-stream.json" else 'job="gridwatch"' for name in EXPECTED}
+"""The job each dashboard's variables select: the stream consumers' own, or the HTTP backend's."""
 # Classic JSON model. Grafana 13.2 (kube-prometheus-stack 88.6.2 ships Grafana chart 12.11, app 13.2) migrates an older
 # schemaVersion on load; 39 is Grafana 11.0's, old enough for every Grafana still supported.
 SCHEMA_VERSION = 39
 
 
-def test_the_three_dashboards_exist_with_fixed_uid_and_title():
+def test_the_four_dashboards_exist_with_fixed_uid_and_title():
     assert {name: (board["uid"], board["title"]) for name, board in DASHBOARDS.items()} == EXPECTED
 
 
@@ -70,7 +73,7 @@ def test_variables_for_datasource_namespace_and_pod(name: str):
         assert variable["datasource"]["uid"] == "${datasource}"
         assert variable["includeAll"] is True
         assert variable["allValue"] == ".*", "All must also match series without the label (compose, laptop)"
-        assert 'job="gridwatch"' in variable["definition"]
+        assert JOBS[name] in variable["definition"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -141,6 +144,23 @@ def test_each_dashboard_has_its_subject():
         "kube_pod_container_resource_limits",
         "readings_scored_total",
     } <= metrics["gridwatch-capacity.json"]
+    assert {
+        "stream_readings_consumed_total",
+        "stream_results_published_total",
+        "stream_consumer_pending",
+        "stream_consumer_ack_pending",
+        "stream_end_to_end_latency_seconds_bucket",
+        "stream_redeliveries_total",
+        "stream_dead_letters_total",
+        "stream_connected",
+        "up",
+    } <= metrics["gridwatch-stream.json"]
+    stream_queries = [q.expr for q in queries("gridwatch-stream.json", DASHBOARDS["gridwatch-stream.json"])]
+    assert all('job="gridwatch-stream"' in expr for expr in stream_queries if "ALERTS" not in expr)
+    (by_reason,) = [
+        panel for panel in panels(DASHBOARDS["gridwatch-stream.json"]) if panel["title"] == "Dead letters by reason"
+    ]
+    assert "sum by (reason)" in by_reason["targets"][0]["expr"]
 
 
 def test_increase_counts_each_event_once_per_step():

@@ -1,13 +1,17 @@
-"""The monitoring proven against a real Prometheus scraping a real `gridwatch serve`.
+"""The monitoring proven against a real Prometheus scraping a real `gridwatch serve` and a real `gridwatch stream`.
 
-One module-scoped setup starts the backend and Debian's Prometheus (scrape and rule evaluation every second, the
-repository's rule files, the scrape job of docker/prometheus-local.yml) on free localhost ports, and streams
-batches with a huge anomaly rate (plus some invalid ones, for 4xx) through the API until the module ends. Every
-assertion polls Prometheus' HTTP API for its condition with a deadline; nothing sleeps to synchronise.
+One module-scoped setup starts the backend, a NATS server with the stream consumer, and Debian's Prometheus (scrape
+and rule evaluation every second, the repository's rule files, the two scrape jobs of docker/prometheus-local.yml)
+on free localhost ports; it streams batches with a huge anomaly rate (plus some invalid ones, for 4xx) through the
+API, and readings (plus a message that is not JSON now and then, for the dead letters) through NATS, until the
+module ends. Every assertion polls Prometheus' HTTP API for its condition with a deadline; nothing sleeps to
+synchronise.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import nats
 import pytest
 import yaml
 
@@ -34,6 +39,7 @@ from tests.monitoring.support import (
     rule_files,
     substitute,
 )
+from tests.stream.support import NatsServer, StreamProcess
 from tests.support import ROOT, PrometheusProcess, ServerProcess, copy_model, require_tool
 
 pytestmark = pytest.mark.slow
@@ -81,6 +87,39 @@ class Traffic(threading.Thread):
                 self.stopped.wait(0.02)  # pacing of the load, not synchronisation
 
 
+class StreamTraffic(threading.Thread):
+    """Publishes batches of readings to NATS (the same anomaly rate) and a message that is not JSON now and then,
+    until stopped; the consumer scores them, dead-letters the bad ones, and its metrics feed the Stream panels."""
+
+    def __init__(self, nats_url: str) -> None:
+        super().__init__(daemon=True)
+        self.nats_url = nats_url
+        self.stopped = threading.Event()
+        self.messages = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except Exception as error:  # reported by the fixture, never lost in a thread
+            self.errors.append(repr(error))
+
+    async def _publish(self) -> None:
+        simulator = GridSimulator(anomaly_rate=ANOMALY_RATE, seed=8)
+        client = await nats.connect(self.nats_url)
+        js = client.jetstream()
+        try:
+            while not self.stopped.is_set():
+                records = simulator.batch(BATCH).to_records(ground_truth=False)
+                await js.publish(f"grid.readings.f{self.messages % 3}.s1", json.dumps({"readings": records}).encode())
+                if self.messages % 10 == 0:
+                    await js.publish("grid.readings.f0.s2", b"not json")
+                self.messages += 1
+                await asyncio.sleep(0.05)  # pacing of the load, not synchronisation
+        finally:
+            await client.close()
+
+
 def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
     """The condition's first truthy result, polled until a deadline."""
     deadline = time.monotonic() + timeout
@@ -114,23 +153,34 @@ def stack(
     binary = require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     env = {"MODEL_DIR": str(model_folder), "TRAIN_IF_MISSING": "0", "SHADOW_MODEL_VERSION": challenger}
-    with ServerProcess(env=env) as server:
+    with (
+        NatsServer(workdir / "nats-store") as nats_server,
+        StreamProcess(nats_server.nats_url, model_folder) as consumer,
+        ServerProcess(env=env) as server,
+    ):
         config = yaml.safe_load(LOCAL_CONFIG.read_text())
         config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(path) for path in rule_files()]
-        (job,) = config["scrape_configs"]
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+        backend_job, stream_job = config["scrape_configs"]
+        backend_job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+        stream_job["static_configs"] = [{"targets": [f"127.0.0.1:{consumer.port}"]}]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         prometheus = Prometheus(binary, workdir / "prometheus.yml", workdir / "data").start()
         traffic = Traffic(server.url)
+        stream_traffic = StreamTraffic(nats_server.nats_url)
         traffic.start()
+        stream_traffic.start()
         try:
             yield prometheus, traffic
         finally:
             traffic.stopped.set()
+            stream_traffic.stopped.set()
             traffic.join(timeout=30)
+            stream_traffic.join(timeout=30)
             prometheus.stop()
     assert not traffic.errors, traffic.errors[:5]
+    assert not stream_traffic.errors, stream_traffic.errors[:5]
+    assert stream_traffic.messages > 0
 
 
 def test_local_config_is_what_the_test_runs():
@@ -142,7 +192,7 @@ def test_local_config_is_what_the_test_runs():
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rule_files())} rule files found" in result.stdout
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
-    assert [job["job_name"] for job in config["scrape_configs"]] == ["gridwatch"]
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["gridwatch", "gridwatch-stream"]
 
 
 def test_backend_target_is_up(stack: tuple[Prometheus, Traffic]):
@@ -236,3 +286,22 @@ def test_anomaly_alert_goes_pending_and_availability_alerts_stay_silent(stack: t
         "GridWatchDetectorSilent",
     }
     assert not (alerts & healthy), f"a healthy backend raised {alerts & healthy}"
+
+
+def test_stream_dead_letter_alert_goes_pending_and_the_healthy_stream_raises_nothing_else(
+    stack: tuple[Prometheus, Traffic],
+):
+    """The consumer's own series reach the stream alerts: the messages that are not JSON make
+    GridWatchStreamDeadLetters pending (its `for` is minutes), a bound and draining consumer raises no other."""
+    prometheus, _ = stack
+
+    def dead_letter_alerts() -> list[dict[str, Any]]:
+        alerts = prometheus.api("alerts").json()["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "GridWatchStreamDeadLetters"]
+
+    (alert,) = poll(dead_letter_alerts, "GridWatchStreamDeadLetters pending or firing")
+    assert alert["labels"]["reason"] == "not_json"
+    assert alert["state"] in {"pending", "firing"}
+    assert poll(lambda: prometheus.query('stream_connected{job="gridwatch-stream"} == 1'), "the consumer is bound")
+    alerts = {a["labels"]["alertname"] for a in prometheus.api("alerts").json()["data"]["alerts"]}
+    assert not (alerts & {"GridWatchStreamNoConsumerBound", "GridWatchStreamBacklogGrowing"}), alerts

@@ -295,7 +295,7 @@ def test_the_terminal_and_the_markdown_are_one_rendering():
         scorer=[ScorerRow(64, 9.8, 0.021, 0.4, 466.7, 24.5), ScorerRow(1_024, 12.0, None, 2.5, None, 4.8)],
         http=[_http_row(GRIDWATCH, 70_120.0), _http_row(BASELINE, 4_100.0)],
         stream=StreamResult(
-            [StreamRow(500, 50_000, 5.03, 9_938.0, 694_689.5, 0.0143)],
+            [StreamRow(500, 50_000, 5.03, 9_938.0, 22_140.0, 694_689.5, 0.0319)],
             StreamLatency(10_000.0, 10.0, 100_000, 65.38, 1_171.47, 1_221.99),
         ),
     )  # fmt: skip
@@ -305,7 +305,9 @@ def test_the_terminal_and_the_markdown_are_one_rendering():
     terminal = console.export_text()
     cells = [cell for section in sections(result) for table in section.tables for row in table.rows for cell in row]
     assert "466.7x" in cells
-    assert "1.4%" in cells  # the stream's share of the scorer
+    assert "3.2%" in cells  # the consumer's share of the scorer
+    assert "22,140" in cells  # drain
+    assert "9,938" in cells  # live
     assert "p99 1,171.5 ms" in markdown
     assert "p99 1,171.5 ms" in terminal
     assert "17.1x the rows/s of the baseline" in markdown

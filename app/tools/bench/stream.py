@@ -3,10 +3,13 @@
 The consumer runs at its defaults on the server CPU; the NATS server (JetStream on a temporary store) and this
 process, which publishes and listens, on the others. Each reading is its own message, as a device publishes it.
 
-* **Throughput**, at the default ``STREAM_BATCH`` and two others: a backlog of readings published as fast as this
-  process can, timed from the first publish until the results stream holds a result for each; readings per second,
-  next to the in-process scorer's own readings per second on batches of the same size (the ratio says what the
-  broker, the JSON and one result message per reading cost).
+* **Throughput**, at the default ``STREAM_BATCH`` and two others, twice. *Drain*: a backlog published before the
+  consumer starts, which then scores it alone; readings per second between the first and the last result the
+  results stream stored (the server's own timestamps), so the consumer's speed and nothing else. *Live*: readings
+  published as fast as this process can while the consumer runs, timed from the first publish until the results
+  stream holds a result for each; here the publisher shares its CPU with the server and can be the limit. Both next
+  to the in-process scorer's own readings per second on batches of the same size (the ratio says what the broker,
+  the JSON and one result message per reading cost).
 * **Latency** at a fixed publish rate: each reading carries the time it was published; a plain subscriber of
   ``grid.scored.>`` takes the time each result arrives; p50 and p99 of the difference.
 """
@@ -14,20 +17,28 @@ process, which publishes and listens, on the others. Each reading is its own mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import nats
 import numpy as np
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
 from app.detector.model import Detector
 from app.sim import GridSimulator
+from app.stream.settings import StreamSettings
+from app.stream.topology import ensure_topology
 from app.tools.bench.results import BenchConfig
 from app.tools.bench.scorer import median_seconds
 from app.tools.bench.servers import Placement, pinned, server_environment
@@ -45,9 +56,13 @@ class StreamRow:
     readings: int
     seconds: float
     readings_per_s: float
+    """Live: published and scored at once."""
+    drain_readings_per_s: float
+    """The consumer alone on a backlog published before it started."""
     scorer_readings_per_s: float
     """The in-process scorer on batches of ``batch`` readings."""
     share_of_scorer: float
+    """Drain over scorer."""
 
 
 @dataclass(frozen=True)
@@ -75,18 +90,23 @@ def stream_section(detector: Detector, model_dir: Path, config: BenchConfig) -> 
     with tempfile.TemporaryDirectory(prefix="gridwatch-bench-stream-") as workdir, pinned(placement.load):
         for batch in config.stream_batches:
             with _Setup(Path(workdir) / f"batch-{batch}", model_dir, batch, placement) as setup:
-                seconds = asyncio.run(_backlog(setup.local.nats_url, config.stream_readings))
-                rows.append(_row(detector, batch, config.stream_readings, seconds))
+                with _no_collector_pauses():
+                    drain = asyncio.run(_drain(setup, config.stream_readings))
+                    seconds = asyncio.run(_backlog(setup.local.nats_url, config.stream_readings))
+                rows.append(_row(detector, batch, config.stream_readings, seconds, drain))
                 if batch == DEFAULT_BATCH:
-                    latency = asyncio.run(_latency(setup.local.nats_url, config.stream_rate, config.http_duration))
+                    with _no_collector_pauses():
+                        latency = asyncio.run(_latency(setup.local.nats_url, config.stream_rate, config.http_duration))
     return StreamResult(rows, latency)
 
 
-def _row(detector: Detector, batch: int, readings: int, seconds: float) -> StreamRow:
+def _row(detector: Detector, batch: int, readings: int, seconds: float, drain: float) -> StreamRow:
     X = GridSimulator(seed=21).batch(batch).features()
     scorer = batch / median_seconds(lambda: detector.predict_batch(X), 0.3)
     rate = readings / seconds
-    return StreamRow(batch, readings, round(seconds, 3), round(rate, 1), round(scorer, 1), round(rate / scorer, 4))
+    return StreamRow(
+        batch, readings, round(seconds, 3), round(rate, 1), round(drain, 1), round(scorer, 1), round(drain / scorer, 4)
+    )
 
 
 class _Setup:
@@ -104,6 +124,10 @@ class _Setup:
         server = self.local.start(self.workdir, log=self.workdir.parent / f"{self.workdir.name}-nats.log")
         self.processes.append(server)
         wait_until_ready(self.local.health_url, timeout=60.0, process=server)
+        return self
+
+    def start_consumer(self) -> None:
+        """``gridwatch stream`` on the server CPU, returning once it is ready."""
         port = free_port()
         env = {
             **server_environment(),
@@ -121,7 +145,6 @@ class _Setup:
             )
         self.processes.append(consumer)
         wait_until_ready(f"http://127.0.0.1:{port}/health", timeout=120.0, process=consumer)
-        return self
 
     def __exit__(self, *_exc: object) -> None:
         for process in reversed(self.processes):
@@ -133,27 +156,79 @@ class _Setup:
                 process.wait()
 
 
-def _readings(n: int) -> list[bytes]:
+def _readings(n: int, run: str) -> list[bytes]:
+    """``n`` single-reading messages; ``run`` in their sensor ids keeps two runs' readings (and result ids) apart."""
     records = GridSimulator(seed=17, anomaly_rate=0.01).batch(n).to_records(ground_truth=False)
-    return [json.dumps({**record, "sensor_id": f"s{i % 20}"}).encode() for i, record in enumerate(records)]
+    return [json.dumps({**record, "sensor_id": f"{run}-s{i % 20}"}).encode() for i, record in enumerate(records)]
+
+
+@contextlib.contextmanager
+def _no_collector_pauses() -> Iterator[None]:
+    """Python's cyclic garbage collector off in this (measuring) process while it measures: with 100,000 publish
+    futures alive, each full collection paused the publisher and the results' subscriber for 100-200 ms every few
+    seconds, which showed up as the consumer's latency (p99 94 ms with it, 7 ms without, same consumer)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+async def _drain(setup: _Setup, readings: int) -> float:
+    """Readings per second of the consumer alone: ``readings`` published before it starts (into the streams it
+    would create), then the span between the first and the last result the results stream stored."""
+    client = await nats.connect(setup.local.nats_url)
+    js = client.jetstream()
+    try:
+        await ensure_topology(js, StreamSettings())
+        pending = [await js.publish_async(_subject(i), p) for i, p in enumerate(_readings(readings, "drain"))]
+        await asyncio.gather(*pending)
+        await asyncio.to_thread(setup.start_consumer)
+        while (await _scored(js)) < readings:
+            await asyncio.sleep(0.05)  # polling the broker's count, not synchronising
+        info = await js.stream_info(RESULTS_STREAM)
+        first = await js.get_msg(RESULTS_STREAM, seq=info.state.first_seq)
+        last = await js.get_msg(RESULTS_STREAM, seq=info.state.last_seq)
+        span = _stored_at(last) - _stored_at(first)
+        return readings / span if span > 0 else float("nan")
+    finally:
+        await client.close()
+
+
+def _subject(i: int) -> str:
+    return f"grid.readings.f{i % 4}.s{i % 20}"
+
+
+def _stored_at(message: RawStreamMsg) -> float:
+    """When the server stored a message, epoch seconds (nats-py gives the server's RFC 3339 time as text)."""
+    stored = message.time
+    if isinstance(stored, datetime):
+        return stored.timestamp()
+    return datetime.fromisoformat(str(stored).replace("Z", "+00:00")).timestamp()
+
+
+async def _scored(js: JetStreamContext) -> int:
+    """Results in the results stream (scored readings only: anomalies are a second message in the same stream)."""
+    info = await js.stream_info(RESULTS_STREAM, subjects_filter="grid.scored.>")
+    return sum((info.state.subjects or {}).values()) if info.state.subjects else info.state.messages
 
 
 async def _backlog(url: str, readings: int) -> float:
     """Seconds from the first publish of ``readings`` single-reading messages until each has its result."""
-    payloads = _readings(readings)
+    payloads = _readings(readings, "live")
     client = await nats.connect(url)
     js = client.jetstream()
     try:
-        before = (await js.stream_info(RESULTS_STREAM)).state.messages
+        before = await _scored(js)
         started = time.perf_counter()
-        pending = [await js.publish_async(f"grid.readings.f{i % 4}.s{i % 20}", p) for i, p in enumerate(payloads)]
+        pending = [await js.publish_async(_subject(i), p) for i, p in enumerate(payloads)]
         await asyncio.gather(*pending)
-        while True:  # scored results only: anomalies are a second message in the same stream
-            info = await js.stream_info(RESULTS_STREAM, subjects_filter="grid.scored.>")
-            scored = sum((info.state.subjects or {}).values()) if info.state.subjects else info.state.messages
-            if scored - before >= readings:
-                return time.perf_counter() - started
+        while (await _scored(js)) - before < readings:
             await asyncio.sleep(0.05)  # polling the broker's count, not synchronising
+        return time.perf_counter() - started
     finally:
         await client.close()
 

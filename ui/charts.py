@@ -233,3 +233,26 @@ def latency_chart(traffic: pd.DataFrame, *, height: int = 160) -> alt.Chart:
         )
         .properties(height=height)
     )
+
+
+def stream_chart(frame: pd.DataFrame, *, height: int = 260) -> LayeredChart:
+    """The scores of the streamed results per feeder as they arrived, flagged readings as red dots."""
+    data = frame[["time", "feeder", "sensor", "score", "anomaly", "model_version"]]
+    base = alt.Chart(data).encode(x=_time_axis(), y=alt.Y("score:Q", title="Anomaly score"))
+    lines = base.mark_line(strokeWidth=1, opacity=0.7).encode(
+        color=alt.Color("feeder:N", legend=alt.Legend(title="feeder", orient="top", direction="horizontal"))
+    )
+    flagged = (
+        base.transform_filter(alt.datum.anomaly)
+        .mark_point(filled=True, size=70, color=OUTCOME_COLOURS[Outcome.detected.value])
+        .encode(
+            tooltip=[
+                alt.Tooltip("time:T", title="received (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                alt.Tooltip("feeder:N"),
+                alt.Tooltip("sensor:N"),
+                alt.Tooltip("score:Q", format=".3f"),
+                alt.Tooltip("model_version:N", title="model"),
+            ]
+        )
+    )
+    return alt.layer(lines, flagged).properties(height=height)

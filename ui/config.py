@@ -1,7 +1,8 @@
 """The UI's configuration: its environment variables and the bounds of every control.
 
-The backend reads its settings in ``app/serving/settings.py``; the UI has two, ``BACKEND_URL`` and the optional API key
-(``API_KEY`` or ``API_KEY_FILE``, the backend's names, so one Secret serves both), read here and nowhere else
+The backend reads its settings in ``app/serving/settings.py``; the UI has three, ``BACKEND_URL``, the optional API key
+(``API_KEY`` or ``API_KEY_FILE``, the backend's names, so one Secret serves both) and ``NATS_URL`` (the stream
+consumer's broker, for the Stream view; the consumer's name for it), read here and nowhere else
 (``STREAMLIT_SERVER_PORT`` and the other ``STREAMLIT_*`` variables are read by Streamlit itself).
 The bounds live here too, so the sidebar, the load actions and the tests agree on them: a load action can never
 be asked for more requests, threads or seconds than these limits, whatever the page sends.
@@ -22,6 +23,16 @@ DEFAULT_BACKEND_URL = "http://localhost:8000"
 def backend_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
     """``BACKEND_URL`` without a trailing slash, else the local default (what ``gridwatch serve`` listens on)."""
     return (environ.get("BACKEND_URL") or "").strip().rstrip("/") or DEFAULT_BACKEND_URL
+
+
+DEFAULT_NATS_URL = "nats://localhost:4222"
+
+
+def nats_url_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """``NATS_URL`` and True when it is set (the Stream view then subscribes at once), else the local default and
+    False (the view waits to be switched on: most pages have no broker beside them)."""
+    url = (environ.get("NATS_URL") or "").strip()
+    return (url, True) if url else (DEFAULT_NATS_URL, False)
 
 
 def api_key_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -71,3 +82,5 @@ HEALTH_REFRESH_S = 5.0
 """How often the backend panel re-checks ``/health`` while the page is idle."""
 SPREAD_WINDOW_S = 120.0
 """How far back the load-spread chart looks, in wall-clock seconds."""
+STREAM_REFRESH_S = 1.0
+"""How often the Stream view redraws while it is subscribed."""

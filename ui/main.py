@@ -4,10 +4,10 @@ Run with ``streamlit run ui/main.py`` (``gridwatch up`` does it for you); ``BACK
 (default http://localhost:8000), ``STREAMLIT_SERVER_PORT`` where the page is served (default 8501).
 
 This script only lays out the page and decides what runs when; the work is in small modules beside it:
-``client`` (HTTP), ``live`` (the session's stream), ``window``, ``detection``, ``traffic``, ``load``, ``charts``
-and ``views``. Streaming is a ``st.fragment`` whose ``run_every`` is switched on and off through session state:
-each tick scores one batch and redraws only the live view, so the page stays responsive and every script run
-finishes (no ``sleep`` + ``st.rerun()`` loop).
+``client`` (HTTP), ``live`` (the session's stream), ``window``, ``detection``, ``traffic``, ``load``, ``charts``,
+``views`` and ``stream_feed`` (the Stream view's NATS subscription, ``NATS_URL``). Streaming is a ``st.fragment``
+whose ``run_every`` is switched on and off through session state: each tick scores one batch and redraws only the
+live view, so the page stays responsive and every script run finishes (no ``sleep`` + ``st.rerun()`` loop).
 
 ``streamlit run`` puts this script's folder first on the import path, so the script must not be named after a
 package the page imports: as ``app.py`` it would shadow the ``app`` package (the simulator). As ``main.py`` it
@@ -28,13 +28,16 @@ from ui.config import (
     LOAD_REQUESTS,
     LOAD_SECONDS,
     LOAD_THREADS,
+    STREAM_REFRESH_S,
     WINDOW_READINGS,
     Range,
     api_key_from_env,
     backend_url_from_env,
+    nats_url_from_env,
 )
 from ui.live import LiveSession, StreamSettings, anomaly_kind_options, refresh_backend, stream_tick
 from ui.load import SustainedLoad, burst, concurrent_burst, load_payloads, make_sender
+from ui.stream_feed import StreamFeed
 
 SESSION_KEY = "gridwatch"
 CLIENT_KEY = "gridwatch_client"
@@ -262,6 +265,40 @@ def backend_panel() -> None:
     views.render_backend_details(live_session())
 
 
+FEED_KEY = "gridwatch_stream_feed"
+
+
+def stream_feed(url: str, subscribed: bool) -> StreamFeed | None:
+    """The session's subscription to the stream's results, kept across reruns; replaced when the URL changes,
+    stopped when switched off."""
+    feed: StreamFeed | None = st.session_state.get(FEED_KEY)
+    wanted = url.strip() if subscribed else None
+    if feed is not None and (wanted is None or feed.url != wanted):
+        feed.stop()
+        feed = None
+    if feed is None and wanted:
+        feed = StreamFeed(wanted).start()
+    st.session_state[FEED_KEY] = feed
+    return feed
+
+
+def stream_controls() -> StreamFeed | None:
+    st.subheader("Stream from the broker")
+    st.caption(
+        "What the stream consumers (`gridwatch stream`) publish: one result per reading on `grid.scored.>`, the "
+        "flagged ones also on `grid.anomalies.>`, per feeder, live from the moment the view subscribes."
+    )
+    default_url, subscribe_now = nats_url_from_env()
+    with st.container(horizontal=True, gap="small"):
+        url = st.text_input("NATS URL", value=default_url, key="nats_url", help="Defaults to NATS_URL.")
+        subscribed = st.toggle("Subscribe", value=subscribe_now, key="stream_subscribed")
+    return stream_feed(url, subscribed)
+
+
+def stream_panel(feed: StreamFeed) -> None:
+    views.render_stream(feed.snapshot())
+
+
 def main() -> None:
     url, new_connection, settings = sidebar()
     live = live_session()
@@ -283,6 +320,11 @@ def main() -> None:
     st.divider()
     st.subheader("Backend and model")
     st.fragment(run_every=HEALTH_REFRESH_S)(views.guarded(backend_panel))()
+
+    st.divider()
+    feed = stream_controls()
+    if feed is not None:
+        st.fragment(run_every=STREAM_REFRESH_S)(views.guarded(stream_panel))(feed)
 
 
 st.set_page_config(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app.sim import GridProfile
@@ -21,6 +22,7 @@ from ui.config import HEALTH_REFRESH_S, SPREAD_WINDOW_S
 from ui.live import STREAM_SOURCE, LiveSession
 from ui.load import LoadReport
 from ui.model_info import model_summary
+from ui.stream_feed import FeedSnapshot
 from ui.traffic import now
 
 if TYPE_CHECKING:
@@ -315,3 +317,57 @@ def render_backend_details(live: LiveSession) -> None:
 def _facts(facts: dict[str, Any]) -> None:
     lines = [f"- {name}: `{value}`" for name, value in facts.items() if value not in (None, "")]
     st.markdown("\n".join(lines))
+
+
+def stream_frame(snapshot: FeedSnapshot, feeders: list[str]) -> pd.DataFrame:
+    """The chosen feeders' results as one frame for the chart, oldest first."""
+    rows = [
+        {"time": pd.Timestamp(result.received, unit="s", tz="UTC"), "feeder": result.feeder, "sensor": result.sensor,
+         "score": result.score, "anomaly": result.anomaly, "model_version": result.model_version}
+        for feeder in feeders
+        for result in snapshot.feeders.get(feeder, [])
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["time", "feeder", "sensor", "score", "anomaly", "model_version"])
+
+
+def render_stream(snapshot: FeedSnapshot) -> None:
+    """The live results of the stream consumers: per feeder, scores and flags, and the latest anomalies."""
+    if snapshot.connected:
+        st.markdown(f":green-badge[:material/check_circle: Subscribed] to `{snapshot.url}`")
+    else:
+        st.warning(
+            f"**Not subscribed.** {snapshot.error or 'Connecting to ' + snapshot.url}. Is `gridwatch up --stream` "
+            "running, or a port-forward to the cluster's NATS?",
+            icon=":material/cloud_off:",
+        )
+    flagged_in_window = sum(r.anomaly for window in snapshot.feeders.values() for r in window)
+    received, feeders, flagged, malformed = st.columns(4)
+    received.metric("Results received", f"{snapshot.received:,}")
+    feeders.metric("Feeders", f"{len(snapshot.feeders):,}")
+    flagged.metric("Flagged (shown)", f"{flagged_in_window:,}")
+    malformed.metric("Unreadable messages", f"{snapshot.malformed:,}")
+    if not snapshot.feeders:
+        st.info(
+            "No results yet: the view shows what `gridwatch stream` publishes to `grid.scored.>` from the moment it "
+            "subscribed (`gridwatch publish` sends simulated feeders).",
+            icon=":material/hourglass_empty:",
+        )
+        return
+    names = sorted(snapshot.feeders)
+    chosen = st.multiselect("Feeders", names, default=names, key="stream_feeders")
+    frame = stream_frame(snapshot, chosen)
+    if not frame.empty:
+        with st.container(border=True):
+            st.markdown("**Scores per feeder** \u00b7 `grid.scored.>`, red: flagged")
+            st.altair_chart(charts.stream_chart(frame), width="stretch")
+    with st.container(border=True):
+        st.markdown(f"**Latest anomalies** \u00b7 `grid.anomalies.>` ({len(snapshot.anomalies)})")
+        if snapshot.anomalies:
+            table = pd.DataFrame(
+                [{"received (UTC)": pd.Timestamp(r.received, unit="s", tz="UTC").strftime("%H:%M:%S"),
+                  "feeder": r.feeder, "sensor": r.sensor, "reading time": r.timestamp, "score": round(r.score, 4),
+                  "model": r.model_version} for r in snapshot.anomalies]
+            )  # fmt: skip
+            st.dataframe(table, hide_index=True, width="stretch", height=240)
+        else:
+            st.caption("None flagged since the view subscribed.")

@@ -61,7 +61,10 @@ def run_demo(
         "BACKEND_URL": api_url,
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),  # a terminal, not a log collector, reads the demo
     }
+    local = LocalNats(host, api_port + 2222, api_port - 6117, api_port + 222) if stream else None
     api = subprocess.Popen([sys.executable, "-m", "app.tools.cli", "serve"], env=env)
+    # The UI's Stream view subscribes to the results of the NATS server started below.
+    ui_env = {**env, "NATS_URL": local.nats_url} if local is not None else env
     ui = subprocess.Popen(
         [
             sys.executable,
@@ -78,12 +81,12 @@ def run_demo(
             "--browser.gatherUsageStats",
             "false",
         ],
-        env=env,
+        env=ui_env,
     )
     children = [api, ui]
     names = {api: "API", ui: "UI"}
-    if stream:
-        started = _start_stream(env, host, api_port, publish_seconds)
+    if local is not None:
+        started = _start_stream(env, local, host, api_port, publish_seconds)
         children += list(started)
         names.update(started)
     # Signals only set a flag, so a second Ctrl-C (a terminal signals the whole process group, and `uv run`
@@ -125,11 +128,10 @@ def run_demo(
 
 
 def _start_stream(
-    env: dict[str, str], host: str, api_port: int, publish_seconds: float
+    env: dict[str, str], local: LocalNats, host: str, api_port: int, publish_seconds: float
 ) -> dict[subprocess.Popen[bytes], str]:
     """The NATS server (ports derived from the API's: 10222 and 1883 for the default 8000), the consumer on the
     API's port + 1, and the publisher, which stops by itself after ``publish_seconds``."""
-    local = LocalNats(host, api_port + 2222, api_port - 6117, api_port + 222)
     nats_server = local.start(STREAM_DATA)
     wait_until_ready(local.health_url, timeout=60.0, process=nats_server)
     consumer_env = {**env, "PORT": str(api_port + 1), "NATS_URL": local.nats_url}

@@ -76,7 +76,9 @@ def refusal(chart: Path, values: dict[str, Any]) -> str:
 def test_the_stream_is_off_by_default(rendered: dict[str, Rendered]):
     default = rendered["defaults"]
     assert STREAM not in default.names("Deployment")
-    assert not [obj for obj in default.objects if "stream" in obj["metadata"]["name"]]
+    components = {obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") for obj in default.objects}
+    assert "stream" not in components
+    assert "nats" not in components
     assert not [obj for obj in default.objects if obj["apiVersion"].startswith("keda.sh/")]
 
 
@@ -329,3 +331,14 @@ def test_fixed_replicas_without_autoscaling(chart: Path):
 def test_min_replicas_above_max_is_refused(chart: Path):
     values = merged(STREAM_VALUES, {"stream": {"autoscaling": {"minReplicas": 6, "maxReplicas": 5}}})
     assert "stream.autoscaling.minReplicas" in refusal(chart, values)
+
+
+def test_the_ui_stream_view_is_pointed_at_the_bundled_nats_only_when_there_is_one(
+    rendered: dict[str, Rendered], chart: Path
+):
+    ui = f"{RELEASE}-ui"
+    assert "NATS_URL" not in rendered["defaults"].get("ConfigMap", ui)["data"], "no broker: the view waits"
+    bundled = rendered["stream"].get("ConfigMap", ui)["data"]["NATS_URL"]
+    assert bundled == rendered["stream"].get("ConfigMap", STREAM)["data"]["NATS_URL"], "the consumers' server"
+    own = render(chart, {"ui": {"config": {"NATS_URL": "nats://nats.messaging.svc:4222"}}})
+    assert own.get("ConfigMap", ui)["data"]["NATS_URL"] == "nats://nats.messaging.svc:4222"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
@@ -82,3 +83,66 @@ def test_up_starts_api_and_ui_and_stops_both(model_dir: Path, signals: list[int]
     for port in (api_port, ui_port):
         with pytest.raises(httpx2.TransportError):
             httpx2.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def child_environments(parent: int) -> dict[str, dict[str, str]]:
+    """The command line and environment of each direct child of ``parent`` (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # a process that ended meanwhile
+            continue
+        found[command] = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+    return found
+
+
+def test_up_stream_runs_nats_the_consumer_and_the_feeders_and_tells_the_ui_where_nats_is(
+    model_dir: Path, tmp_path: Path
+):
+    """`gridwatch up --stream`: the NATS server (JetStream, MQTT), the consumer on API port + 1 scoring what the
+    simulated feeders publish over MQTT, the UI given NATS_URL for its Stream view; SIGTERM stops them all."""
+    import asyncio
+
+    import nats
+
+    api_port, ui_port = free_port(), free_port()
+    nats_url, consumer_url = f"nats://127.0.0.1:{api_port + 2222}", f"http://127.0.0.1:{api_port + 1}"
+    log = ROOT / "test-artifacts" / f"up-stream-{api_port}.log"
+    log.parent.mkdir(exist_ok=True)
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "app.tools.cli", "up", "--stream", "--api-port", str(api_port),
+               "--ui-port", str(ui_port), "--publish-seconds", "60"]  # fmt: skip
+    with log.open("wb") as sink:
+        up = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    async def results() -> int:
+        client = await nats.connect(nats_url)
+        try:
+            return int((await client.jetstream().stream_info("GRID_SCORED")).state.messages)
+        finally:
+            await client.close()
+
+    try:
+        wait_until_ready(f"{consumer_url}/health", process=up, timeout=120)
+        wait_until_ready(f"http://127.0.0.1:{ui_port}/_stcore/health", process=up, timeout=120)
+        deadline = time.monotonic() + 60
+        while asyncio.run(results()) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)  # poll interval: the loop waits for the first results
+        assert asyncio.run(results()) > 0, "the feeders' readings were scored"
+        (ui_env,) = [e for command, e in child_environments(up.pid).items() if "streamlit" in command]
+        assert ui_env["NATS_URL"] == nats_url
+        assert (tmp_path / ".gridwatch" / "nats").is_dir(), "the store lives under the project folder"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
+    assert code == 0, log.read_text()
+    for url in (consumer_url, f"http://127.0.0.1:{api_port + 222}/healthz"):
+        with pytest.raises(httpx2.TransportError):
+            httpx2.get(url, timeout=2)

@@ -17,12 +17,19 @@ The stream consumer's names and the addresses it needs: the NATS server (bundled
 {{- end -}}
 {{- end -}}
 
+{{/* The bundled NATS server's client URL; empty while nats.enabled is off. */}}
+{{- define "gridwatch.nats.url" -}}
+{{- if .Values.nats.enabled -}}
+{{- printf "nats://%s.%s.svc:%v" (include "gridwatch.nats.fullname" .) .Release.Namespace (dig "config" "nats" "port" 4222 .Values.nats) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* NATS_URL of the consumer: stream.config.NATS_URL, else the bundled server's client port. */}}
 {{- define "gridwatch.stream.natsUrl" -}}
 {{- if .Values.stream.config.NATS_URL -}}
 {{- .Values.stream.config.NATS_URL -}}
 {{- else if .Values.nats.enabled -}}
-{{- printf "nats://%s.%s.svc:4222" (include "gridwatch.nats.fullname" .) .Release.Namespace -}}
+{{- include "gridwatch.nats.url" . -}}
 {{- else -}}
 {{- fail "stream.enabled needs a NATS server: set nats.enabled=true (the bundled one) or stream.config.NATS_URL (yours)" -}}
 {{- end -}}

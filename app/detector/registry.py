@@ -50,6 +50,7 @@ VERSIONS = "versions"
 STAGING_PREFIX = ".staging-"
 KEPT_PREVIOUS = 20
 """How many earlier active versions ``rollback`` can go back through."""
+PRUNED_PREFIX = ".pruned-"
 
 
 class RegistryError(GridWatchError):
@@ -58,6 +59,28 @@ class RegistryError(GridWatchError):
 
 class VersionRefusedError(RegistryError):
     """A version that does not load the way serving loads it: never committed, activated or named a challenger."""
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What ``prune`` removed (or, with ``dry_run``, would remove) and what it kept, newest last."""
+
+    removed: list[str]
+    kept: list[str]
+    freed_bytes: int
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """The store's versions and their bytes, and the room left on the filesystem holding it."""
+
+    versions: int
+    bytes: int
+    newest_bytes: int
+    """The newest version's bytes: about what the next training needs."""
+    filesystem_size_bytes: int
+    filesystem_avail_bytes: int
 
 
 Fingerprint = tuple[tuple[int, int, int] | None, ...]
@@ -288,10 +311,12 @@ class ModelStore:
         return None
 
     def rollback(self) -> str:
-        """Make the previously active version active again; returns it."""
+        """Make the previously active version active again (the newest one still stored: ``prune`` may have
+        removed older ones); returns it."""
         with self.lock():
             pointer = self.pointer()
             previous = list(pointer.get("previous", [])) if pointer else []
+            previous = [version for version in previous if (self.root / VERSIONS / version).is_dir()]
             if not previous:
                 raise RegistryError("no earlier active version to roll back to")
             version, rest = previous[0], previous[1:]
@@ -299,6 +324,52 @@ class ModelStore:
             self._write_pointer(version, rest, shadow=pointer.get("shadow") if pointer else None)
         logger.info("rolled back to model %s (was %s)", version, pointer["version"] if pointer else None)
         return version
+
+    def prune(self, keep: int, *, dry_run: bool = False) -> Pruned:
+        """Remove the versions nobody needs, under the training lock (so never one being trained or promoted).
+
+        Kept: the active version, the previous one (what ``rollback`` returns to, and what a worker serves until its
+        next poll), the challenger in the shadow, and the ``keep`` newest by training time. A removed version's
+        folder is first renamed out of ``versions/`` (a reader sees it whole or not at all), then deleted. An
+        unreadable ``active.json`` stops it (``RegistryError``): without knowing what is served, nothing is removed.
+        """
+        if keep < 1:
+            raise ValueError("keep at least one version besides the active, previous and shadow ones")
+        with self.lock():
+            active, shadow = self.active_and_shadow()
+            pointer = self.pointer() or {}
+            previous = [v for v in pointer.get("previous", []) if (self.root / VERSIONS / v).is_dir()][:1]
+            names = self._by_age()
+            protected = {active, shadow, *previous, *names[-keep:]}
+            removed = [name for name in names if name not in protected]
+            freed = sum(_folder_bytes(self.root / VERSIONS / name) for name in removed)
+            if not dry_run:
+                for name in removed:
+                    folder = self.root / VERSIONS / name
+                    aside = folder.with_name(f"{PRUNED_PREFIX}{name}-{uuid.uuid4().hex[:6]}")
+                    folder.replace(aside)
+                    shutil.rmtree(aside, ignore_errors=True)
+                if removed:
+                    logger.info("pruned %d model versions (%d bytes): %s", len(removed), freed, ", ".join(removed))
+        return Pruned(removed, [name for name in names if name in protected], freed, dry_run)
+
+    def _by_age(self) -> list[str]:
+        """The stored versions, oldest first: by training time, then by when their files were written (the
+        recorded time has whole seconds only)."""
+
+        def age(entry: dict[str, Any]) -> tuple[str, int]:
+            written = _stat_of(metadata_path(self.artifact_of(entry["version"])))
+            return entry.get("trained_at") or "", written[1] if written else 0
+
+        return [entry["version"] for entry in sorted((e for e in self.versions() if e.get("version")), key=age)]
+
+    def usage(self) -> StoreUsage:
+        """The versions stored, their bytes, and the filesystem's room (a few ``stat`` calls per version)."""
+        folder = self.root / VERSIONS
+        sizes = [(path.stat().st_mtime, _folder_bytes(path)) for path in _version_folders(folder)]
+        stats = shutil.disk_usage(self.root if self.root.exists() else self.root.parent)
+        newest = max(sizes)[1] if sizes else 0
+        return StoreUsage(len(sizes), sum(size for _, size in sizes), newest, stats.total, stats.free)
 
     def migrate_legacy(self) -> str | None:
         """Move a model saved before versions into ``versions/`` and make it active. Call with the lock held.
@@ -330,6 +401,20 @@ class ModelStore:
         if shadow is not None and shadow != version:  # a challenger promoted is no longer a challenger
             document["shadow"] = shadow
         atomic_write_bytes(self.root / POINTER, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def _version_folders(folder: Path) -> list[Path]:
+    """The complete version folders (staging, pruned and damaged ones start with a dot)."""
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")]
+
+
+def _folder_bytes(folder: Path) -> int:
+    try:
+        return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+    except OSError:  # removed meanwhile
+        return 0
 
 
 def _stat_of(path: Path) -> tuple[int, int, int] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from app.detector.errors import GridWatchError
 from app.detector.loading import load_for_serving
 from app.detector.registry import Fingerprint, ModelStore
 from app.detector.scorer import Scorer
+from app.scoring import metrics
 from app.scoring.holder import ModelHolder
 from app.scoring.metrics import MODEL_REFUSING_ACTIVE, MODEL_SWAPS
 from app.scoring.shadow import ShadowScorer
@@ -34,6 +36,8 @@ from app.scoring.shadow import ShadowScorer
 logger = logging.getLogger(__name__)
 
 POINTER_FILE = "active.json"
+STORE_USAGE_INTERVAL_S = 30.0
+"""How often the model store's size and the room left for it are measured for their gauges."""
 
 
 @dataclass(frozen=True)
@@ -83,15 +87,19 @@ class ModelWatcher:
         self._refused: Refusal | None = None  # the active version (or pointer) that failed to load
         self._shadow_refused: Refusal | None = None
         self._shadow_files: Fingerprint | None = None  # the loaded challenger's files when it was loaded
+        self._usage_at = float("-inf")
 
     def run(self) -> None:
-        """Check once the first model is there, then every interval until ``close``; meant for a daemon thread."""
+        """Check once the first model is there, then every interval until ``close``; meant for a daemon thread.
+        With polling off (interval 0) the store's usage is still measured, every STORE_USAGE_INTERVAL_S."""
         self._holder.wait()
         self._guarded_check()
-        if self._interval <= 0:
-            return
-        while not self._closed.wait(self._interval):
-            self._guarded_check()
+        interval = self._interval if self._interval > 0 else STORE_USAGE_INTERVAL_S
+        while not self._closed.wait(interval):
+            if self._interval > 0:
+                self._guarded_check()
+            else:
+                self._record_usage()
 
     def _guarded_check(self) -> None:
         if not self._closed.is_set():
@@ -99,6 +107,24 @@ class ModelWatcher:
                 self.check()
             except Exception:  # never let the watcher die: the next interval tries again
                 logger.exception("checking the active model version failed")
+            self._record_usage()
+
+    def _record_usage(self) -> None:
+        """The store's versions, bytes and room, at most every STORE_USAGE_INTERVAL_S (a few ``stat`` calls)."""
+        now = time.monotonic()
+        if now - self._usage_at < STORE_USAGE_INTERVAL_S:
+            return
+        self._usage_at = now
+        try:
+            usage = self._store.usage()
+        except OSError as error:  # gauges only: the next interval tries again
+            logger.warning("could not measure the model store (%s)", error)
+            return
+        metrics.MODEL_STORE_VERSIONS.set(usage.versions)
+        metrics.MODEL_STORE_BYTES.set(usage.bytes)
+        metrics.MODEL_STORE_NEWEST_VERSION_BYTES.set(usage.newest_bytes)
+        metrics.MODEL_STORE_FILESYSTEM_SIZE_BYTES.set(usage.filesystem_size_bytes)
+        metrics.MODEL_STORE_FILESYSTEM_AVAIL_BYTES.set(usage.filesystem_avail_bytes)
 
     def close(self) -> None:
         self._closed.set()

@@ -151,3 +151,26 @@ class DriftGauges:
             self._scores[name].set(snapshot.scores[name])
         ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
         DRIFT_WINDOW_READINGS.set(snapshot.readings)
+
+
+MODEL_STORE_VERSIONS = Gauge(
+    "model_store_versions",
+    "Model versions stored in MODEL_DIR (the serving worker's view; `gridwatch models prune` removes old ones).",
+    multiprocess_mode="livemax",
+)
+MODEL_STORE_BYTES = Gauge(
+    "model_store_bytes", "Bytes of every model version stored in MODEL_DIR.", multiprocess_mode="livemax"
+)
+MODEL_STORE_NEWEST_VERSION_BYTES = Gauge(
+    "model_store_newest_version_bytes",
+    "Bytes of the newest version in MODEL_DIR: about the room the next training needs.",
+    multiprocess_mode="livemax",
+)
+MODEL_STORE_FILESYSTEM_SIZE_BYTES = Gauge(
+    "model_store_filesystem_size_bytes", "Size of the filesystem holding MODEL_DIR.", multiprocess_mode="livemax"
+)
+MODEL_STORE_FILESYSTEM_AVAIL_BYTES = Gauge(
+    "model_store_filesystem_avail_bytes",
+    "Bytes still available on the filesystem holding MODEL_DIR (to a non-root writer).",
+    multiprocess_mode="livemin",
+)

@@ -57,6 +57,13 @@ class ModelSettings(BaseSettings):
         description="What scores batches: auto (the compiled kernels if built or numba is installed, else numpy), "
         "numba, numpy, sklearn.",
     )
+    model_keep_versions: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="Versions `gridwatch train` keeps after training besides the active, the previous and the shadow "
+        "one (`gridwatch models prune`); older ones are removed. 0 keeps every version.",
+    )
     log_level: LogLevel = Field(LogLevel.info, description="Log level of the service and its access log.")
     log_format: LogFormat = Field(
         LogFormat.json, description="`json` (one object per line, for log collectors) or `text` (for a terminal)."

@@ -11,6 +11,7 @@ without argparse. Each subcommand's parser sits beside its handler.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from app import __version__
 
 if TYPE_CHECKING:  # pydantic is a backend dependency: `gridwatch simulate` runs without it
     from app.detector.promotion import GateDecision
+    from app.detector.registry import ModelStore, Pruned
     from app.scoring.settings import ModelSettings
 
 MODEL_DIR_HELP = "model folder (env MODEL_DIR, default models)"
@@ -219,6 +221,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if trained.decision is not None:
         _report_gate(trained.decision)
+    if settings.model_keep_versions:  # after the gate: the version it just set aside counts among the newest
+        _report_pruned(store.prune(settings.model_keep_versions))
     detector = trained.detector
     if args.json:
         print(json.dumps(detector.metadata, indent=2))
@@ -233,6 +237,29 @@ def _train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _prune(args: argparse.Namespace, keep: int, store: ModelStore) -> int:
+    if keep == 0:
+        print("MODEL_KEEP_VERSIONS is 0: every version is kept (give --keep N to prune once)", file=sys.stderr)
+        return 0
+    pruned = store.prune(keep, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(pruned), indent=2))
+    else:
+        _report_pruned(pruned)
+    return 0
+
+
+def _report_pruned(pruned: Pruned) -> None:
+    """One line on stderr: what pruning removed and freed (or would), and how many versions remain."""
+    verb = "would remove" if pruned.dry_run else "removed"
+    names = ", ".join(pruned.removed) or "nothing"
+    print(
+        f"pruning {verb} {len(pruned.removed)} version(s) ({pruned.freed_bytes / 1e6:.1f} MB): {names}; "
+        f"{len(pruned.kept)} kept",
+        file=sys.stderr,
+    )
 
 
 def _report_gate(decision: GateDecision) -> None:
@@ -344,6 +371,16 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     chosen = shadow.add_mutually_exclusive_group(required=True)
     chosen.add_argument("version", nargs="?")
     chosen.add_argument("--off", action="store_true", help="stop shadow scoring")
+    prune = actions.add_parser(
+        "prune",
+        help="remove old versions: keep the active, previous and shadow ones and the --keep newest",
+        parents=[after_action],
+    )
+    prune.add_argument(
+        "--keep", type=_positive_int, help="newest versions to keep besides those (env MODEL_KEEP_VERSIONS, default 10)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    prune.add_argument("--json", action="store_true", help="print the result as JSON")
     models.set_defaults(handler=_models)
 
 
@@ -367,6 +404,8 @@ def _models(args: argparse.Namespace) -> int:
     elif args.action == "shadow":
         store.set_shadow(None if args.off else args.version)
         print(f"shadow model: {store.shadow_version() or 'none'}")
+    elif args.action == "prune":
+        return _prune(args, args.keep or settings.model_keep_versions, store)
     else:
         from app.detector.registry import RegistryError
 

@@ -130,7 +130,11 @@ def test_both_run_the_cli_contract_in_the_backends_image(training: Rendered):
         assert train["image"] == backend["image"]
         assert train["imagePullPolicy"] == backend["imagePullPolicy"]
         env = {e["name"]: e["value"] for e in train["env"]}
-        assert env == {"MODEL_DIR": config["MODEL_DIR"], "MODEL_NAME": config["MODEL_NAME"]}, "one model store"
+        assert env == {
+            "MODEL_DIR": config["MODEL_DIR"],
+            "MODEL_NAME": config["MODEL_NAME"],
+            "MODEL_KEEP_VERSIONS": str(config["MODEL_KEEP_VERSIONS"]),
+        }, "one model store, pruned after each training as the backend's settings say"
         assert "envFrom" not in train, "the serving settings are none of its business"
 
 

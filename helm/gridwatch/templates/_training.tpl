@@ -83,6 +83,9 @@ template:
             value: {{ .Values.backend.config.MODEL_DIR | toString | quote }}
           - name: MODEL_NAME
             value: {{ .Values.backend.config.MODEL_NAME | toString | quote }}
+          # After training, versions beyond these are pruned (never the active, previous or shadow one).
+          - name: MODEL_KEEP_VERSIONS
+            value: {{ int64 .Values.backend.config.MODEL_KEEP_VERSIONS | toString | quote }}
         resources:
           {{- toYaml $training.resources | nindent 10 }}
         securityContext:

@@ -329,7 +329,9 @@ class ModelStore:
         """Remove the versions nobody needs, under the training lock (so never one being trained or promoted).
 
         Kept: the active version, the previous one (what ``rollback`` returns to, and what a worker serves until its
-        next poll), the challenger in the shadow, and the ``keep`` newest by training time. A removed version's
+        next poll; when that one no longer loads, the earlier ones back to the first that does, which is what a
+        worker refusing the newer ones still serves), the challenger in the shadow, and the ``keep`` newest by
+        training time. A removed version's
         folder is first renamed out of ``versions/`` (a reader sees it whole or not at all), then deleted. An
         unreadable ``active.json`` stops it (``RegistryError``): without knowing what is served, nothing is removed.
         """
@@ -338,7 +340,7 @@ class ModelStore:
         with self.lock():
             active, shadow = self.active_and_shadow()
             pointer = self.pointer() or {}
-            previous = [v for v in pointer.get("previous", []) if (self.root / VERSIONS / v).is_dir()][:1]
+            previous = self._fallbacks([v for v in pointer.get("previous", []) if (self.root / VERSIONS / v).is_dir()])
             names = self._by_age()
             protected = {active, shadow, *previous, *names[-keep:]}
             removed = [name for name in names if name not in protected]
@@ -352,6 +354,15 @@ class ModelStore:
                 if removed:
                     logger.info("pruned %d model versions (%d bytes): %s", len(removed), freed, ", ".join(removed))
         return Pruned(removed, [name for name in names if name in protected], freed, dry_run)
+
+    def _fallbacks(self, previous: list[str]) -> list[str]:
+        """The earlier active versions a worker may still serve: back to (and with) the first that loads."""
+        kept = []
+        for version in previous:
+            kept.append(version)
+            if self.why_unusable(version) is None:
+                break
+        return kept
 
     def _by_age(self) -> list[str]:
         """The stored versions, oldest first: by training time, then by when their files were written (the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.detector.artifact import load_forest
+from app.detector.artifact import forest_path, load_forest
 from app.detector.registry import POINTER, ModelStore, RegistryError
 from app.detector.training import train_version
 from tests.detector.test_registry import SMALL
@@ -62,6 +62,19 @@ def test_rollback_goes_back_to_the_newest_earlier_version_still_stored(tmp_path:
     assert store.rollback() == v[2]
     with pytest.raises(RegistryError, match="no earlier active version"):
         store.rollback()  # v1 and v0 are gone: said plainly, never a half-loaded version
+
+
+def test_versions_a_refusing_worker_may_still_serve_are_kept(tmp_path: Path):
+    """When the previous version no longer loads, workers that refused the newer ones still serve an earlier one:
+    pruning keeps the earlier active versions back to the first that loads."""
+    store = ModelStore(tmp_path)
+    v = versions_of(store, 6)
+    for version in (v[3], v[4], v[5]):
+        store.promote(version)  # active v5, previous v4, v3, v0
+    forest = forest_path(store.artifact_of(v[4]))
+    forest.write_bytes(forest.read_bytes()[:100])  # v4 damaged after its promotion
+    assert store.prune(1).removed == [v[0], v[1], v[2]]
+    assert stored(store) == {v[3], v[4], v[5]}
 
 
 def test_an_unreadable_pointer_stops_pruning(tmp_path: Path):

@@ -1,6 +1,7 @@
 """Training in the cluster (values `training`), rendered with the real helm binary (tests/deploy/support.py): off by
-default; on, a post-install/post-upgrade hook Job and/or a CronJob run exactly `gridwatch train --promote-if-better`
-in the backend's image, on the backend's models claim and a read-only data claim, locked down like every pod of the
+default; on, a post-install hook Job (never on an upgrade) and/or a CronJob run exactly
+`gridwatch train --promote-if-better` in the backend's image, on the backend's models claim and a read-only data
+claim, locked down like every pod of the
 chart and cut off from the network; rendering refuses what could not work (models in an emptyDir, no data), the schema
 refuses bad values; and the kind walkthrough of docs/deploy.md names what the chart renders. The "training" value set
 of support.VALUE_SETS also goes through test_chart.py's lint, Kubernetes-schema and lockdown tests and the checkov
@@ -259,10 +260,13 @@ def test_labels_name_the_training_component(chart: Path, training: Rendered):
     assert template["metadata"]["annotations"] == {"note": "nightly"}
 
 
-def test_the_job_is_a_hook_that_runs_at_every_install_and_upgrade(training: Rendered):
+def test_the_job_is_a_hook_of_the_install_only_and_never_renders_on_an_upgrade(chart: Path, training: Rendered):
     job = training.get("Job", JOB)
     annotations = job["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook"] == "post-install", "an upgrade (or a GitOps sync) never retrains"
+    upgrade = render(chart, TRAINING, extra=["--is-upgrade"])
+    assert not upgrade.of_kind("Job"), "not even rendered: nothing for an upgrade to wait on or fail with"
+    assert upgrade.get("CronJob", CRON_JOB), "retraining is the CronJob's"
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation", "kept for its log until the next run"
     assert job["metadata"]["name"] == JOB, "a stable name: `kubectl logs job/gridwatch-train`"
     assert job["spec"]["ttlSecondsAfterFinished"] == VALUES["training"]["job"]["ttlSecondsAfterFinished"] == 86400
@@ -424,16 +428,19 @@ def _shell_blocks(section: str) -> list[str]:
     return [textwrap.dedent(block) for block in re.findall(r"```bash\n(.*?)\n *```", section, flags=re.DOTALL)]
 
 
-def test_the_guide_upgrade_renders_the_job_it_then_reads(chart: Path):
+def test_the_guide_upgrade_renders_the_cronjob_whose_run_it_then_reads(chart: Path):
     section = _guide_section()
     (upgrade,) = [block for block in _shell_blocks(section) if "helm upgrade" in block]
     words = shlex.split(upgrade.replace("\\\n", " "))
     assert words[:5] == ["helm", "upgrade", RELEASE, "helm/gridwatch", "-n"]
     sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
-    objects = render(chart, extra=[arg for value in sets for arg in ("--set", value)])
-    (job,) = objects.of_kind("Job")
-    assert f"logs job/{job['metadata']['name']}" in section
-    assert f"get job {job['metadata']['name']}" in section
+    objects = render(chart, extra=["--is-upgrade", *[arg for value in sets for arg in ("--set", value)]])
+    assert not objects.of_kind("Job"), "an upgrade renders no training Job"
+    cron = objects.get("CronJob", CRON_JOB)
+    (run,) = re.findall(rf"create job (\S+) --from=cronjob/{CRON_JOB}", section)
+    assert f"wait --for=condition=complete job/{run}" in section
+    assert f"logs job/{run}" in section
+    job = cron  # `create job --from=cronjob` runs its jobTemplate
     data = mounts(job)["/data"]["volume"]["persistentVolumeClaim"]["claimName"]
     file = container(job)["args"][container(job)["args"].index("--data") + 1].removeprefix("/data/")
     loader_blocks = [block for block in _shell_blocks(section) if "<<'YAML'" in block]

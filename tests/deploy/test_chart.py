@@ -312,6 +312,21 @@ def test_hpa_scales_the_backend_deployment_on_cpu(default: Rendered):
     assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
     requests = pod_spec(deployment)["containers"][0]["resources"]["requests"]
     assert "cpu" in requests, "CPU utilisation is measured against the request"
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0, "up at once"
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300, "down only after five calmer minutes"
+    assert behavior["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+
+
+def test_hpa_behavior_can_be_left_to_kubernetes(chart: Path):
+    hpa = render(chart, {"backend": {"autoscaling": {"behavior": None}}}).get("HorizontalPodAutoscaler", BACKEND)
+    assert "behavior" not in hpa["spec"]
+
+
+def test_helm_test_pods_give_up_before_helm_does():
+    """A test pod that outlives `helm test`'s default --timeout (5m) is cut off by helm with a bare timeout; ending
+    earlier, it says why it failed in its log (`helm test --logs`)."""
+    assert VALUES["tests"]["timeoutSeconds"] < 300
 
 
 def test_pdb_covers_the_backend_pods(default: Rendered):

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from app.detector.loading import load_detector
 from app.detector.model import Detector
 from app.detector.registry import ModelStore, VersionRefusedError
 from app.detector.scorer import Scorer
-from app.scoring.metrics import MODEL_INFO, MODEL_LOAD_DURATION, DriftGauges
+from app.scoring.metrics import MODEL_INFO, MODEL_LOAD_DURATION, MODEL_TRAINED_TIMESTAMP, DriftGauges
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,11 @@ def _info_labels(detector: Detector) -> tuple[str, str]:
 
 def _export_model_info(detector: Detector) -> None:
     MODEL_INFO.labels(*_info_labels(detector)).set(1)
+    trained_at = detector.metadata.get("trained_at")
+    try:
+        MODEL_TRAINED_TIMESTAMP.set(datetime.fromisoformat(str(trained_at)).timestamp())
+    except ValueError:  # a model saved without the time (none of this project's): its age stays unknown
+        logger.warning("model %s records no training time (%r): its age is not exported", detector.version, trained_at)
 
 
 def model_loader(store: ModelStore, scorer: Scorer, *, train_if_missing: bool) -> Callable[[], Detector]:

@@ -52,6 +52,16 @@ MODEL_INFO = Gauge(
     ["model_version", "sklearn_version"],
     multiprocess_mode="livemax",
 )
+MODEL_TRAINED_TIMESTAMP = Gauge(
+    "model_trained_timestamp_seconds",
+    "When the serving model was trained (Unix time, from its metadata): its age is time() minus this.",
+    multiprocess_mode="livemin",
+)
+MODEL_MAX_AGE = Gauge(
+    "model_max_age_seconds",
+    "MODEL_MAX_AGE: the age past which the serving model counts as stale (GridWatchModelStale); 0: never.",
+    multiprocess_mode="livemax",
+)
 MODEL_LOAD_DURATION = Gauge(
     "model_load_duration_seconds",
     "How long obtaining the model took at start-up: loading the artifact, or training it (source label).",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.detector.model import Detector
 from app.scoring.holder import ModelHolder, model_loader
 from app.scoring.hot_swap import ModelWatcher
+from app.scoring.metrics import MODEL_MAX_AGE
 from app.scoring.settings import ScoringSettings
 from app.scoring.shadow import ShadowScorer
 
@@ -38,6 +39,7 @@ class ServedModel:
         MODEL_DIR, trained first when allowed), ``detector`` makes it ready at once (tests), ``on_ready`` is told
         when the first model is there."""
         store = settings.model_store()
+        MODEL_MAX_AGE.set(settings.model_max_age)  # what GridWatchModelStale compares the serving model's age with
         holder = ModelHolder(
             loader or model_loader(store, settings.scorer, train_if_missing=settings.train_if_missing),
             drift_window=settings.drift_window,

@@ -105,6 +105,13 @@ class ScoringSettings(ModelSettings):
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )
+    model_max_age: float = Field(
+        30 * 86400.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds after its training past which the serving model counts as stale: exported as "
+        "model_max_age_seconds, which GridWatchModelStale compares with the model's age (0: never stale).",
+    )
 
     @model_validator(mode="after")
     def _check_poll_interval(self) -> ScoringSettings:

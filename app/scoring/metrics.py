@@ -124,6 +124,11 @@ SHADOW_ANOMALIES = Counter(
     "Readings the shadow model flagged as anomalous (the active model's own count is anomalies_total).",
     ["shadow_version"],
 )
+SHADOW_BATCHES = Counter(
+    "shadow_batches_scored",
+    "Batches the shadow model scored; beside shadow_skipped_total, the share of batches it keeps up with.",
+    ["shadow_version"],
+)
 SHADOW_SCORING_SECONDS = Counter(
     "shadow_scoring_seconds",
     "CPU seconds the shadow model spent scoring, bounded by SHADOW_MAX_SHARE of the wall-clock time per worker.",

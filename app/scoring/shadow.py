@@ -32,6 +32,7 @@ from app.detector.model import Detector
 from app.scoring.metrics import (
     SHADOW_AGREEMENTS,
     SHADOW_ANOMALIES,
+    SHADOW_BATCHES,
     SHADOW_ERRORS,
     SHADOW_READINGS,
     SHADOW_SCORING_SECONDS,
@@ -96,7 +97,13 @@ class ShadowScorer:
         """Score with ``detector`` from the next batch on (None: stop shadow scoring)."""
         self._detector = detector
         if detector is not None:
-            for counter in (SHADOW_READINGS, SHADOW_AGREEMENTS, SHADOW_ANOMALIES, SHADOW_SCORING_SECONDS):
+            for counter in (
+                SHADOW_READINGS,
+                SHADOW_AGREEMENTS,
+                SHADOW_ANOMALIES,
+                SHADOW_SCORING_SECONDS,
+                SHADOW_BATCHES,
+            ):
                 counter.labels(detector.version)  # exported at 0 as soon as the shadow is there
             self._start()
         logger.info("shadow model: %s", detector.version if detector is not None else "none")
@@ -151,6 +158,7 @@ class ShadowScorer:
             version = detector.version
             SHADOW_SCORING_SECONDS.labels(version).inc(time.thread_time() - started)
             SHADOW_READINGS.labels(version).inc(X.shape[0])
+            SHADOW_BATCHES.labels(version).inc()
             SHADOW_AGREEMENTS.labels(version).inc(int(np.count_nonzero(flags == active_flags)))
             SHADOW_ANOMALIES.labels(version).inc(int(np.count_nonzero(flags)))
         except Exception:  # the answer is long gone: nothing here may surface as a failed request

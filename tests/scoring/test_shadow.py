@@ -67,6 +67,7 @@ def test_the_shadow_scores_every_answered_batch_without_touching_the_answers(ver
         wait_for(lambda: counter(server.url, "shadow_readings_scored", challenger) == len(X), "all scored")
         assert counter(server.url, "shadow_agreements", challenger) == int((active_flags == shadow_flags).sum())
         assert counter(server.url, "shadow_anomalies", challenger) == int(shadow_flags.sum())
+        assert counter(server.url, "shadow_batches_scored", challenger) == len(batches), "one per answered batch"
         assert "shadow_errors_total 0.0" in httpx2.get(f"{server.url}/metrics").text
 
 
@@ -120,7 +121,7 @@ class Blocking:
 
 def test_a_shadow_that_falls_behind_skips_batches_instead_of_queueing_them():
     """Submitting never waits: past the queue's size, batches are counted as skipped, and the rest are scored."""
-    from app.scoring.metrics import SHADOW_READINGS, SHADOW_SKIPPED
+    from app.scoring.metrics import SHADOW_BATCHES, SHADOW_READINGS, SHADOW_SKIPPED
 
     shadow, slow = ShadowScorer(queue_size=2), Blocking()
     shadow.use(slow)  # type: ignore[arg-type]
@@ -132,6 +133,7 @@ def test_a_shadow_that_falls_behind_skips_batches_instead_of_queueing_them():
     slow.release.set()
     assert shadow.drain(timeout=60)
     assert SHADOW_READINGS.labels(slow.version)._value.get() == 4 * (6 - skipped)
+    assert SHADOW_BATCHES.labels(slow.version)._value.get() == 6 - skipped, "skipped and scored add up"
 
 
 class Clock:

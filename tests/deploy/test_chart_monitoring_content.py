@@ -206,3 +206,27 @@ def test_one_backend_job_name_everywhere():
     for config in (ROOT / "docker" / "prometheus" / "prometheus.yml", ROOT / "docker" / "prometheus-local.yml"):
         jobs = {entry["job_name"] for entry in yaml.safe_load(config.read_text())["scrape_configs"]}
         assert job in jobs, config
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd])", duration)
+    assert match, duration
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def test_the_retention_holds_every_window_the_rules_read():
+    """A rule over a window longer than the retention never sees its whole window: the slowest SLO burn-rate tier
+    (3 days) would never fire on the laptop default. Production keeps the 30-day SLO window itself."""
+    windows = {
+        window
+        for path in RULES.glob("*.yaml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        for window in re.findall(r"\[(\d+[smhd])\]", rule["expr"])
+    }
+    longest = max(_seconds(window) for window in windows)
+    assert longest == 3 * 86400
+    chart = ROOT / "helm" / "gridwatch"
+    for values, at_least in (("values.yaml", longest), ("values-production.yaml", 30 * 86400)):
+        spec = yaml.safe_load((chart / values).read_text())["kube-prometheus-stack"]["prometheus"]["prometheusSpec"]
+        assert _seconds(spec["retention"]) > at_least, values

@@ -1,6 +1,6 @@
 """The Grafana dashboards: valid for the Grafana of kube-prometheus-stack, navigable, and built on real metrics.
 
-Whether each expression parses and returns data is proven against a real Prometheus in test_monitoring_e2e.py.
+Whether each expression parses and returns data is proven against a real Prometheus in test_e2e.py.
 """
 
 from __future__ import annotations
@@ -153,6 +153,11 @@ def test_each_dashboard_has_its_subject():
         "stream_redeliveries_total",
         "stream_dead_letters_total",
         "stream_connected",
+        "stream_results_duplicate_total",
+        "stream_failed_batches_total",
+        "stream_reconnects_total",
+        "anomalies_total",
+        "readings_scored_total",
         "up",
     } <= metrics["gridwatch-stream.json"]
     stream_queries = [q.expr for q in queries("gridwatch-stream.json", DASHBOARDS["gridwatch-stream.json"])]

@@ -117,7 +117,10 @@ def test_every_reading_gets_exactly_one_result_with_the_score_predict_gives(brok
     anomalies_expected = sum(1 for body, _ in results if body["anomaly"])
     assert len(anomalies) == anomalies_expected > 0
     assert {body["model_version"] for body, _ in results} == {results[0][0]["model_version"]}
-    assert consumed == total
+    # Every reading was taken at least once; more when a delivery outlived STREAM_ACK_WAIT (2 s here) on a loaded
+    # machine: a fetch of 500 messages here holds 125,000 readings. Such a redelivery is the promise working, and
+    # the results above are exactly once all the same.
+    assert consumed >= total
 
 
 def test_poison_messages_are_dead_lettered_with_their_reason_and_the_rest_is_scored(

@@ -323,7 +323,7 @@ def feeds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StreamFeed]]:
 def test_without_nats_url_the_stream_view_waits_to_be_switched_on(monkeypatch, backend, feeds):
     monkeypatch.delenv("NATS_URL", raising=False)
     page = open_page(monkeypatch, backend.url)
-    assert page.text_input(key="nats_url").value == "nats://localhost:4222"
+    assert page.text_input(key="nats_url").value == "nats://127.0.0.1:4222"
     assert page.toggle(key="stream_subscribed").value is False
     assert feeds == [], "no connection attempt unless asked"
     assert "Not subscribed" not in texts(page.warning)

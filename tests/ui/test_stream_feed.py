@@ -134,10 +134,7 @@ def test_stop_without_waiting_still_ends_the_thread():
 
     feed = StreamFeed(f"nats://127.0.0.1:{free_port()}").start()
     feed.stop(timeout=0)
-    deadline = time.monotonic() + DEADLINE_S
-    while feed.running and time.monotonic() < deadline:
-        time.sleep(0.05)  # poll interval: the loop waits for the thread to end
-    assert not feed.running
+    poll(feed, lambda _: not feed.running, "the thread ends after a stop that did not wait")
 
 
 def test_parse_result_refuses_what_is_not_a_result():

@@ -25,7 +25,8 @@ def backend_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
     return (environ.get("BACKEND_URL") or "").strip().rstrip("/") or DEFAULT_BACKEND_URL
 
 
-DEFAULT_NATS_URL = "nats://localhost:4222"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+"""The stream consumer's own default (README), so the view offers the server ``gridwatch stream`` would use."""
 
 
 def nats_url_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:

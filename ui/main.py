@@ -265,21 +265,24 @@ def backend_panel() -> None:
     views.render_backend_details(live_session())
 
 
-FEED_KEY = "gridwatch_stream_feed"
+def release_feed(feed: StreamFeed) -> None:
+    feed.stop(timeout=0)  # on Streamlit's server thread when a session ends: ask, never wait
+
+
+@st.cache_resource(scope="session", max_entries=1, on_release=release_feed, show_spinner=False)
+def session_feed(url: str) -> StreamFeed:
+    """The session's subscription to ``url``, kept across reruns. A session-scoped resource because Streamlit
+    releases those when the session ends (a closed tab), which session state would not: each visit would leave a
+    connection and a thread behind. One entry: a new URL releases the previous subscription."""
+    return StreamFeed(url).start()
 
 
 def stream_feed(url: str, subscribed: bool) -> StreamFeed | None:
-    """The session's subscription to the stream's results, kept across reruns; replaced when the URL changes,
-    stopped when switched off."""
-    feed: StreamFeed | None = st.session_state.get(FEED_KEY)
-    wanted = url.strip() if subscribed else None
-    if feed is not None and (wanted is None or feed.url != wanted):
-        feed.stop()
-        feed = None
-    if feed is None and wanted:
-        feed = StreamFeed(wanted).start()
-    st.session_state[FEED_KEY] = feed
-    return feed
+    """The session's subscription to the stream's results; released when switched off."""
+    if not subscribed or not url.strip():
+        session_feed.clear()
+        return None
+    return session_feed(url.strip())
 
 
 def stream_controls() -> StreamFeed | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 SCORED = "grid.scored.>"
@@ -32,6 +33,8 @@ MAX_FEEDERS = 50
 """Feeders kept: results of further feeders are counted but not kept (the chart would be unreadable anyway)."""
 RECENT_ANOMALIES = 100
 CONNECT_TIMEOUT_S = 2.0
+CANCEL_AGAIN_S = 0.1
+"""How long a cancelled connection attempt is given to end before it is cancelled again (see ``_abandon``)."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,10 @@ class StreamFeed:
         self.max_feeders = max_feeders
         self._state = _State()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Event | None = None
+        # Made here, not in the feed's thread: a stop requested before that thread runs its loop is queued on the
+        # loop and seen first, instead of finding no loop yet and being lost (leaving a subscription nobody ends).
+        self._loop = asyncio.new_event_loop()
+        self._stopped = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=f"stream-feed {url}", daemon=True)
 
     def start(self) -> StreamFeed:
@@ -117,11 +122,13 @@ class StreamFeed:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the connection and end the thread (bounded by ``timeout``)."""
-        loop, stopped = self._loop, self._stopped
-        if loop is not None and stopped is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended on its own meanwhile
-                loop.call_soon_threadsafe(stopped.set)
+        """Close the connection and end the thread, waiting for that at most ``timeout`` seconds (0: ask and
+        return, for callers that must not block, such as Streamlit releasing a session's resources)."""
+        if self._thread.ident is None:  # never started: nothing runs, only the loop to free
+            self._loop.close()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop ended on its own meanwhile
+            self._loop.call_soon_threadsafe(self._stopped.set)
         self._thread.join(timeout)
 
     @property
@@ -144,11 +151,10 @@ class StreamFeed:
     # --- the feed's own thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        with asyncio.Runner(loop_factory=lambda: self._loop) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
         self._set(error=f"connecting to NATS at {self.url}")
         # With reconnection on, nats-py tries until it reaches the server, the first time too (each failed attempt
         # reported through error_cb), so the connection attempt races the stop request.
@@ -166,12 +172,10 @@ class StreamFeed:
         )
         stopping = asyncio.ensure_future(self._stopped.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
-            return
         stopping.cancel()
+        if self._stopped.is_set():
+            await _abandon(connecting)
+            return
         try:
             client = connecting.result()
         except Exception as error:  # not a NATS URL at all
@@ -229,3 +233,19 @@ class StreamFeed:
         if result is not None and result.anomaly:
             with self._lock:
                 self._state.anomalies.append(result)
+
+
+async def _abandon(connecting: asyncio.Future[Client]) -> None:
+    """End a connection attempt that a stop overtook, closing the client should it have got through meanwhile.
+
+    One ``cancel()`` is not always enough: Python 3.11's ``asyncio.wait_for`` turns a cancellation that meets an
+    already failed connection attempt into that attempt's ``OSError``, which nats-py's connect loop catches and
+    retries on, so the cancellation is lost and the attempt goes on for ever (3.12's ``wait_for`` keeps it). So
+    cancel until the attempt has ended.
+    """
+    while not connecting.done():
+        connecting.cancel()
+        await asyncio.wait({connecting}, timeout=CANCEL_AGAIN_S)
+    if not connecting.cancelled() and connecting.exception() is None:
+        with contextlib.suppress(Exception):
+            await connecting.result().close()

@@ -46,10 +46,10 @@ class StreamlitProcess(HttpProcess):
     """``streamlit run ui/main.py`` as a child process, configured only by environment variables.
 
     The port comes from ``STREAMLIT_SERVER_PORT`` (not ``--server.port``), so the test also proves the documented
-    variable works; the backend from ``BACKEND_URL``.
+    variable works; the backend from ``BACKEND_URL``; ``env`` adds more (``NATS_URL``).
     """
 
-    def __init__(self, backend_url: str) -> None:
+    def __init__(self, backend_url: str, **env: str) -> None:
         super().__init__(ready_path="/_stcore/health", log_name="ui")
         self.env = {
             **os.environ,
@@ -58,6 +58,7 @@ class StreamlitProcess(HttpProcess):
             "STREAMLIT_SERVER_ADDRESS": "127.0.0.1",
             "STREAMLIT_SERVER_HEADLESS": "true",
             "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+            **env,
         }
 
     def command(self) -> list[str]:

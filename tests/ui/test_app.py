@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -20,6 +21,7 @@ from tests.support import ROOT
 from tests.ui.support import UI_SCRIPT
 from tests.ui.test_logic import BLOCK_SKLEARN
 from ui.live import LiveSession, StreamSettings, stream_tick
+from ui.stream_feed import StreamFeed
 
 pytestmark = pytest.mark.slow
 
@@ -301,68 +303,87 @@ def test_shrinking_the_window_applies_without_a_new_batch(monkeypatch, backend):
 # --- the Stream view -------------------------------------------------------------------------------------------
 
 
-FEED_KEY = "gridwatch_stream_feed"
-"""ui/main.py's session key of the Stream view's feed (importing the page script would run it)."""
+@pytest.fixture
+def feeds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StreamFeed]]:
+    """Every subscription the page starts, in order: it keeps them in a session-scoped Streamlit cache, out of the
+    test's reach. Each is stopped at the end, whatever the test did."""
+    started: list[StreamFeed] = []
+    start = StreamFeed.start
+
+    def recorded(feed: StreamFeed) -> StreamFeed:
+        started.append(feed)
+        return start(feed)
+
+    monkeypatch.setattr(StreamFeed, "start", recorded)
+    yield started
+    for feed in started:
+        feed.stop()
 
 
-def stream_feed(page: AppTest):
-    return page.session_state[FEED_KEY] if FEED_KEY in page.session_state else None  # noqa: SIM401 - no .get()
-
-
-def test_without_nats_url_the_stream_view_waits_to_be_switched_on(monkeypatch, backend):
+def test_without_nats_url_the_stream_view_waits_to_be_switched_on(monkeypatch, backend, feeds):
     monkeypatch.delenv("NATS_URL", raising=False)
     page = open_page(monkeypatch, backend.url)
-    assert page.text_input(key="nats_url").value == "nats://localhost:4222"
+    assert page.text_input(key="nats_url").value == "nats://127.0.0.1:4222"
     assert page.toggle(key="stream_subscribed").value is False
-    assert stream_feed(page) is None, "no connection attempt unless asked"
+    assert feeds == [], "no connection attempt unless asked"
     assert "Not subscribed" not in texts(page.warning)
 
 
-def test_the_stream_view_shows_each_feeders_results_and_the_latest_anomalies(monkeypatch, backend, tmp_path):
+def test_the_stream_view_shows_each_feeders_results_and_the_latest_anomalies(monkeypatch, backend, tmp_path, feeds):
     from tests.stream.support import NatsServer, run
     from tests.ui.test_stream_feed import poll, publish, result
 
     with NatsServer(tmp_path / "store") as server:
         monkeypatch.setenv("NATS_URL", server.nats_url)
         page = open_page(monkeypatch, backend.url)
-        feed = stream_feed(page)
-        try:
-            assert page.toggle(key="stream_subscribed").value is True, "NATS_URL set: subscribed at once"
-            assert "No results yet" in texts(page.info)
-            poll(feed, lambda s: s.connected, "the page's feed is subscribed")
-            messages = [(f"grid.scored.f{i % 2}.s1", result(i, anomaly=i == 3, score=0.7 if i == 3 else 0.1))
-                        for i in range(8)]  # fmt: skip
-            messages.append(("grid.anomalies.f1.s1", result(3, anomaly=True, score=0.7)))
-            run(publish(server.nats_url, messages))
-            poll(feed, lambda s: s.received == 8 and s.anomalies, "the results reached the feed")
-            page.run()
-            assert_no_traceback(page)
-            assert metric(page, "Results received") == "8"
-            assert metric(page, "Feeders") == "2"
-            assert metric(page, "Flagged (shown)") == "1"
-            assert page.multiselect(key="stream_feeders").value == ["f0", "f1"]
-            (chart,) = [c for c in charts(page) if "feeder" in c.proto.spec]
-            assert chart_rows(chart) == 8
-            (table,) = page.dataframe
-            assert table.value[["feeder", "sensor", "score"]].values.tolist() == [["f1", "s1", 0.7]]
+        (feed,) = feeds
+        assert page.toggle(key="stream_subscribed").value is True, "NATS_URL set: subscribed at once"
+        assert "No results yet" in texts(page.info)
+        poll(feed, lambda s: s.connected, "the page's feed is subscribed")
+        messages = [(f"grid.scored.f{i % 2}.s1", result(i, anomaly=i == 3, score=0.7 if i == 3 else 0.1))
+                    for i in range(8)]  # fmt: skip
+        messages.append(("grid.anomalies.f1.s1", result(3, anomaly=True, score=0.7)))
+        run(publish(server.nats_url, messages))
+        poll(feed, lambda s: s.received == 8 and s.anomalies, "the results reached the feed")
+        page.run()
+        assert_no_traceback(page)
+        assert metric(page, "Results received") == "8"
+        assert metric(page, "Feeders") == "2"
+        assert metric(page, "Flagged (shown)") == "1"
+        assert page.multiselect(key="stream_feeders").value == ["f0", "f1"]
+        (chart,) = [c for c in charts(page) if "feeder" in c.proto.spec]
+        assert chart_rows(chart) == 8
+        (table,) = page.dataframe
+        assert table.value[["feeder", "sensor", "score"]].values.tolist() == [["f1", "s1", 0.7]]
 
-            page.toggle(key="stream_subscribed").set_value(False).run()
-            assert stream_feed(page) is None
-            assert not feed.running, "switched off: the subscription and its thread end"
-        finally:
-            feed.stop()
+        page.run()
+        assert feeds == [feed], "one subscription across reruns"
+
+        page.toggle(key="stream_subscribed").set_value(False).run()
+        poll(feed, lambda _: not feed.running, "switched off: the subscription and its thread end")
+        assert "Results received" not in [m.label for m in page.metric]
 
 
-def test_an_unreachable_broker_shows_a_warning_not_an_exception(monkeypatch, backend):
+def test_an_unreachable_broker_shows_a_warning_not_an_exception(monkeypatch, backend, feeds):
     from tests.ui.test_stream_feed import poll
 
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{free_port()}")
     page = open_page(monkeypatch, backend.url)
-    feed = stream_feed(page)
-    try:
-        poll(feed, lambda s: s.error is not None and "NATS" in s.error, "the feed reports the broker unreachable")
-        page.run()
-        assert_no_traceback(page)
-        assert "Not subscribed" in texts(page.warning)
-    finally:
-        feed.stop()
+    (feed,) = feeds
+    poll(feed, lambda s: s.error is not None and "NATS" in s.error, "the feed reports the broker unreachable")
+    page.run()
+    assert_no_traceback(page)
+    assert "Not subscribed" in texts(page.warning)
+
+
+def test_a_new_nats_url_releases_the_previous_subscription(monkeypatch, backend, feeds):
+    from tests.ui.test_stream_feed import poll
+
+    first, second = (f"nats://127.0.0.1:{free_port()}" for _ in range(2))
+    monkeypatch.setenv("NATS_URL", first)
+    page = open_page(monkeypatch, backend.url)
+    page.text_input(key="nats_url").set_value(second).run()
+    assert_no_traceback(page)
+    assert [feed.url for feed in feeds] == [first, second]
+    poll(feeds[0], lambda _: not feeds[0].running, "the first subscription's thread ends")
+    assert feeds[1].running

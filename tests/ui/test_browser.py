@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -170,3 +171,25 @@ def test_overview_screenshot_with_a_stream_and_a_concurrent_burst(page: Page):
     wait_until(lambda: drawn_charts(page) >= 7, "the live and load charts are drawn")
     assert_no_traceback(page)
     assert screenshot(page, "ui-overview.png", above="Backend and model").stat().st_size > 0
+
+
+def test_closing_the_tab_ends_its_stream_subscription(browser: Browser, backend: ServerProcess, tmp_path: Path):
+    """A session's NATS subscription goes with the session: a closed tab leaves no connection (and no thread)
+    behind in the UI process, however many visitors came and went."""
+    from tests.stream.support import NatsServer
+
+    def connections(server: NatsServer) -> int:
+        return int(httpx2.get(f"{server.url}/connz", timeout=10).json()["num_connections"])
+
+    with (
+        NatsServer(tmp_path / "store") as nats_server,
+        StreamlitProcess(backend.url, NATS_URL=nats_server.nats_url) as ui,
+    ):
+        context = browser.new_context(viewport=VIEWPORT)
+        tab = context.new_page()
+        tab.set_default_timeout(WAIT_S * 1000)
+        tab.goto(ui.url)
+        tab.get_by_text("Subscribed").first.wait_for()
+        wait_until(lambda: connections(nats_server) == 1, "the page's subscription is the server's one client")
+        context.close()
+        wait_until(lambda: connections(nats_server) == 0, "the closed tab's subscription has ended")

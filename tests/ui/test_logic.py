@@ -16,7 +16,15 @@ from app.tools.processes import free_port
 from tests.support import ROOT, Answer, StubBackend
 from tests.ui.support import scoring_route
 from ui.client import BackendClient, BackendError, ErrorKind
-from ui.config import BATCH_SIZE, DEFAULT_BACKEND_URL, LOAD_REQUESTS, LOAD_SECONDS, LOAD_THREADS, backend_url_from_env
+from ui.config import (
+    BATCH_SIZE,
+    DEFAULT_BACKEND_URL,
+    LOAD_REQUESTS,
+    LOAD_SECONDS,
+    LOAD_THREADS,
+    backend_url_from_env,
+    nats_url_from_env,
+)
 from ui.detection import DetectionStats, Outcome, outcomes
 from ui.live import BackendState, LiveSession, StreamSettings, refresh_backend, stream_tick
 from ui.load import (
@@ -58,6 +66,12 @@ def test_backend_url_comes_from_the_environment_without_trailing_slash():
     assert backend_url_from_env({}) == DEFAULT_BACKEND_URL == "http://localhost:8000"
     assert backend_url_from_env({"BACKEND_URL": "  "}) == DEFAULT_BACKEND_URL
     assert backend_url_from_env({"BACKEND_URL": "http://gridwatch-api:8000/"}) == "http://gridwatch-api:8000"
+
+
+def test_nats_url_set_means_subscribe_at_once_and_unset_offers_the_consumers_default():
+    assert nats_url_from_env({"NATS_URL": " nats://gridwatch-nats:4222 "}) == ("nats://gridwatch-nats:4222", True)
+    assert nats_url_from_env({}) == ("nats://127.0.0.1:4222", False), "the README's default for NATS_URL"
+    assert nats_url_from_env({"NATS_URL": "  "}) == ("nats://127.0.0.1:4222", False)
 
 
 # --- client ----------------------------------------------------------------------------------------------------

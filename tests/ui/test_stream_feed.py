@@ -118,6 +118,25 @@ def test_an_unreachable_server_is_reported_and_stop_ends_the_thread():
     assert not feed.running
 
 
+def test_a_stop_right_after_start_is_not_lost():
+    """Streamlit may release a feed the moment it was made (a URL changed twice, a session gone): the stop must
+    end the thread even when it comes before the thread has set up its loop."""
+    from app.tools.processes import free_port
+
+    feeds = [StreamFeed(f"nats://127.0.0.1:{free_port()}").start() for _ in range(20)]
+    for feed in feeds:
+        feed.stop()
+    assert [feed.running for feed in feeds] == [False] * 20
+
+
+def test_stop_without_waiting_still_ends_the_thread():
+    from app.tools.processes import free_port
+
+    feed = StreamFeed(f"nats://127.0.0.1:{free_port()}").start()
+    feed.stop(timeout=0)
+    poll(feed, lambda _: not feed.running, "the thread ends after a stop that did not wait")
+
+
 def test_parse_result_refuses_what_is_not_a_result():
     assert parse_result("grid.scored.f1.s2", result(3), 1.0).feeder == "f1"
     refused = [

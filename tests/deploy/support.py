@@ -184,3 +184,17 @@ def schema_refusal(chart: Path, option: str, setting: str) -> str:
     assert result.returncode != 0, f"{setting} was accepted"
     assert "schema" in result.stderr
     return result.stderr
+
+
+def merged(base: Any, overlay: Any) -> Any:
+    """Helm's merge of a values file over another: maps key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        return {key: merged(base.get(key), overlay[key]) if key in overlay else base[key] for key in base | overlay}
+    return overlay
+
+
+def refusal(chart: Path, values: dict[str, Any]) -> str:
+    """helm's complaint about a value set that rendering (a template's ``fail``) must refuse."""
+    result = helm(*template_args(chart, values_file(chart.parent, values, "refused")), check=False)
+    assert result.returncode != 0, "rendering should have been refused"
+    return result.stderr

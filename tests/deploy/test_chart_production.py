@@ -6,11 +6,10 @@ checked as the values the subcharts receive: values.yaml with values-production.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import yaml
 
-from tests.deploy.support import CHART_DIR, NAMESPACE, RELEASE, Rendered
+from tests.deploy.support import CHART_DIR, NAMESPACE, RELEASE, Rendered, merged
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 PRODUCTION_FILE = CHART_DIR / "values-production.yaml"
@@ -18,13 +17,6 @@ PRODUCTION = yaml.safe_load(PRODUCTION_FILE.read_text())
 CONTROL_PLANE = ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")
 SLO_WINDOW_DAYS = 30
 """The window the SLOs are judged over (docs/runbook.md)."""
-
-
-def merged(base: Any, overlay: Any) -> Any:
-    """Helm's merge of a values file over another: maps key by key, anything else replaced."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        return {key: merged(base.get(key), overlay[key]) if key in overlay else base[key] for key in base | overlay}
-    return overlay
 
 
 EFFECTIVE = merged(VALUES, PRODUCTION)

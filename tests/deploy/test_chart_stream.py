@@ -26,8 +26,10 @@ from tests.deploy.support import (
     VALUE_SETS,
     Rendered,
     helm,
+    merged,
     pod_labels,
     pod_spec,
+    refusal,
     render,
     template_args,
     values_file,
@@ -50,24 +52,6 @@ def first_install(rendered: dict[str, Rendered]) -> Rendered:
 @pytest.fixture(scope="module")
 def with_keda(chart: Path) -> Rendered:
     return render(chart, STREAM_VALUES, extra=KEDA_KNOWN)
-
-
-def merged(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Value layers merged key by key, as helm merges several --values files."""
-    result: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(result.get(key), dict):
-                result[key] = merged(result[key], value)
-            else:
-                result[key] = value
-    return result
-
-
-def refusal(chart: Path, values: dict[str, Any]) -> str:
-    result = helm(*template_args(chart, values_file(chart.parent, values, "refused")), check=False)
-    assert result.returncode != 0, "rendering should have failed"
-    return result.stderr
 
 
 # --- nothing of the stream unless asked ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.deploy.support import (
     VALUE_SETS,
     Rendered,
     helm,
+    merged,
     pod_labels,
     pod_spec,
     pod_template,
@@ -38,7 +40,8 @@ from tests.deploy.support import (
     template_args,
     values_file,
 )
-from tests.support import ROOT
+from tests.monitoring.support import CHART_RECORDED, alerting_rules
+from tests.support import ROOT, require_tool
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 CHART = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
@@ -469,3 +472,92 @@ def test_notes_say_where_the_decision_is(chart: Path, tmp_path: Path):
     assert f"--from=cronjob/{CRON_JOB}" in notes
     plain = helm("install", RELEASE, str(chart), "--namespace", NAMESPACE, "--dry-run=client").stdout
     assert "Training" not in plain.split("NOTES:", 1)[1]
+
+
+# --- the CronJob's alert: GridWatchTrainingOverdue ----------------------------------------------------------------
+
+TRAINING_RULE = f"{RELEASE}-training"
+
+
+def test_the_cronjob_brings_its_alert_setting_for_its_own_name_and_namespace(training: Rendered):
+    """The shared alert joins kube-state-metrics' CronJob series with a setting each release records for its own
+    CronJob: the labels must be the namespace and name kube-state-metrics reports for the rendered CronJob."""
+    rule = training.get("PrometheusRule", TRAINING_RULE)
+    assert rule["metadata"]["labels"]["release"] == RELEASE, "selected by the stack's Prometheus like the others"
+    [group] = rule["spec"]["groups"]
+    [record] = group["rules"]
+    assert record["record"] in CHART_RECORDED
+    assert record["expr"] == f"vector({VALUES['training']['cronJob']['alertAfterSeconds']})"
+    cron = training.get("CronJob", CRON_JOB)["metadata"]["name"]
+    assert record["labels"] == {"namespace": NAMESPACE, "cronjob": cron}
+    assert VALUES["training"]["cronJob"]["alertAfterSeconds"] == 36 * 3600, "a missed daily run, plus half a day"
+
+
+def test_no_cronjob_or_no_threshold_records_no_setting(chart: Path):
+    assert TRAINING_RULE not in render(chart, with_training(cronJob={"enabled": False})).names("PrometheusRule")
+    off = render(chart, with_training(cronJob={"enabled": True, "alertAfterSeconds": 0}))
+    assert TRAINING_RULE not in off.names("PrometheusRule")
+    unmonitored = render(chart, merged(TRAINING, {"monitoring": {"serviceMonitor": {"enabled": False}}}))
+    assert TRAINING_RULE not in unmonitored.names("PrometheusRule")
+
+
+def test_a_second_release_without_the_shared_rules_still_records_its_setting(chart: Path):
+    second = render(chart, merged(TRAINING, {"monitoring": {"prometheusRule": {"enabled": False}}}))
+    assert second.names("PrometheusRule") == {TRAINING_RULE}
+
+
+def test_the_rendered_setting_makes_the_shared_alert_fire_for_the_rendered_cronjob(
+    chart: Path, training: Rendered, tmp_path: Path
+):
+    """promtool evaluates the shared rule files together with the group this chart renders: a CronJob named as
+    rendered, created 37 hours ago and never successful, is overdue; the same CronJob in another namespace (no
+    setting there) is not GridWatch's to judge."""
+    promtool = require_tool("promtool")
+    cron = training.get("CronJob", CRON_JOB)["metadata"]["name"]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"groups": training.get("PrometheusRule", TRAINING_RULE)["spec"]["groups"]}))
+    hours = 38 * 60
+    [alert] = [rule for rule in alerting_rules() if rule["alert"] == "GridWatchTrainingOverdue"]
+    filled = {"$labels.namespace": NAMESPACE, "$labels.cronjob": cron, "$value | humanizeDuration": "1d 13h 0m 0s"}
+    annotations = {}
+    for key, template in alert["annotations"].items():
+        text = template
+        for placeholder, value in filled.items():
+            text = text.replace("{{ " + placeholder + " }}", value)
+        annotations[key] = text.strip()
+
+    def series(name: str, namespace: str, value: str) -> dict[str, str]:
+        labels = f'job="kube-state-metrics", namespace="{namespace}", cronjob="{cron}"'
+        return {"series": f"{name}{{{labels}}}", "values": f"{value}x{hours}"}
+
+    test = {
+        "rule_files": [str(settings), str(ROOT / "prometheus-rules" / "gridwatch-alerts.yaml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("kube_cronjob_created", NAMESPACE, "0"),
+                    series("kube_cronjob_spec_suspend", NAMESPACE, "0"),
+                    series("kube_cronjob_created", "elsewhere", "0"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "35h", "alertname": "GridWatchTrainingOverdue", "exp_alerts": []},
+                    {
+                        "eval_time": "37h",
+                        "alertname": "GridWatchTrainingOverdue",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "namespace": NAMESPACE, "cronjob": cron},
+                                "exp_annotations": annotations,
+                            },
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "overdue_test.yaml"
+    test_file.write_text(yaml.safe_dump(test))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -80,7 +80,22 @@ RELEASE ?= gridwatch
 CHART := helm/gridwatch
 # The chart's object names: "<release>-gridwatch-backend", or "gridwatch-backend" when the release name holds "gridwatch".
 FULLNAME := $(if $(findstring gridwatch,$(RELEASE)),$(RELEASE),$(RELEASE)-gridwatch)
-IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' $(CHART)/Chart.yaml)
+# The project's images are tagged by the commit they are built from (plus a hash of the uncommitted changes, if any):
+# a scale-out then never mixes code, and `helm rollback` brings the code back with the release. On kind the pods use
+# IfNotPresent: a new build is a new tag, so there is never a stale image to pull again.
+GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+GIT_CHANGES := $(shell git status --porcelain --untracked-files=no 2>/dev/null | head -1)
+IMAGE_TAG ?= $(GIT_COMMIT)$(if $(GIT_CHANGES),-dirty-$(shell git diff HEAD | sha256sum | cut -c1-8))
+KIND_IMAGE_VALUES := --set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) \
+	--set backend.image.pullPolicy=IfNotPresent --set ui.image.pullPolicy=IfNotPresent
+# More values for the render `make kind-images` reads, e.g. CHART_VALUES="-f helm/gridwatch/values-stream.yaml".
+CHART_VALUES ?=
+# The kind release whose node image ctlptl.yaml pins (kindest/node:v1.36.1): older kind is refused (before v0.28 its
+# NetworkPolicy engine was reported to block kubelet probes), newer runs it best-effort, as kind promises.
+KIND_MIN_VERSION := 0.32.0
+KIND_NAME := $(patsubst kind-%,%,$(CLUSTER))
+# Where `make kind-images-save` writes the upstream images and `make kind-images IMAGES_ARCHIVE=...` reads them.
+IMAGES_ARCHIVE ?=
 HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
 KUBECTL := kubectl --context $(CLUSTER) -n $(NAMESPACE)
 HELM_KIND := $(HELM) --kube-context $(CLUSTER) -n $(NAMESPACE)
@@ -96,13 +111,13 @@ LOAD_RPS ?= 300
 # messages per consumer KEDA aims at, low enough that what a port-forward carries builds a backlog worth scaling for.
 PUBLISH_RATE ?= 3000
 STREAM_LAG_THRESHOLD ?= 500
-STREAM_VALUES := -f $(CHART)/values-stream.yaml --set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) \
+STREAM_VALUES := -f $(CHART)/values-stream.yaml $(KIND_IMAGE_VALUES) \
 	--set stream.autoscaling.lagThreshold=$(STREAM_LAG_THRESHOLD)
 # The bundled NATS chart's name for its objects: "<release>-nats", or the release alone when it holds "nats".
 NATS_FULLNAME := $(if $(findstring nats,$(RELEASE)),$(RELEASE),$(RELEASE)-nats)
 
 .PHONY: compose-up compose-down kind kind-up kind-build kind-push helm-deps kind-deploy kind-test kind-forward \
-	kind-load kind-redeploy kind-down kind-stream kind-publish
+	kind-load kind-redeploy kind-down kind-stream kind-publish kind-check kind-images kind-images-save
 
 compose-up: ## API, UI, Prometheus and Grafana with Docker Compose (no Kubernetes)
 	docker compose -f docker/compose.yaml up --build
@@ -112,8 +127,30 @@ compose-down: ## stop the compose stack and drop its volumes
 
 kind: kind-up kind-build kind-push helm-deps kind-deploy ## the whole path: cluster, images, chart, release
 
-kind-up: ## create the kind cluster and its registry (ctlptl.yaml)
+kind-check: ## refuse a kind older than the release of the node image ctlptl.yaml pins
+	@version=$$(kind version -q 2>/dev/null) || { echo "kind is not installed: https://kind.sigs.k8s.io/docs/user/quick-start/"; exit 1; }; \
+	python3 -c 'import re, sys; have = tuple(map(int, re.findall(r"\d+", sys.argv[1])[:3])); need = tuple(map(int, sys.argv[2].split("."))); sys.exit(0 if have >= need else f"kind {sys.argv[1]} is older than v{sys.argv[2]}, the release of the node image ctlptl.yaml pins: upgrade kind (https://kind.sigs.k8s.io/docs/user/quick-start/)")' "$$version" $(KIND_MIN_VERSION)
+
+kind-up: kind-check ## create the kind cluster and its registry (ctlptl.yaml)
 	ctlptl apply -f ctlptl.yaml
+
+kind-images: sync helm-deps ## pull every upstream image the rendered chart runs (read from the render) and load it into kind
+	$(HELM) template $(RELEASE) $(CHART) -n $(NAMESPACE) $(KIND_IMAGE_VALUES) $(CHART_VALUES) \
+		| $(RUN) python .ci/chart_inventory.py images --exclude $(REGISTRY)/ > .kind-images.txt
+	@cat .kind-images.txt
+ifeq ($(IMAGES_ARCHIVE),)
+	xargs -n 1 docker pull < .kind-images.txt
+	kind load docker-image --name $(KIND_NAME) $$(cat .kind-images.txt)
+else
+	kind load image-archive --name $(KIND_NAME) $(IMAGES_ARCHIVE)
+endif
+
+kind-images-save: sync helm-deps ## pull the same images once and save them to IMAGES_ARCHIVE, for a room of laptops
+	@test -n "$(IMAGES_ARCHIVE)" || { echo "name the archive: make kind-images-save IMAGES_ARCHIVE=gridwatch-images.tar"; exit 1; }
+	$(HELM) template $(RELEASE) $(CHART) -n $(NAMESPACE) $(KIND_IMAGE_VALUES) $(CHART_VALUES) \
+		| $(RUN) python .ci/chart_inventory.py images --exclude $(REGISTRY)/ > .kind-images.txt
+	xargs -n 1 docker pull < .kind-images.txt
+	docker save -o $(IMAGES_ARCHIVE) $$(cat .kind-images.txt)
 
 kind-build: ## build both images, tagged for the cluster's registry
 	docker build -f docker/Dockerfile.backend $(BUILD_ARGS) --build-arg EXTRAS="$(BACKEND_EXTRAS)" \
@@ -128,8 +165,7 @@ helm-deps: ## fetch the pinned dependencies (Chart.lock) into helm/gridwatch/cha
 	$(HELM) dependency build $(CHART)
 
 kind-deploy: ## install or upgrade the release and wait until it is ready
-	$(HELM_KIND) upgrade --install $(RELEASE) $(CHART) --create-namespace \
-		--set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) --wait --timeout 10m
+	$(HELM_KIND) upgrade --install $(RELEASE) $(CHART) --create-namespace $(KIND_IMAGE_VALUES) --wait --timeout 10m
 
 kind-test: ## run the chart's helm test pods (API smoke test, Prometheus target)
 	$(HELM_KIND) test $(RELEASE) --logs
@@ -145,7 +181,7 @@ kind-forward: ## port-forward UI :8501, API :8000, Grafana :3000, Prometheus :90
 
 kind-load: ## LOAD_SECONDS of open-loop /predict load from a pod in the cluster (spreads over replicas), then the HPA
 	$(KUBECTL) run $(FULLNAME)-load --rm -i --restart=Never --image=$(REGISTRY)/gridwatch-backend:$(IMAGE_TAG) \
-		--image-pull-policy=Always --labels=$(FULLNAME)-backend-client=true -- \
+		--image-pull-policy=IfNotPresent --labels=$(FULLNAME)-backend-client=true -- \
 		load --url http://$(FULLNAME)-backend:8000 --allow-remote --no-keepalive \
 		--rps $(LOAD_RPS) --duration $(LOAD_SECONDS) --workers 32
 	$(KUBECTL) get hpa $(FULLNAME)-backend
@@ -164,10 +200,7 @@ kind-publish: ## LOAD_SECONDS of simulated feeders over MQTT through a port-forw
 		--feeders 8 --sensors 10
 	$(KUBECTL) get scaledobject/$(FULLNAME)-stream hpa/keda-hpa-$(FULLNAME)-stream deployment/$(FULLNAME)-stream
 
-kind-redeploy: kind-build kind-push ## rebuild, push, and restart the pods on the new images
-	$(KUBECTL) rollout restart deployment/$(FULLNAME)-backend deployment/$(FULLNAME)-ui
-	$(KUBECTL) rollout status deployment/$(FULLNAME)-backend --timeout 5m
-	$(KUBECTL) rollout status deployment/$(FULLNAME)-ui --timeout 5m
+kind-redeploy: kind-build kind-push kind-deploy ## rebuild and push the images of the working tree, roll the release onto them
 
 kind-down: ## delete the kind cluster and its registry
 	ctlptl delete -f ctlptl.yaml

@@ -23,9 +23,9 @@ import yaml
 from tests.support import ROOT, require_tool
 
 CHART_DIR = ROOT / "helm" / "gridwatch"
-KUBERNETES_VERSION = "1.37.0"
-"""The Kubernetes version of kind's default node image (kind v0.33.0: kindest/node:v1.37.0), which ctlptl.yaml uses
-because it pins no version. Rendering (`--kube-version`) and schema validation both target it."""
+KUBERNETES_VERSION = "1.36.1"
+"""The Kubernetes version of the node image ctlptl.yaml pins (kind v0.32.0's kindest/node:v1.36.1). Rendering
+(`--kube-version`) and schema validation (kubernetes-validate's 1.36 schemas) both target it."""
 
 RELEASE = "gridwatch"
 NAMESPACE = "gridwatch"

@@ -4,6 +4,7 @@ renders and the registry the cluster really uses."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import CHART_DIR, RELEASE, chart_copy, render
+from tests.deploy.support import CHART_DIR, KUBERNETES_VERSION, RELEASE, chart_copy, render
 from tests.support import ROOT
 
 CTLPTL = list(yaml.safe_load_all((ROOT / "ctlptl.yaml").read_text()))
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 APP_VERSION = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+NODE_IMAGE = "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+"""kind v0.32.0's node image for Kubernetes 1.36.1 (its pkg/apis/config/defaults/image.go)."""
 DEPLOY_GUIDE = (ROOT / "docs" / "deploy.md").read_text()
+MAKEFILE = (ROOT / "Makefile").read_text()
 CLUSTER_FIELDS = {
     "apiVersion",
     "kind",
@@ -61,9 +65,60 @@ def test_ctlptl_declares_a_registry_and_a_kind_cluster_using_it():
     assert cluster["product"] == "kind"
     assert cluster["name"] == "kind-gridwatch", "ctlptl names kind clusters kind-<name>"
     assert cluster["registry"] == registry["name"]
-    assert "kubernetesVersion" not in cluster, "the kind release's default node image"
     roles = [node["role"] for node in cluster["kindV1Alpha4Cluster"]["nodes"]]
     assert roles == ["control-plane", "worker"]
+
+
+def test_every_node_runs_the_pinned_image_of_the_kubernetes_version_the_tests_render_for():
+    """Not the installed kind's default: every laptop of a room runs the same Kubernetes, the one rendered and
+    validated here, and the digest pins it against a re-pushed tag."""
+    cluster = by_kind("Cluster")
+    assert "kubernetesVersion" not in cluster, "one pin, on the nodes"
+    images = {node.get("image") for node in cluster["kindV1Alpha4Cluster"]["nodes"]}
+    assert images == {NODE_IMAGE}
+    assert re.fullmatch(r"kindest/node:v(\d+\.\d+\.\d+)@sha256:[0-9a-f]{64}", NODE_IMAGE)
+    assert NODE_IMAGE.removeprefix("kindest/node:v").partition("@")[0] == KUBERNETES_VERSION
+    assert re.search(r"^KIND_MIN_VERSION := 0\.32\.0$", MAKEFILE, re.MULTILINE), "the release of that image"
+
+
+def fake_kind(tmp_path: Path, version: str) -> dict[str, str]:
+    """A PATH whose `kind version -q` prints this version (kind prints its version without the v)."""
+    script = tmp_path / "kind"
+    script.write_text(f'#!/bin/sh\n[ "$1 $2" = "version -q" ] && echo {version} && exit 0\nexit 2\n')
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    ("version", "accepted"),
+    [("0.32.0", True), ("0.33.0-alpha+fed26882", True), ("1.0.0", True), ("0.31.0", False), ("0.27.0", False)],
+)
+def test_kind_check_refuses_a_kind_older_than_the_node_images_release(tmp_path: Path, version: str, accepted: bool):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "kind-check"],
+        cwd=ROOT,
+        env=fake_kind(tmp_path, version),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode == 0) is accepted, result.stdout + result.stderr
+    if not accepted:
+        assert f"kind {version} is older than v0.32.0" in result.stderr
+
+
+def test_kind_check_says_how_to_get_kind_when_it_is_missing(tmp_path: Path):
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "kind-check"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "kind is not installed" in result.stdout
+
+
+def test_the_cluster_is_created_only_after_the_kind_check():
+    commands = make_n("kind-up")
+    assert commands.index("kind version -q") < commands.index("ctlptl apply -f ctlptl.yaml")
 
 
 def test_chart_pulls_from_the_clusters_registry():
@@ -73,9 +128,33 @@ def test_chart_pulls_from_the_clusters_registry():
         assert repository == f"localhost:{port}/gridwatch-{component}"
 
 
+def image_tag() -> str:
+    """The tag the Makefile gives the project's images: the commit, plus a hash of uncommitted changes if any."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return commit.stdout.strip()
+
+
+def test_images_are_tagged_by_commit_and_kind_pods_use_if_not_present():
+    """A fixed tag with pull policy Always let a scale-out mix code and `helm rollback` keep the new code."""
+    commands = make_n("kind-build", "kind-deploy")
+    tags = set(re.findall(r"gridwatch-(?:backend|ui):(\S+)", commands))
+    (tag,) = tags
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty-[0-9a-f]{8})?", tag)
+    assert tag.startswith(image_tag())
+    assert tag != APP_VERSION
+    (deploy,) = [line for line in commands.splitlines() if "upgrade --install" in line]
+    for component in ("backend", "ui"):
+        assert f"--set {component}.image.tag={tag}" in deploy
+        assert f"--set {component}.image.pullPolicy=IfNotPresent" in deploy
+    assert f"--build-arg VERSION={tag}" in commands, "the image's own version label says the same"
+    assert make_n("kind-build", IMAGE_TAG="pinned").count(":pinned") == 2, "IMAGE_TAG still overrides"
+
+
 def test_make_kind_runs_the_whole_path_in_order():
     port = by_kind("Registry")["port"]
-    commands = make_n("kind")
+    commands = make_n("kind", IMAGE_TAG=APP_VERSION)
     steps = [
         "ctlptl apply -f ctlptl.yaml",
         "docker build -f docker/Dockerfile.backend",
@@ -95,11 +174,13 @@ def test_make_kind_runs_the_whole_path_in_order():
         assert (ROOT / dockerfile).is_file()
 
 
-def test_redeploy_rebuilds_pushes_and_restarts_the_rendered_deployments(service_names: set[str]):
-    commands = make_n("kind-redeploy")
-    assert commands.index("docker build") < commands.index("docker push") < commands.index("rollout restart")
-    restarted = set(re.findall(r"deployment/(\S+)", commands))
-    assert restarted == {f"{RELEASE}-backend", f"{RELEASE}-ui"} <= service_names
+def test_redeploy_rebuilds_pushes_and_rolls_the_release_onto_the_new_tag():
+    """No `rollout restart` of a reused tag: a changed working tree is a new tag, which the upgrade rolls out (and
+    `helm rollback` can undo)."""
+    commands = make_n("kind-redeploy", IMAGE_TAG="abc123")
+    assert commands.index("docker build") < commands.index("docker push") < commands.index("upgrade --install")
+    assert "--set backend.image.tag=abc123" in commands
+    assert "rollout restart" not in commands
 
 
 @pytest.mark.parametrize("release", [RELEASE, "demo"])
@@ -118,8 +199,8 @@ def test_port_forwards_and_load_use_the_services_the_chart_renders(tmp_path: Pat
     assert f"--labels={backend}-client=true" in load
     assert f"load --url http://{backend}:8000 --allow-remote --no-keepalive" in load
     assert "--duration" in load
-    # `kind-redeploy` pushes the same tag again: without Always a node that ran the load once keeps the old image.
-    assert "--image-pull-policy=Always" in load
+    # Every build is its own tag (the commit): a node that ran the load once never holds a stale image of it.
+    assert "--image-pull-policy=IfNotPresent" in load
 
 
 @pytest.mark.parametrize("release", [RELEASE, "demo"])

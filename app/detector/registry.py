@@ -313,10 +313,27 @@ class ModelStore:
     def rollback(self) -> str:
         """Make the previously active version active again (the newest one still stored: ``prune`` may have
         removed older ones); returns it."""
+        version = self._rollback(None, None)
+        if version is None:  # unreachable: without conditions it rolls back or raises
+            raise RegistryError("no earlier active version to roll back to")
+        return version
+
+    def rollback_promotion(self, promoted: str, replaced: str) -> bool:
+        """Roll back from ``promoted`` to ``replaced`` only if that is still exactly the last step: ``promoted``
+        active and ``replaced`` the version it replaced. False (nothing done) otherwise: another worker rolled it
+        back already, or someone promoted or rolled back since. So any number of workers judging one promotion
+        at once undo it once, and never go further back than the version they compared it with."""
+        return self._rollback(promoted, replaced) is not None
+
+    def _rollback(self, expected: str | None, target: str | None) -> str | None:
         with self.lock():
             pointer = self.pointer()
+            if expected is not None and (pointer is None or pointer["version"] != expected):
+                return None
             previous = list(pointer.get("previous", [])) if pointer else []
             previous = [version for version in previous if (self.root / VERSIONS / version).is_dir()]
+            if target is not None and previous[:1] != [target]:
+                return None
             if not previous:
                 raise RegistryError("no earlier active version to roll back to")
             version, rest = previous[0], previous[1:]

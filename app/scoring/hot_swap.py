@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from app.detector.errors import GridWatchError
 from app.detector.loading import load_for_serving
+from app.detector.model import Detector
 from app.detector.registry import Fingerprint, ModelStore
 from app.detector.scorer import Scorer
 from app.scoring import metrics
@@ -108,6 +109,8 @@ class ModelWatcher:
             except Exception:  # never let the watcher die: the next interval tries again
                 logger.exception("checking the active model version failed")
             self._record_usage()
+            if self._shadow is not None and self._shadow.guard is not None:
+                self._shadow.guard.expire()
 
     def _record_usage(self) -> None:
         """The store's versions, bytes and room, at most every STORE_USAGE_INTERVAL_S (a few ``stat`` calls)."""
@@ -161,11 +164,26 @@ class ModelWatcher:
             detector = load_for_serving(self._store, active, self._scorer)
         except GridWatchError as error:
             return self._refuse(serving, Refusal(active, files, str(error)))
+        replaced = self._holder.get().detector
         self._holder.swap(detector)
         self._accept()
         MODEL_SWAPS.labels("swapped").inc()
         logger.info("swapped model %s for %s, the active version of MODEL_DIR", serving, active)
+        self._guard_promotion(active, replaced)
         return SwapOutcome(serving=active, previous=serving)
+
+    def _guard_promotion(self, active: str, replaced: Detector) -> None:
+        """Have the guard (MODEL_AUTO_ROLLBACK) judge this swap if it is a promotion over what this worker served:
+        the pointer's previous version is the replaced one. A rollback's swap is never judged."""
+        guard = self._shadow.guard if self._shadow is not None else None
+        if guard is None:
+            return
+        try:
+            pointer = self._store.pointer() or {}
+        except GridWatchError:
+            return
+        if pointer.get("version") == active and list(pointer.get("previous", []))[:1] == [replaced.version]:
+            guard.watch(active, replaced)
 
     def _accept(self) -> None:
         if self._refused is not None:

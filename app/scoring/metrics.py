@@ -101,6 +101,15 @@ MODEL_SWAPS = Counter(
 )
 for _result in ("swapped", "failed"):
     MODEL_SWAPS.labels(_result)  # exported at 0 from the start, so the first swap is an increase
+PROMOTION_CHECKS = Counter(
+    "model_promotion_checks",
+    "Promotions this worker judged with MODEL_AUTO_ROLLBACK on, by outcome: held (the promoted version flagged "
+    "within the band of the one it replaced, on the same readings), rolled_back (it did not, and this worker rolled "
+    "it back), superseded (it did not, but the pointer had moved on), undecided (too few readings within the hour).",
+    ["outcome"],
+)
+for _outcome in ("held", "rolled_back", "superseded", "undecided"):
+    PROMOTION_CHECKS.labels(_outcome)
 MODEL_REFUSING_ACTIVE = Gauge(
     "model_refusing_active",
     "1 while this worker keeps serving an older version because MODEL_DIR's active version (or active.json) does "

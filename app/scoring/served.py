@@ -16,6 +16,7 @@ from app.detector.model import Detector
 from app.scoring.holder import ModelHolder, model_loader
 from app.scoring.hot_swap import ModelWatcher
 from app.scoring.metrics import MODEL_MAX_AGE
+from app.scoring.promotion_guard import PromotionGuard
 from app.scoring.settings import ScoringSettings
 from app.scoring.shadow import ShadowScorer
 
@@ -47,7 +48,16 @@ class ServedModel:
             on_ready=on_ready,
             model_dir=settings.model_dir,
         )
-        shadow = ShadowScorer(max_share=settings.shadow_max_share)
+        guard = (
+            PromotionGuard(
+                readings=settings.model_rollback_readings,
+                ratio=settings.model_rollback_ratio,
+                rollback=store.rollback_promotion,
+            )
+            if settings.model_auto_rollback
+            else None
+        )
+        shadow = ShadowScorer(max_share=settings.shadow_max_share, guard=guard)
         watcher = ModelWatcher(
             holder,
             store,

@@ -102,6 +102,26 @@ class ScoringSettings(ModelSettings):
         description="The largest share of the wall-clock time a worker's shadow model may spend scoring; past it, "
         "batches are skipped (shadow_skipped_total), so a slow challenger never takes the requests' CPU.",
     )
+    model_auto_rollback: bool = Field(
+        False,
+        description="Judge each promotion against the version it replaced on the same readings (scored on the "
+        "shadow's thread) and roll it back when its anomaly rate leaves the band (MODEL_ROLLBACK_RATIO); off: "
+        "promotions are rolled back by hand (`gridwatch models rollback`).",
+    )
+    model_rollback_readings: int = Field(
+        20_000,
+        ge=100,
+        le=10_000_000,
+        description="Readings both versions score after a promotion before MODEL_AUTO_ROLLBACK decides.",
+    )
+    model_rollback_ratio: float = Field(
+        3.0,
+        gt=1,
+        le=1000,
+        allow_inf_nan=False,
+        description="The band of MODEL_AUTO_ROLLBACK: the promoted version is rolled back when it flags more than this "
+        "times the replaced one's share of the same readings (and over 1 %), or less than that share divided by it.",
+    )
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )

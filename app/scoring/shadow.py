@@ -15,7 +15,8 @@ version; the Detector dashboard plots them and ``GridWatchShadowDisagrees`` fire
 models of one feeder should.
 
 The shadow is named by ``SHADOW_MODEL_VERSION``, or else by ``gridwatch models shadow VERSION`` (kept in
-``active.json``, followed by every worker like the active version).
+``active.json``, followed by every worker like the active version). The same thread, queue and share also score the
+batches a ``PromotionGuard`` compares after a promotion (``MODEL_AUTO_ROLLBACK``), challenger or not.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from app.scoring.metrics import (
     SHADOW_SCORING_SECONDS,
     SHADOW_SKIPPED,
 )
+from app.scoring.promotion_guard import PromotionGuard
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +83,13 @@ class ShareBudget:
 class ShadowScorer:
     """Holds the challenger (or none) and scores submitted batches with it on one thread, never raising."""
 
-    def __init__(self, *, queue_size: int = SHADOW_QUEUE, max_share: float = 1.0) -> None:
+    def __init__(
+        self, *, queue_size: int = SHADOW_QUEUE, max_share: float = 1.0, guard: PromotionGuard | None = None
+    ) -> None:
         self._budget = ShareBudget(max_share)
         self._detector: Detector | None = None
-        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue(maxsize=queue_size)
+        self.guard = guard
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray, str | None]] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -108,14 +113,16 @@ class ShadowScorer:
             self._start()
         logger.info("shadow model: %s", detector.version if detector is not None else "none")
 
-    def submit(self, X: np.ndarray, active_flags: np.ndarray) -> None:
-        """Hand a scored batch to the shadow; returns at once (called on the request's path)."""
-        if self._detector is None:
+    def submit(self, X: np.ndarray, active_flags: np.ndarray, version: str | None = None) -> None:
+        """Hand a batch the active ``version`` scored to the shadow; returns at once (on the request's path)."""
+        if self._detector is None and (self.guard is None or self.guard.watching is None):
             return
+        if self._thread is None:
+            self._start()  # the guard's first batch, with no challenger ever named
         try:
-            self._queue.put_nowait((X, active_flags))
+            self._queue.put_nowait((X, active_flags, version))
         except queue.Full:
-            SHADOW_SKIPPED.inc()
+            self._skipped()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every submitted batch is scored (for tests); True if it happened in time."""
@@ -136,16 +143,30 @@ class ShadowScorer:
 
     def _run(self) -> None:
         while True:
-            X, active_flags = self._queue.get()
+            X, active_flags, version = self._queue.get()
             try:
                 if self._budget.allow():
                     started = time.thread_time()
                     self.score(X, active_flags)
+                    self._observe(X, active_flags, version)
                     self._budget.charge(time.thread_time() - started)
                 else:
-                    SHADOW_SKIPPED.inc()  # over SHADOW_MAX_SHARE: shed, like a batch finding the queue full
+                    self._skipped()  # over SHADOW_MAX_SHARE: shed, like a batch finding the queue full
             finally:
                 self._queue.task_done()
+
+    def _skipped(self) -> None:
+        if self._detector is not None:  # a batch only the guard wanted is not the challenger's loss
+            SHADOW_SKIPPED.inc()
+
+    def _observe(self, X: np.ndarray, active_flags: np.ndarray, version: str | None) -> None:
+        if self.guard is None:
+            return
+        try:
+            self.guard.observe(X, active_flags, version)
+        except Exception:  # like the shadow: nothing here may reach a request, nor stop this thread
+            SHADOW_ERRORS.inc()
+            logger.exception("judging a promotion failed")
 
     def score(self, X: np.ndarray, active_flags: np.ndarray) -> None:
         """Score ``X`` with the shadow and count how it agrees with ``active_flags``; never raises."""

@@ -129,7 +129,8 @@ def add_routes(
                 scored = scorer.score(model, X)
             else:
                 scored = await run_in_threadpool(scorer.score, model, X)
-        shadow.submit(X, scored.flags)  # the challenger scores it on its own thread: never in the answer's way
+        # The challenger (and a promotion's guard) score it on their own thread: never in the answer's way.
+        shadow.submit(X, scored.flags, model.detector.version)
         return JSONResponse(
             {
                 "predictions": scored.predictions(),

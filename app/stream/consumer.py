@@ -225,8 +225,8 @@ class StreamConsumer:
             model = self.holder.get()  # ModelNotReadyError: handed back, scored once the model is there
             X = np.array([reading.values for _, reading in items], dtype=np.float64)
             scored = self.scorer.score(model, X)
-            self.shadow.submit(X, scored.flags)
             version = model.detector.version
+            self.shadow.submit(X, scored.flags, version)
             metrics.READINGS_CONSUMED.inc(len(items))
             for (delivery, reading), flag, score in zip(
                 items, scored.flags.tolist(), scored.scores.tolist(), strict=True

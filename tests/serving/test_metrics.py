@@ -136,12 +136,15 @@ def test_every_series_has_bounded_labels_after_hostile_traffic(client: TestClien
         for s in family.samples:
             assert set(s.labels) <= {"path", "method", "status", "status_class", "le", "feature", "model_version",
                                      "sklearn_version", "source", "implementation", "major", "minor",
-                                     "patchlevel", "version", "generation", "result", "shadow_version"}, s  # fmt: skip
+                                     "patchlevel", "version", "generation", "result", "shadow_version",
+                                     "outcome"}, s  # fmt: skip
             if "path" in s.labels:
                 assert s.labels["path"] in {"/predict", "/health", "/livez", "/model", "/model/reload", "/metrics",
                                             "unmatched", "/docs", "/openapi.json"}, s  # fmt: skip
             if "result" in s.labels:
                 assert s.labels["result"] in {"swapped", "failed"}, s
+            if "outcome" in s.labels:
+                assert s.labels["outcome"] in {"held", "rolled_back", "superseded", "undecided"}, s
 
 
 def exemplars_of(text: str, metric: str) -> list[tuple[dict[str, str], dict[str, str]]]:

@@ -363,3 +363,19 @@ def test_production_leaves_the_metrics_api_to_the_cluster_and_kind_keeps_its_own
     )
     comment = PRODUCTION_FILE.read_text().split("\nmetrics-server:", 1)[1]
     assert "v1beta1.metrics.k8s.io" in comment, "says why: the APIService exists and the install is refused"
+
+
+def test_the_stack_release_is_installed_at_the_version_the_chart_pins():
+    """The stack release comes from the upstream chart directly: every command names the version tested here."""
+    dependencies = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["dependencies"]
+    (pinned,) = [dep["version"] for dep in dependencies if dep["name"] == "kube-prometheus-stack"]
+    installs = [
+        line
+        for text in (header(STACK_FILE), header(PRODUCTION_KIND_FILE), DEPLOY_DOC.read_text())
+        for line in commands(text)
+        if line.startswith(f"helm upgrade --install {STACK_RELEASE} ")
+    ]
+    assert len(installs) >= 4, installs
+    for line in installs:
+        versions = re.findall(r"--version (\S+)|kube-prometheus-stack-([\d.]+)\.tgz", line)
+        assert [a or b for a, b in versions] == [pinned], line

@@ -28,6 +28,7 @@ from tests.deploy.support import (
     render,
     template_args,
 )
+from tests.deploy.test_chart_inventory import UPSTREAM_RESOURCES
 from tests.support import ROOT
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -109,7 +110,7 @@ def commands(text: str) -> list[str]:
             continue
         joined.append(re.sub(r"\s+#\s.*$", "", current).strip())
         current = ""
-    return [line for line in joined if re.match(r"(kubectl|helm|make) ", line)]
+    return [line for line in joined if re.match(r"(kubectl|helm|make) |TAG=", line)]
 
 
 # --- 1. the control-plane scrapers page only where there is something to scrape ------------------------------------
@@ -342,8 +343,12 @@ def test_the_kind_commands_are_in_the_overlay_and_in_the_docs():
     )
     gridwatch_install = (
         "helm upgrade --install gridwatch helm/gridwatch -n gridwatch -f helm/gridwatch/values-production.yaml"
-        " -f helm/gridwatch/values-production-kind.yaml --wait --timeout 10m"
+        " -f helm/gridwatch/values-production-kind.yaml"
+        ' --set backend.image.tag="$TAG" --set ui.image.tag="$TAG" --wait --timeout 10m'
     )
+    tag = "TAG=$(make -s --eval 'image-tag: ; @echo $(IMAGE_TAG)' image-tag)"
+    assert tag in lines, "the tag `make kind-build` gave the images (the Makefile's IMAGE_TAG)"
+    assert lines.index(tag) < lines.index(gridwatch_install)
     assert stack_install in lines
     assert gridwatch_install in lines
     assert lines.index(stack_install) < lines.index(gridwatch_install), "the stack first: it brings the CRDs"
@@ -379,3 +384,17 @@ def test_the_stack_release_is_installed_at_the_version_the_chart_pins():
     for line in installs:
         versions = re.findall(r"--version (\S+)|kube-prometheus-stack-([\d.]+)\.tgz", line)
         assert [a or b for a, b in versions] == [pinned], line
+
+
+def test_every_container_of_the_stack_release_is_sized():
+    """The same keys that size the bundled stack's containers (every container the upstream chart runs), with CPU
+    and memory requests and limits, in production and on kind."""
+    stack_paths = [path[1:] for path in UPSTREAM_RESOURCES if path[0] == "kube-prometheus-stack"]
+    assert len(stack_paths) >= 8
+    for name, values in (("production", STACK), ("kind", STACK_ON_KIND)):
+        for path in stack_paths:
+            resources = values
+            for key in path:
+                resources = resources[key]
+            for kind in ("requests", "limits"):
+                assert set(resources[kind]) == {"cpu", "memory"}, f"{name}: {'.'.join(path)} {kind}"

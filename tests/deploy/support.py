@@ -33,6 +33,14 @@ JOB = "gridwatch"
 """The job label of the backend's series: fixed in the chart (gridwatch.jobName), because every rule and dashboard
 selects it."""
 
+
+def merged(base: Any, overlay: Any) -> Any:
+    """Helm's merge of a values file over another: maps key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        return {key: merged(base.get(key), overlay[key]) if key in overlay else base[key] for key in base | overlay}
+    return overlay
+
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "monitoring-disabled": {
@@ -55,16 +63,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "production": yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
+    "production-kind": merged(
+        yaml.safe_load((CHART_DIR / "values-production.yaml").read_text()),
+        yaml.safe_load((CHART_DIR / "values-production-kind.yaml").read_text()),
+    ),
     "second-release": yaml.safe_load((CHART_DIR / "values-second-release.yaml").read_text()),
     "stream": yaml.safe_load((CHART_DIR / "values-stream.yaml").read_text()),
 }
 """The value sets every structural test renders: the defaults, a cluster that already has its monitoring, models on
-a PersistentVolumeClaim, a fixed replica count without the HPA, the training Job and CronJob on that claim (tests/
-deploy/test_chart_training.py checks them in detail), the chart's values-production.yaml (API key from
-an existing Secret), values-second-release.yaml (here under the default release name; tests/deploy/
-test_chart_releases.py renders it as a second release in its own namespace) and values-stream.yaml (the stream
-consumer with the bundled NATS and KEDA, as at a first install: KEDA's CRDs not yet there, so no ScaledObject;
-tests/deploy/test_chart_stream.py renders it with them too)."""
+a PersistentVolumeClaim, a fixed replica count without the HPA, the training Job and CronJob on that claim
+(tests/deploy/test_chart_training.py checks them in detail), the chart's values-production.yaml (API key from an
+existing Secret, the monitoring stack as a release of its own), values-production.yaml with
+values-production-kind.yaml over it (the same on the local kind cluster), values-second-release.yaml (here under the
+default release name; tests/deploy/test_chart_releases.py renders it as a second release in its own namespace) and
+values-stream.yaml (the stream consumer with the bundled NATS and KEDA, as at a first install: KEDA's CRDs not yet
+there, so no ScaledObject; tests/deploy/test_chart_stream.py renders it with them too)."""
 
 API_KEY = "s3cret-from-values"
 EXISTING_SECRET = {"apiKey": {"enabled": True, "existingSecret": "ops-api-key", "secretKey": "token"}}
@@ -184,13 +197,6 @@ def schema_refusal(chart: Path, option: str, setting: str) -> str:
     assert result.returncode != 0, f"{setting} was accepted"
     assert "schema" in result.stderr
     return result.stderr
-
-
-def merged(base: Any, overlay: Any) -> Any:
-    """Helm's merge of a values file over another: maps key by key, anything else replaced."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        return {key: merged(base.get(key), overlay[key]) if key in overlay else base[key] for key in base | overlay}
-    return overlay
 
 
 def refusal(chart: Path, values: dict[str, Any]) -> str:

@@ -1,12 +1,15 @@
-"""Where alerts go: the Alertmanager configuration the chart gives kube-prometheus-stack, as the stack would load it.
+"""Where alerts go: the Alertmanager configuration kube-prometheus-stack loads, on a laptop and in production.
 
-The subchart is not downloadable here, so its Secret is reproduced: kube-prometheus-stack's
-templates/alertmanager/secret.yaml writes `toYaml .Values.alertmanager.config` under `alertmanager.yaml` (with tplConfig
-false, the default, which the chart keeps), and Helm gives the subchart the umbrella's values merged over its own
-defaults: maps key by key, lists replaced whole. A template added to the test's copy of the chart writes that same
-`toYaml` from the umbrella's merged values, and the chart sets every key of the stack's default configuration, so
-nothing of the default survives the merge. The result is checked with the real amtool (`check-config`, `config routes
-test`) and, for the inhibition rules, fed alerts in a real Alertmanager (Debian's prometheus-alertmanager).
+On a laptop the stack is the umbrella's subchart, configured by helm/gridwatch/values.yaml; in production it is its
+own release of the upstream chart, configured by helm/gridwatch/values-stack-production.yaml (upstream keys at the
+top level). Neither chart is downloadable here, so the stack's Secret is reproduced: kube-prometheus-stack's
+templates/alertmanager/secret.yaml writes `toYaml .Values.alertmanager.config` under `alertmanager.yaml` (with
+tplConfig false, the default, which both files keep), and Helm merges the given values over the chart's defaults: maps
+key by key, lists replaced whole. For the laptop, a template added to the test's copy of the umbrella writes that same
+`toYaml` from the umbrella's merged values; for production, a stand-in chart named kube-prometheus-stack does it from
+the stack file merged over stand-in defaults that set every key of the upstream default to a marker, so a key the file
+left out would show. The result is checked with the real amtool (`check-config`, `config routes test`) and, for the
+inhibition rules, fed alerts in a real Alertmanager (Debian's prometheus-alertmanager).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import httpx2
 import pytest
 import yaml
 
-from tests.deploy.support import CHART_DIR, NAMESPACE, chart_copy, render
+from tests.deploy.support import CHART_DIR, NAMESPACE, Rendered, chart_copy, helm, render, template_args
 from tests.support import ROOT, HttpProcess, require_tool
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
-PRODUCTION_FILE = CHART_DIR / "values-production.yaml"
-PRODUCTION = yaml.safe_load(PRODUCTION_FILE.read_text())
+PRODUCTION = yaml.safe_load((CHART_DIR / "values-production.yaml").read_text())
+STACK_FILE = CHART_DIR / "values-stack-production.yaml"
+"""The production stack release's values (upstream keys): its Alertmanager configuration, Secrets and examples."""
+STACK = yaml.safe_load(STACK_FILE.read_text())
 RULES = ROOT / "prometheus-rules"
 
 STACK_DEFAULT_KEYS: dict[str, set[str] | None] = {
@@ -62,7 +67,39 @@ data:
 {{- end }}
 """
 
-CONFIG_SETS = {"defaults": {}, "production": PRODUCTION}
+UPSTREAM_MARKER = "upstream-default-left-over"
+STANDIN_DEFAULT_CONFIG = {
+    "global": {"resolve_timeout": UPSTREAM_MARKER},
+    "inhibit_rules": [{"source_matchers": [f'alertname = "{UPSTREAM_MARKER}"'], "target_matchers": ['severity = "x"']}],
+    "route": {
+        "group_by": [UPSTREAM_MARKER],
+        "group_wait": UPSTREAM_MARKER,
+        "group_interval": UPSTREAM_MARKER,
+        "repeat_interval": UPSTREAM_MARKER,
+        "receiver": UPSTREAM_MARKER,
+        "routes": [{"receiver": UPSTREAM_MARKER}],
+    },
+    "receivers": [{"name": UPSTREAM_MARKER}],
+    "templates": [UPSTREAM_MARKER],
+}
+"""The stand-in's default configuration: every key STACK_DEFAULT_KEYS lists, each holding a marker."""
+
+STANDIN_SECRET_TEMPLATE = """\
+{{- /* Test only: the Secret kube-prometheus-stack renders (templates/alertmanager/secret.yaml). */}}
+{{- if or .Values.alertmanager.tplConfig .Values.alertmanager.stringConfig }}
+{{- fail "tplConfig/stringConfig are not reproduced by this test" }}
+{{- end }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: alertmanager-under-test
+  namespace: {{ .Release.Namespace }}
+data:
+  alertmanager.yaml: {{ toYaml .Values.alertmanager.config | b64enc | quote }}
+"""
+
+STACK_RELEASE = "monitoring"
+STACK_NAMESPACE = "monitoring"
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +110,49 @@ def stack_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def configs(stack_chart: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Path]]:
-    """Each value set's Alertmanager configuration: as parsed, and as the file Alertmanager would read."""
+def standin_stack_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chart named kube-prometheus-stack that renders only the Alertmanager Secret, over marker defaults."""
+    chart = tmp_path_factory.mktemp("standin") / "kube-prometheus-stack"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "v2", "name": "kube-prometheus-stack", "version": "88.6.2"})
+    )
+    defaults = {"alertmanager": {"tplConfig": False, "stringConfig": "", "config": STANDIN_DEFAULT_CONFIG}}
+    (chart / "values.yaml").write_text(yaml.safe_dump(defaults))
+    (chart / "templates" / "secret.yaml").write_text(STANDIN_SECRET_TEMPLATE)
+    return chart
+
+
+def stack_release_secret(chart: Path, *values: Path) -> dict[str, Any]:
+    """The Alertmanager Secret of the stand-in stack released as in production, with these values files."""
+    files = [arg for path in values for arg in ("--values", str(path))]
+    output = helm(*template_args(chart, None, release=STACK_RELEASE, namespace=STACK_NAMESPACE, extra=files)).stdout
+    return Rendered([doc for doc in yaml.safe_load_all(output) if doc]).get("Secret", "alertmanager-under-test")
+
+
+@pytest.fixture(scope="module")
+def configs(
+    stack_chart: Path, standin_stack_chart: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[dict[str, Any], Path]]:
+    """Each value set's Alertmanager configuration: as parsed, and as the file Alertmanager would read.
+
+    defaults: the umbrella's bundled stack (values.yaml); production: the stack release (values-stack-production.yaml).
+    """
     folder = tmp_path_factory.mktemp("configs")
+    secrets = {
+        "defaults": render(stack_chart).get("Secret", "alertmanager-under-test"),
+        "production": stack_release_secret(standin_stack_chart, STACK_FILE),
+    }
     found = {}
-    for name, values in CONFIG_SETS.items():
-        secret = render(stack_chart, values).get("Secret", "alertmanager-under-test")
+    for name, secret in secrets.items():
         text = base64.b64decode(secret["data"]["alertmanager.yaml"]).decode()
         path = folder / f"{name}.yaml"
         path.write_text(text)
         found[name] = (yaml.safe_load(text), path)
     return found
+
+
+CONFIG_SETS = ("defaults", "production")
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -126,19 +195,43 @@ def routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # --- the configuration as the stack would load it ----------------------------------------------------------------
 
 
-def test_the_chart_sets_every_key_of_the_stacks_default_so_nothing_of_it_remains():
-    for name, values in CONFIG_SETS.items():
-        alertmanager = values.get("kube-prometheus-stack", {}).get("alertmanager", {})
+def test_the_chart_sets_every_key_of_the_stacks_default_so_nothing_of_it_remains(configs):
+    for name, alertmanager in (
+        ("values.yaml", VALUES["kube-prometheus-stack"]["alertmanager"]),
+        ("values-stack-production.yaml", STACK["alertmanager"]),
+    ):
         assert "tplConfig" not in alertmanager, f"{name}: kept false, {{{{ }}}} reach Alertmanager untouched"
         assert "stringConfig" not in alertmanager, name
-    config = VALUES["kube-prometheus-stack"]["alertmanager"]["config"]
+        config = alertmanager["config"]
+        for key, inner in STACK_DEFAULT_KEYS.items():
+            assert key in config, f"{name}: {key}"
+            if inner:
+                assert inner <= set(config[key]), f"{name}: {key}"
+    assert set(STANDIN_DEFAULT_CONFIG) == set(STACK_DEFAULT_KEYS), "the stand-in sets every default key"
     for key, inner in STACK_DEFAULT_KEYS.items():
-        assert key in config, key
-        if inner:
-            assert inner <= set(config[key]), key
+        assert inner is None or inner == set(STANDIN_DEFAULT_CONFIG[key]), key
+    _, path = configs["production"]
+    assert UPSTREAM_MARKER not in path.read_text(), "nothing of the stack's default survives in production"
 
 
-@pytest.mark.parametrize("value_set", list(CONFIG_SETS))
+def test_the_production_release_leaves_alerting_to_the_stack_release():
+    """values-production.yaml has no Alertmanager of its own: the stack release's file holds the configuration."""
+    assert PRODUCTION["kube-prometheus-stack"] == {"enabled": False}
+    assert "alertmanager" in STACK, "upstream keys, at the top level"
+    assert "kube-prometheus-stack" not in STACK, "upstream keys, at the top level"
+
+
+def test_the_stand_in_shows_a_default_key_the_file_leaves_out(standin_stack_chart: Path, tmp_path: Path):
+    """The marker check above can fail: a stack file without `templates` keeps the stand-in's default."""
+    partial = copy.deepcopy(STACK)
+    del partial["alertmanager"]["config"]["templates"]
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(partial))
+    secret = stack_release_secret(standin_stack_chart, path)
+    assert UPSTREAM_MARKER in base64.b64decode(secret["data"]["alertmanager.yaml"]).decode()
+
+
+@pytest.mark.parametrize("value_set", CONFIG_SETS)
 def test_amtool_check_config_accepts_the_rendered_configuration(configs, value_set: str):
     _, path = configs[value_set]
     result = amtool("check-config", str(path))
@@ -165,7 +258,7 @@ ROUTING = [
 ]
 
 
-@pytest.mark.parametrize("value_set", list(CONFIG_SETS))
+@pytest.mark.parametrize("value_set", CONFIG_SETS)
 @pytest.mark.parametrize(("labels", "receiver"), ROUTING, ids=[labels["alertname"] for labels, _ in ROUTING])
 def test_amtool_routes_each_severity_to_its_receiver(configs, value_set: str, labels: dict, receiver: str):
     _, path = configs[value_set]
@@ -222,7 +315,7 @@ def test_on_a_laptop_the_receivers_are_empty(configs):
 
 
 def mounted_secret_paths() -> dict[str, str]:
-    names = PRODUCTION["kube-prometheus-stack"]["alertmanager"]["alertmanagerSpec"]["secrets"]
+    names = STACK["alertmanager"]["alertmanagerSpec"]["secrets"]
     return {name: f"/etc/alertmanager/secrets/{name}/" for name in names}
 
 
@@ -245,15 +338,16 @@ def test_production_receivers_read_their_credentials_from_the_mounted_secret(con
     config, _ = configs["production"]
     keys = check_credentials_come_from_the_mounted_secret(config["receivers"])
     assert keys, "the webhooks authenticate with a token from the Secret"
-    text = PRODUCTION_FILE.read_text()
+    text = STACK_FILE.read_text()
     (secret,) = mounted_secret_paths()
     for key in keys:
-        assert f"create secret generic {secret} --from-literal={key}=" in text, "the file says how to create it"
+        expected = f"kubectl -n {STACK_NAMESPACE} create secret generic {secret} --from-literal={key}="
+        assert expected in text, "the file says how to create it, in the stack's namespace"
 
 
 def receiver_examples() -> list[dict[str, Any]]:
-    """The commented receiver examples of values-production.yaml, uncommented."""
-    text = PRODUCTION_FILE.read_text()
+    """The commented receiver examples of values-stack-production.yaml, uncommented."""
+    text = STACK_FILE.read_text()
     block = text.split("# BEGIN receiver examples\n", 1)[1].split("# END receiver examples", 1)[0]
     lines = [line.strip().removeprefix("#")[1:] if line.strip() != "#" else "" for line in block.splitlines()]
     return yaml.safe_load("\n".join(lines))

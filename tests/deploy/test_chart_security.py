@@ -41,6 +41,7 @@ from ui.config import api_key_from_env
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 PRODUCTION_FILE = CHART_DIR / "values-production.yaml"
 PRODUCTION = yaml.safe_load(PRODUCTION_FILE.read_text())
+STACK_FILE = CHART_DIR / "values-stack-production.yaml"
 BACKEND, UI, TEST_API = f"{RELEASE}-backend", f"{RELEASE}-ui", f"{RELEASE}-test-api"
 CHART_SECRET = f"{RELEASE}-api-key"
 MOUNT_PATH = "/etc/gridwatch/api-key"
@@ -277,6 +278,8 @@ def _unknown_keys(overlay: Any, base: Any, path: str = "") -> list[str]:
 
 def test_production_values_use_only_keys_of_the_chart():
     assert _unknown_keys(PRODUCTION, VALUES) == []
+    kind_overlay = yaml.safe_load((CHART_DIR / "values-production-kind.yaml").read_text())
+    assert _unknown_keys(kind_overlay, VALUES) == [], "values-production-kind.yaml too"
     assert _unknown_keys({"backend": {"replicas": 2}}, VALUES) == ["backend.replicas"], "the check itself works"
 
 
@@ -306,11 +309,13 @@ def test_production_values_require_the_key_from_an_existing_secret(chart: Path):
         volume = {v["name"]: v for v in pod_spec(workload)["volumes"]}["api-key"]
         assert volume["secret"]["secretName"] == secret_name
         assert environment(objects, workload)["API_KEY_FILE"] == f"{MOUNT_PATH}/key"
-    stack_admin = VALUES["kube-prometheus-stack"]["grafana"]["admin"]
+    # The Grafana login is the stack release's (values-stack-production.yaml), from a Secret in its namespace; this
+    # release creates none, even should its bundled stack be turned back on.
+    stack_admin = yaml.safe_load(STACK_FILE.read_text())["grafana"]["admin"]
     assert PRODUCTION["grafanaAdmin"] == {"create": False, "secretName": stack_admin["existingSecret"]}
     text = PRODUCTION_FILE.read_text()
     assert f"kubectl -n gridwatch create secret generic {secret_name} --from-literal=api-key=" in text
-    assert f"create secret generic {stack_admin['existingSecret']}" in text
+    assert f"kubectl -n monitoring create secret generic {stack_admin['existingSecret']}" in STACK_FILE.read_text()
     hpa = objects.get("HorizontalPodAutoscaler", BACKEND)
     assert hpa["spec"]["minReplicas"] >= 2, "a drain or a rollout never takes the API down"
     claim = objects.get("PersistentVolumeClaim", f"{BACKEND}-models")

@@ -117,7 +117,7 @@ STREAM_VALUES := -f $(CHART)/values-stream.yaml $(KIND_IMAGE_VALUES) \
 NATS_FULLNAME := $(if $(findstring nats,$(RELEASE)),$(RELEASE),$(RELEASE)-nats)
 
 .PHONY: compose-up compose-down kind kind-up kind-build kind-push helm-deps kind-deploy kind-test kind-forward \
-	kind-load kind-redeploy kind-down kind-stream kind-publish kind-check kind-images kind-images-save
+	kind-load kind-redeploy kind-down kind-stream kind-publish kind-check kind-images kind-images-save image-tag
 
 compose-up: ## API, UI, Prometheus and Grafana with Docker Compose (no Kubernetes)
 	docker compose -f docker/compose.yaml up --build
@@ -126,6 +126,9 @@ compose-down: ## stop the compose stack and drop its volumes
 	docker compose -f docker/compose.yaml down --volumes
 
 kind: kind-up kind-build kind-push helm-deps kind-deploy ## the whole path: cluster, images, chart, release
+
+image-tag: ## print the tag kind-build gives both images (the commit, plus a hash of uncommitted changes)
+	@echo $(IMAGE_TAG)
 
 kind-check: ## refuse a kind older than the release of the node image ctlptl.yaml pins
 	@version=$$(kind version -q 2>/dev/null) || { echo "kind is not installed: https://kind.sigs.k8s.io/docs/user/quick-start/"; exit 1; }; \

@@ -346,7 +346,7 @@ def test_the_kind_commands_are_in_the_overlay_and_in_the_docs():
         " -f helm/gridwatch/values-production-kind.yaml"
         ' --set backend.image.tag="$TAG" --set ui.image.tag="$TAG" --wait --timeout 10m'
     )
-    tag = "TAG=$(make -s --eval 'image-tag: ; @echo $(IMAGE_TAG)' image-tag)"
+    tag = "TAG=$(make -s image-tag)"
     assert tag in lines, "the tag `make kind-build` gave the images (the Makefile's IMAGE_TAG)"
     assert lines.index(tag) < lines.index(gridwatch_install)
     assert stack_install in lines
@@ -398,3 +398,12 @@ def test_every_container_of_the_stack_release_is_sized():
                 resources = resources[key]
             for kind in ("requests", "limits"):
                 assert set(resources[kind]) == {"cpu", "memory"}, f"{name}: {'.'.join(path)} {kind}"
+
+
+def test_the_stream_over_production_is_scraped_by_the_stack_release():
+    """values-stream.yaml layered over production: the bundled NATS exporter's PodMonitor carries the label the
+    stack release's Prometheus selects, not the bundled stack's."""
+    stream = yaml.safe_load((CHART_DIR / "values-stream.yaml").read_text())
+    values = merged(merged(VALUES, PRODUCTION), stream)
+    labels = values["nats"]["promExporter"]["podMonitor"]["merge"]["metadata"]["labels"]
+    assert labels["release"] == PRODUCTION["monitoring"]["prometheusRelease"] == "monitoring"

@@ -150,6 +150,8 @@ def test_images_are_tagged_by_commit_and_kind_pods_use_if_not_present():
         assert f"--set {component}.image.pullPolicy=IfNotPresent" in deploy
     assert f"--build-arg VERSION={tag}" in commands, "the image's own version label says the same"
     assert make_n("kind-build", IMAGE_TAG="pinned").count(":pinned") == 2, "IMAGE_TAG still overrides"
+    printed = subprocess.run(["make", "-s", "image-tag"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == tag, "`make -s image-tag` prints it, for commands outside make"
 
 
 def test_make_kind_runs_the_whole_path_in_order():

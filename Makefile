@@ -85,7 +85,12 @@ FULLNAME := $(if $(findstring gridwatch,$(RELEASE)),$(RELEASE),$(RELEASE)-gridwa
 # IfNotPresent: a new build is a new tag, so there is never a stale image to pull again.
 GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 GIT_CHANGES := $(shell git status --porcelain --untracked-files=no 2>/dev/null | head -1)
-IMAGE_TAG ?= $(GIT_COMMIT)$(if $(GIT_CHANGES),-dirty-$(shell git diff HEAD | sha256sum | cut -c1-8))
+# A backend built with more extras (BACKEND_EXTRAS, below) is another image: its tag says so (-training), so nodes
+# holding the plain one under the same commit do not keep it.
+BACKEND_EXTRAS ?= backend
+SPACE := $(subst ,, )
+EXTRAS_SUFFIX := $(subst $(SPACE),-,$(strip $(filter-out backend,$(BACKEND_EXTRAS))))
+IMAGE_TAG ?= $(GIT_COMMIT)$(if $(GIT_CHANGES),-dirty-$(shell git diff HEAD | sha256sum | cut -c1-8))$(if $(EXTRAS_SUFFIX),-$(EXTRAS_SUFFIX))
 KIND_IMAGE_VALUES := --set backend.image.tag=$(IMAGE_TAG) --set ui.image.tag=$(IMAGE_TAG) \
 	--set backend.image.pullPolicy=IfNotPresent --set ui.image.pullPolicy=IfNotPresent
 # More values for the render `make kind-images` reads, e.g. CHART_VALUES="-f helm/gridwatch/values-stream.yaml".
@@ -99,9 +104,8 @@ IMAGES_ARCHIVE ?=
 HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
 KUBECTL := kubectl --context $(CLUSTER) -n $(NAMESPACE)
 HELM_KIND := $(HELM) --kube-context $(CLUSTER) -n $(NAMESPACE)
-# The backend image's extras (docker/Dockerfile.backend): add training for Parquet files in the training Job,
-# e.g. `make kind-redeploy BACKEND_EXTRAS="backend training"`.
-BACKEND_EXTRAS ?= backend
+# BACKEND_EXTRAS, the backend image's extras (docker/Dockerfile.backend): add training for Parquet files in the
+# training Job, e.g. `make kind-redeploy BACKEND_EXTRAS="backend training"` (set above, where it names the tag).
 BUILD_ARGS := --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_SECONDS ?= 60

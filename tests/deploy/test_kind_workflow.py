@@ -152,6 +152,9 @@ def test_images_are_tagged_by_commit_and_kind_pods_use_if_not_present():
     assert make_n("kind-build", IMAGE_TAG="pinned").count(":pinned") == 2, "IMAGE_TAG still overrides"
     printed = subprocess.run(["make", "-s", "image-tag"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert printed.stdout.strip() == tag, "`make -s image-tag` prints it, for commands outside make"
+    training = make_n("kind-build", BACKEND_EXTRAS="backend training")
+    assert f"gridwatch-backend:{tag}-training" in training, "another image, another tag: IfNotPresent cannot keep it"
+    assert '--build-arg EXTRAS="backend training"' in training
 
 
 def test_make_kind_runs_the_whole_path_in_order():

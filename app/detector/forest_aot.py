@@ -16,7 +16,8 @@ MODULE = "_forest_aot"
 
 
 def build(output_dir: Path) -> Path:
-    """Compile both kernels of ``app.detector.forest_kernels`` into ``output_dir``; returns the module's path."""
+    """Compile the scoring kernels and the explaining one of ``app.detector.forest_kernels`` into ``output_dir``;
+    returns the module's path."""
     from numba.pycc import CC  # noqa: PLC0415 - build time only (needs setuptools)
 
     from app.detector import forest_kernels  # noqa: PLC0415
@@ -26,6 +27,7 @@ def build(output_dir: Path) -> Path:
     module.verbose = False
     for name in forest_kernels.KERNELS:
         module.export(name, forest_kernels.SIGNATURE)(getattr(forest_kernels, name))
+    module.export(forest_kernels.EXPLAIN_KERNEL, forest_kernels.EXPLAIN_SIGNATURE)(forest_kernels.local_diffi)
     module.compile()
     (built,) = output_dir.glob(f"{MODULE}.*")
     return built

@@ -10,7 +10,8 @@ else just in time with numba, else none (``app.detector.forest`` then walks the 
   ``NUMBA_CACHE_DIR``) so later starts skip the ~2 s compilation; where none of those is writable, numba refuses
   ``cache=True`` and the kernels are compiled in memory at each start instead, which ``CACHED`` says.
 
-Both come from the same source and give the same sums, bit for bit (``tests/detector/test_forest.py``).
+Both come from the same source and give the same sums, bit for bit (``tests/detector/test_forest.py``), and the
+same per-feature credits of ``local_diffi`` (``tests/detector/test_explain.py``).
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ AOT_SLICE_ROWS = 256
 Kernel = Callable[..., np.ndarray]
 
 
-def _ahead_of_time() -> tuple[Kernel, Kernel] | None:
+KERNEL_NAMES = ("trees_outer", "rows_outer", "local_diffi")
+"""``forest_kernels.KERNELS`` and its ``EXPLAIN_KERNEL``, in that order (a test holds them equal)."""
+
+
+def _ahead_of_time() -> tuple[Kernel, Kernel, Kernel] | None:
     try:  # built, not written: absent on a fresh checkout, and an extension module no type checker can read
         _forest_aot = importlib.import_module("app.detector._forest_aot")
     except ImportError:
         return None
-    return _forest_aot.trees_outer, _forest_aot.rows_outer
+    if not all(hasattr(_forest_aot, name) for name in KERNEL_NAMES):
+        return None  # built before a kernel was added: `make sync` rebuilds it; until then, just in time
+    return _forest_aot.trees_outer, _forest_aot.rows_outer, _forest_aot.local_diffi
 
 
-def _just_in_time() -> tuple[Kernel, Kernel, bool] | None:
+def _just_in_time() -> tuple[Kernel, Kernel, Kernel, bool] | None:
     try:
         from numba import njit  # noqa: PLC0415
     except ImportError:
@@ -45,14 +52,14 @@ def _just_in_time() -> tuple[Kernel, Kernel, bool] | None:
     from app.detector import forest_kernels  # noqa: PLC0415 - imports numba
 
     def compiled(cache: bool) -> list[Kernel]:
-        return [njit(cache=cache, nogil=True)(getattr(forest_kernels, name)) for name in forest_kernels.KERNELS]
+        return [njit(cache=cache, nogil=True)(getattr(forest_kernels, name)) for name in KERNEL_NAMES]
 
     try:
-        trees_outer, rows_outer = compiled(cache=True)
+        trees_outer, rows_outer, local_diffi = compiled(cache=True)
     except RuntimeError:  # "cannot cache function ...: no locator available": nowhere writable to cache
-        trees_outer, rows_outer = compiled(cache=False)
-        return trees_outer, rows_outer, False
-    return trees_outer, rows_outer, True
+        trees_outer, rows_outer, local_diffi = compiled(cache=False)
+        return trees_outer, rows_outer, local_diffi, False
+    return trees_outer, rows_outer, local_diffi, True
 
 
 _AOT = _ahead_of_time()
@@ -60,7 +67,7 @@ _JIT = None if _AOT is not None else _just_in_time()
 KIND = "ahead-of-time" if _AOT is not None else ("just-in-time" if _JIT is not None else None)
 """Which compiled kernels score: "ahead-of-time", "just-in-time", or None (NumPy)."""
 AVAILABLE = KIND is not None
-CACHED = _AOT is not None or (_JIT is not None and _JIT[2])
+CACHED = _AOT is not None or (_JIT is not None and _JIT[3])
 """Whether starting again skips compilation: always for ahead-of-time kernels, for numba if its cache is writable."""
 
 
@@ -85,6 +92,30 @@ def path_length_sums(
         return trees_outer(rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask)
     parts = [
         trees_outer(rows[start : start + AOT_SLICE_ROWS], threshold, meta, leaf_value, roots, depth, feature_bits, mask)
+        for start in range(0, rows.shape[0], AOT_SLICE_ROWS)
+    ]
+    return np.concatenate(parts)
+
+
+def local_diffi(
+    rows: np.ndarray,
+    threshold: np.ndarray,
+    meta: np.ndarray,
+    roots: np.ndarray,
+    depth: int,
+    feature_bits: int,
+    n_features: int,
+) -> np.ndarray:
+    """Per row and feature, the local DIFFI credit summed over the trees (``forest_kernels.local_diffi``)."""
+    kernels = _AOT or _JIT
+    if kernels is None:
+        raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
+    kernel = kernels[2]
+    mask = (1 << feature_bits) - 1
+    if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
+        return kernel(rows, threshold, meta, roots, depth, feature_bits, mask, n_features)
+    parts = [
+        kernel(rows[start : start + AOT_SLICE_ROWS], threshold, meta, roots, depth, feature_bits, mask, n_features)
         for start in range(0, rows.shape[0], AOT_SLICE_ROWS)
     ]
     return np.concatenate(parts)

@@ -102,3 +102,73 @@ def rows_outer(rows, threshold, meta, leaf_value, roots, depth, shift, mask):
             total += leaf_value[a]
         out[r] = total
     return out
+
+
+EXPLAIN_KERNEL = "local_diffi"
+EXPLAIN_SIGNATURE = "f8[:, ::1](f4[:, ::1], f4[::1], i4[::1], i4[::1], i8, i8, i8, i8)"
+"""(rows, threshold, meta, roots, depth, shift, mask, n_features) -> per row and feature, the isolation credit."""
+
+
+def local_diffi(rows, threshold, meta, roots, depth, shift, mask, n_features):
+    """Local DIFFI's depth credit (Carletti et al., arXiv 2007.11117), given to the split that isolates: on each
+    tree, the last split on a row's path (the cut that leaves it alone in its leaf) credits its feature with
+    ``1/h - 1/depth``, ``h`` the depth of that leaf and ``depth`` the forest's deepest path, so a row isolated early
+    (an anomaly) credits the feature that cut it off, and one walking to the bottom credits nothing. Local DIFFI
+    proper credits every split on the path; on the simulator's faults that ranked the faulty feature first for only
+    30 to 60 % of current surges (they drag the voltage out of its training range too, and every early split on it
+    then shares the credit), the isolating split for 100 % (docs/model.md, "Why was this reading flagged?").
+
+    Walked as ``trees_outer`` walks: trees outer, eight rows at a time as independent chains, every walk padded to
+    ``depth`` steps (a leaf's steps change nothing), which is what keeps it near the cost of scoring; a walk that
+    stopped at its leaf was 3.7 times that cost. Credits are added in tree order for each row."""
+    n = rows.shape[0]
+    out = np.zeros((n, n_features))
+    floor = 1.0 / depth if depth > 0 else 0.0
+    full = n - n % CHAINS
+    for t in range(roots.shape[0]):
+        root = roots[t]
+        for s in range(0, full, CHAINS):
+            a = b = c = d = e = f = g = k = root
+            ha = hb = hc = hd = he = hf = hg = hk = 0
+            la = lb = lc = ld = le = lf = lg = lk = 0
+            for _ in range(depth):
+                a, ha, la = _isolate(a, ha, la, rows, s, threshold, meta, shift, mask)
+                b, hb, lb = _isolate(b, hb, lb, rows, s + 1, threshold, meta, shift, mask)
+                c, hc, lc = _isolate(c, hc, lc, rows, s + 2, threshold, meta, shift, mask)
+                d, hd, ld = _isolate(d, hd, ld, rows, s + 3, threshold, meta, shift, mask)
+                e, he, le = _isolate(e, he, le, rows, s + 4, threshold, meta, shift, mask)
+                f, hf, lf = _isolate(f, hf, lf, rows, s + 5, threshold, meta, shift, mask)
+                g, hg, lg = _isolate(g, hg, lg, rows, s + 6, threshold, meta, shift, mask)
+                k, hk, lk = _isolate(k, hk, lk, rows, s + 7, threshold, meta, shift, mask)
+            _credit(out, s, ha, la, floor)
+            _credit(out, s + 1, hb, lb, floor)
+            _credit(out, s + 2, hc, lc, floor)
+            _credit(out, s + 3, hd, ld, floor)
+            _credit(out, s + 4, he, le, floor)
+            _credit(out, s + 5, hf, lf, floor)
+            _credit(out, s + 6, hg, lg, floor)
+            _credit(out, s + 7, hk, lk, floor)
+        for r in range(full, n):
+            a = root
+            ha = la = 0
+            for _ in range(depth):
+                a, ha, la = _isolate(a, ha, la, rows, r, threshold, meta, shift, mask)
+            _credit(out, r, ha, la, floor)
+    return out
+
+
+@njit(inline="always")
+def _isolate(node, h, last, rows, row, threshold, meta, shift, mask):
+    """One step of a walk that also counts the splits taken and keeps the last one's feature: at a leaf (threshold
+    +inf, pointing at itself) nothing changes, without a branch."""
+    packed = meta[node]
+    limit = threshold[node]
+    feature = packed & mask
+    split = limit != np.inf
+    return (packed >> shift) + (rows[row, feature] > limit), h + split, feature if split else last
+
+
+@njit(inline="always")
+def _credit(out, row, h, last, floor):
+    if h > 0:
+        out[row, last] += 1.0 / h - floor

@@ -161,6 +161,13 @@ class Detector:
         """The column order of every input row, as the verified forest was trained on it."""
         return self.forest.features
 
+    def isolation_credits(self, X: np.ndarray) -> np.ndarray:
+        """Per row and feature, the forest's credit to the feature that isolated the row, summed over the trees
+        (``CompiledForest.local_diffi``): what an explanation normalises into contributions. Walked by the
+        compiled kernels whatever scores (the estimator has no such walk), else by NumPy."""
+        scorer = self.scorer if self.scorer is not Scorer.sklearn else Scorer.auto.resolved()
+        return self.forest.local_diffi(X, scorer)
+
     def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(flags, scores)`` for an ``(n, len(features))`` float array: ``scores = -decision_function`` and
         ``flags = scores > 0``, so a flag is raised exactly when scikit-learn's ``predict`` says -1, whichever

@@ -41,6 +41,9 @@ INFERENCE_LATENCY = Histogram(
 )
 ANOMALIES = Counter("anomalies", "Readings the model flagged as anomalous.")
 READINGS_SCORED = Counter("readings_scored", "Readings scored by the model.")
+READINGS_EXPLAINED = Counter(
+    "readings_explained", "Readings whose answer carried an explanation (/predict?explain=true, STREAM_EXPLAIN)."
+)
 BATCH_SIZE = Histogram(
     "batch_size_readings",
     "Readings per scored /predict request.",

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.detector.explain import SupplyStandard
 from app.detector.registry import ModelStore
 from app.detector.scorer import Scorer
 
@@ -122,6 +123,20 @@ class ScoringSettings(ModelSettings):
         description="The band of MODEL_AUTO_ROLLBACK: the promoted version is rolled back when it flags more than this "
         "times the replaced one's share of the same readings (and over 1 %), or less than that share divided by it.",
     )
+    nominal_voltage: float = Field(
+        230.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The feeder's nominal phase-to-neutral voltage in volts: explanations flag a reading outside "
+        "EN 50160's +-10 % of it.",
+    )
+    nominal_frequency: float = Field(
+        50.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The grid's nominal frequency in hertz (60 in North America): explanations flag a reading outside "
+        "EN 50160's +-1 % of it.",
+    )
     drift_window: int = Field(
         1000, ge=10, le=100_000, description="Readings in the sliding window behind the drift and anomaly-ratio gauges."
     )
@@ -142,3 +157,7 @@ class ScoringSettings(ModelSettings):
                 f"or at least {MIN_POLL_INTERVAL_S} seconds"
             )
         return self
+
+    def supply_standard(self) -> SupplyStandard:
+        """The nominal supply explanations measure physical limits against."""
+        return SupplyStandard(nominal_voltage=self.nominal_voltage, nominal_frequency=self.nominal_frequency)

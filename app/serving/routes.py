@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Security
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
+from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
+from app.scoring.explaining import BatchExplainer, explanation_dicts
 from app.scoring.holder import ModelHolder, ModelState
 from app.scoring.hot_swap import ModelWatcher, SharedCheck
 from app.scoring.shadow import ShadowScorer
@@ -63,6 +66,12 @@ def add_routes(
     """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
     limit; /model, /predict and /model/reload require the key when one is set."""
     multiprocess_dir = settings.prometheus_multiproc_dir
+    explainer = BatchExplainer(settings.supply_standard())
+
+    def _add_explanations(predictions: list[dict[str, Any]], detector: Detector, X: np.ndarray) -> None:
+        for prediction, explanation in zip(predictions, explanation_dicts(explainer.explain(detector, X)), strict=True):
+            prediction["explanation"] = explanation
+
     inflight = InflightLimit(settings.max_inflight)
     budget = ReadingBudget(settings.max_inflight_readings)
     buffered = BodyBytesBudget(settings.max_buffered_body_bytes)
@@ -117,7 +126,14 @@ def add_routes(
         dependencies=keyed,
         openapi_extra=_predict_request_body(settings.max_batch),
     )
-    async def predict(request: Request) -> Response:
+    async def predict(
+        request: Request,
+        explain: bool = Query(
+            False,
+            description="Add to each prediction why: per feature its contribution to the isolation (summing to 1), "
+            "value, training band, robust z-score and EN 50160 limits, and the top feature (docs/api.md).",
+        ),
+    ) -> Response:
         model = holder.get()
         require_json(request)
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout, buffered)
@@ -129,11 +145,14 @@ def add_routes(
                 scored = scorer.score(model, X)
             else:
                 scored = await run_in_threadpool(scorer.score, model, X)
+            predictions = scored.predictions()
+            if explain:
+                await run_in_threadpool(_add_explanations, predictions, model.detector, X)
         # The challenger (and a promotion's guard) score it on their own thread: never in the answer's way.
         shadow.submit(X, scored.flags, model.detector.version)
         return JSONResponse(
             {
-                "predictions": scored.predictions(),
+                "predictions": predictions,
                 "anomalies": scored.anomalies,
                 "total": len(scored.flags),
                 "served_by": request.app.state.instance,

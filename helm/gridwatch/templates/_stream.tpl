@@ -62,7 +62,7 @@ The backend.config variables the consumer shares with the backend: the scoring c
 (app/scoring/settings.py; tests/deploy/test_chart_stream.py keeps this list equal to them).
 */}}
 {{- define "gridwatch.stream.sharedVariables" -}}
-MODEL_DIR MODEL_NAME MODEL_KEEP_VERSIONS TRAIN_IF_MISSING SCORER LOG_LEVEL LOG_FORMAT MODEL_POLL_INTERVAL SHADOW_MODEL_VERSION SHADOW_MAX_SHARE MODEL_AUTO_ROLLBACK MODEL_ROLLBACK_READINGS MODEL_ROLLBACK_RATIO DRIFT_WINDOW MODEL_MAX_AGE
+MODEL_DIR MODEL_NAME MODEL_KEEP_VERSIONS TRAIN_IF_MISSING SCORER LOG_LEVEL LOG_FORMAT MODEL_POLL_INTERVAL SHADOW_MODEL_VERSION SHADOW_MAX_SHARE MODEL_AUTO_ROLLBACK MODEL_ROLLBACK_READINGS MODEL_ROLLBACK_RATIO NOMINAL_VOLTAGE NOMINAL_FREQUENCY DRIFT_WINDOW MODEL_MAX_AGE
 {{- end -}}
 
 {{/* The stream's environment: the shared model settings of backend.config under stream.config, NATS_URL resolved. */}}

@@ -43,6 +43,16 @@ class AnomalyKind(StrEnum):
     """Everything far out of range at once; what the UI's "Inject Extreme Reading" button sends."""
 
 
+FAULTY_FEATURE: dict[AnomalyKind, str] = {
+    AnomalyKind.VOLTAGE_SPIKE: "voltage",
+    AnomalyKind.VOLTAGE_SAG: "voltage",
+    AnomalyKind.CURRENT_SURGE: "current",
+    AnomalyKind.FREQUENCY_EXCURSION: "frequency",
+}
+"""The quantity each single-feature fault puts out of line, what an explanation should name first (a current surge
+drags the voltage down too, as on a real feeder: the current is still its cause)."""
+
+
 DEFAULT_ANOMALY_KINDS: tuple[AnomalyKind, ...] = (
     AnomalyKind.VOLTAGE_SPIKE,
     AnomalyKind.VOLTAGE_SAG,

@@ -257,10 +257,10 @@ class CompiledForest:
             depths += values[:, tree]
         return depths
 
-    def local_diffi(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> np.ndarray:
-        """Per row and feature, the depth credit of the splits that isolate the row, summed over the trees
-        (``forest_kernels.local_diffi``; not normalised). Rows are cast to float32 as for scoring, so a row takes
-        exactly the path that scores it."""
+    def isolate(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> tuple[np.ndarray, np.ndarray]:
+        """In one walk, per row: the leaf values summed over the trees (equal to ``path_length_sums``, bit for bit)
+        and, per feature, the depth credit of the splits that isolated the row (``forest_kernels.local_diffi``; not
+        normalised). Rows are cast to float32 as for scoring, so each takes exactly the path that scores it."""
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an (n, {self.n_features}) array, got shape {X.shape}")
         with np.errstate(over="ignore"):
@@ -268,14 +268,22 @@ class CompiledForest:
         if scorer is Scorer.numba:
             if not forest_jit.AVAILABLE:
                 raise RuntimeError("numba is not installed; use the numpy scorer")
-            return forest_jit.local_diffi(
-                rows, self.threshold, self.meta, self.roots, self.max_depth, self.feature_bits, self.n_features
+            both = forest_jit.local_diffi(
+                rows,
+                self.threshold,
+                self.meta,
+                self.leaf_value,
+                self.roots,
+                self.max_depth,
+                self.feature_bits,
+                self.n_features,
             )
+            return both[:, 0].copy(), both[:, 1:].copy()
         if scorer is not Scorer.numpy:
             raise ValueError(f"the compiled forest explains with numba or numpy, not {scorer.value}")
-        return self._local_diffi_numpy(rows)
+        return self._isolate_numpy(rows)
 
-    def _local_diffi_numpy(self, rows: np.ndarray) -> np.ndarray:
+    def _isolate_numpy(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Level by level over all (row, tree) pairs, as ``_path_length_sums_numpy``: where numba is missing."""
         n_rows = rows.shape[0]
         nodes = np.broadcast_to(self.roots.astype(np.int64), (n_rows, self.n_trees)).copy()
@@ -292,14 +300,20 @@ class CompiledForest:
             nodes = (meta >> self.feature_bits) + (rows[row_index, feature] > self.threshold[nodes])
         floor = 1.0 / self.max_depth if self.max_depth > 0 else 0.0
         weight = np.where(depth > 0, 1.0 / np.maximum(depth, 1) - floor, 0.0)
-        out = np.zeros((n_rows, self.n_features))
-        for tree in range(self.n_trees):  # tree order, as the kernel adds them
-            out[np.arange(n_rows), last[:, tree]] += weight[:, tree]
-        return out
+        values = self.leaf_value[nodes]
+        sums = np.zeros(n_rows)
+        credits = np.zeros((n_rows, self.n_features))
+        for tree in range(self.n_trees):  # tree order, as the kernels add them
+            sums += values[:, tree]
+            credits[np.arange(n_rows), last[:, tree]] += weight[:, tree]
+        return sums, credits
 
     def score_samples(self, X: np.ndarray, scorer: Scorer = DEFAULT_SCORER) -> np.ndarray:
         """Equal to ``IsolationForest.score_samples`` (lower is more abnormal)."""
-        depths = self.path_length_sums(X, scorer)
+        return self.scores_from_sums(self.path_length_sums(X, scorer))
+
+    def scores_from_sums(self, depths: np.ndarray) -> np.ndarray:
+        """``score_samples`` from the summed path lengths, with scikit-learn's operations in its order."""
         denominator = self.denominator
         scores = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
         return -scores

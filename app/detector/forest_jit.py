@@ -101,21 +101,22 @@ def local_diffi(
     rows: np.ndarray,
     threshold: np.ndarray,
     meta: np.ndarray,
+    leaf_value: np.ndarray,
     roots: np.ndarray,
     depth: int,
     feature_bits: int,
     n_features: int,
 ) -> np.ndarray:
-    """Per row and feature, the local DIFFI credit summed over the trees (``forest_kernels.local_diffi``)."""
+    """Per row, the leaf values summed over the trees in order (column 0, equal to ``path_length_sums``) and each
+    feature's isolation credit (columns 1 on), in one walk (``forest_kernels.local_diffi``)."""
     kernels = _AOT or _JIT
     if kernels is None:
         raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
     kernel = kernels[2]
     mask = (1 << feature_bits) - 1
+    args = (threshold, meta, leaf_value, roots, depth, feature_bits, mask, n_features)
     if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
-        return kernel(rows, threshold, meta, roots, depth, feature_bits, mask, n_features)
-    parts = [
-        kernel(rows[start : start + AOT_SLICE_ROWS], threshold, meta, roots, depth, feature_bits, mask, n_features)
-        for start in range(0, rows.shape[0], AOT_SLICE_ROWS)
-    ]
-    return np.concatenate(parts)
+        return kernel(rows, *args)
+    return np.concatenate(
+        [kernel(rows[start : start + AOT_SLICE_ROWS], *args) for start in range(0, rows.shape[0], AOT_SLICE_ROWS)]
+    )

@@ -163,10 +163,19 @@ class Detector:
 
     def isolation_credits(self, X: np.ndarray) -> np.ndarray:
         """Per row and feature, the forest's credit to the feature that isolated the row, summed over the trees
-        (``CompiledForest.local_diffi``): what an explanation normalises into contributions. Walked by the
-        compiled kernels whatever scores (the estimator has no such walk), else by NumPy."""
-        scorer = self.scorer if self.scorer is not Scorer.sklearn else Scorer.auto.resolved()
-        return self.forest.local_diffi(X, scorer)
+        (``CompiledForest.isolate``): what an explanation normalises into contributions."""
+        return self.predict_and_credit(X)[2]
+
+    def predict_and_credit(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict_batch``'s ``(flags, scores)``, exactly, and the isolation credits, from one walk of the
+        trees. With ``SCORER=sklearn`` the estimator scores and the compiled forest credits (the estimator has no
+        such walk)."""
+        if self.scorer is Scorer.sklearn:
+            flags, scores = self.predict_batch(X)
+            return flags, scores, self.forest.isolate(X, Scorer.auto.resolved())[1]
+        depths, credits = self.forest.isolate(X, self.scorer)
+        scores = -(self.forest.scores_from_sums(depths) - self.forest.offset)
+        return scores > 0.0, scores, credits
 
     def predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(flags, scores)`` for an ``(n, len(features))`` float array: ``scores = -decision_function`` and

@@ -20,6 +20,8 @@ from app.scoring.metrics import ANOMALIES, BATCH_SIZE, INFERENCE_LATENCY, READIN
 class ScoredBatch:
     flags: np.ndarray
     scores: np.ndarray
+    credits: np.ndarray | None = None
+    """Per reading and feature, the forest's isolation credit, when the batch was scored to be explained."""
 
     @property
     def anomalies(self) -> int:
@@ -40,14 +42,18 @@ class BatchScorer:
         self.tracer = tracer
         self.exemplars = exemplars
 
-    def score(self, model: LoadedModel, X: np.ndarray) -> ScoredBatch:
+    def score(self, model: LoadedModel, X: np.ndarray, *, credits: bool = False) -> ScoredBatch:
         """Score on the calling thread; the request's trace context is current (also in a worker thread, which
-        gets a copy of it), so the span is the request span's child."""
+        gets a copy of it), so the span is the request span's child. With ``credits``, the same walk of the trees
+        also credits each reading's isolating features, for an explanation (the scores are the same)."""
         with self.tracer.start_as_current_span("score_batch") as span:
             started = time.perf_counter()
-            flags, scores = model.detector.predict_batch(X)
+            if credits:
+                batch = ScoredBatch(*model.detector.predict_and_credit(X))
+            else:
+                batch = ScoredBatch(*model.detector.predict_batch(X))
+            flags = batch.flags
             elapsed = time.perf_counter() - started
-            batch = ScoredBatch(flags, scores)
             span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
             span.set_attribute("gridwatch.anomalies", batch.anomalies)
             span.set_attribute("gridwatch.model_version", model.detector.version)

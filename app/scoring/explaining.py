@@ -1,8 +1,9 @@
 """Explanations for a front door: the served model's ``Explainer`` kept per version, and each reading's
 explanation as the JSON both front doors answer with (``/predict?explain=true``, ``STREAM_EXPLAIN``).
 
-The forest's credits cost about 1.4 times the scoring of the same batch (docs/performance.md), so they are computed
-only when asked: without it, answers and speed are what they were.
+The credits come from the same walk of the trees that scores the batch (``Detector.predict_and_credit``), which
+costs more than scoring alone (docs/performance.md), so they are computed only when asked: without it, answers and
+speed are what they were.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class BatchExplainer:
             self._cached = (detector, explainer)
         return explainer
 
-    def explain(self, detector: Detector, X: np.ndarray) -> Explanations:
-        """The explanations of ``X`` by ``detector`` (the one that scored it)."""
-        explanations = self._explainer(detector).explain(X, detector.isolation_credits(X))
+    def explain(self, detector: Detector, X: np.ndarray, credits: np.ndarray) -> Explanations:
+        """The explanations of ``X`` by ``detector`` (the one that scored it), from the ``credits`` its scoring
+        walk gave (``BatchScorer.score(..., credits=True)``)."""
+        explanations = self._explainer(detector).explain(X, credits)
         READINGS_EXPLAINED.inc(X.shape[0])
         return explanations
 

@@ -7,6 +7,7 @@ A ``POST /predict`` goes down three hops: ``predict`` here (HTTP: key, in-flight
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,11 @@ def add_routes(
     multiprocess_dir = settings.prometheus_multiproc_dir
     explainer = BatchExplainer(settings.supply_standard())
 
-    def _add_explanations(predictions: list[dict[str, Any]], detector: Detector, X: np.ndarray) -> None:
-        for prediction, explanation in zip(predictions, explanation_dicts(explainer.explain(detector, X)), strict=True):
+    def _add_explanations(
+        predictions: list[dict[str, Any]], detector: Detector, X: np.ndarray, credits: np.ndarray
+    ) -> None:
+        explanations = explanation_dicts(explainer.explain(detector, X, credits))
+        for prediction, explanation in zip(predictions, explanations, strict=True):
             prediction["explanation"] = explanation
 
     inflight = InflightLimit(settings.max_inflight)
@@ -141,13 +145,13 @@ def add_routes(
             batch = (body, model.detector.features, settings.max_batch)
             inline = len(body) <= INLINE_PARSE_BYTES
             X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
-            if model.scores_inline(X.shape[0]):
+            if model.scores_inline(X.shape[0]) and not explain:
                 scored = scorer.score(model, X)
             else:
-                scored = await run_in_threadpool(scorer.score, model, X)
+                scored = await run_in_threadpool(partial(scorer.score, model, X, credits=explain))
             predictions = scored.predictions()
-            if explain:
-                await run_in_threadpool(_add_explanations, predictions, model.detector, X)
+            if scored.credits is not None:
+                _add_explanations(predictions, model.detector, X, scored.credits)
         # The challenger (and a promotion's guard) score it on their own thread: never in the answer's way.
         shadow.submit(X, scored.flags, model.detector.version)
         return JSONResponse(

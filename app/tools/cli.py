@@ -292,6 +292,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         metavar="CONTAMINATION",
         help="also show what other contamination values would give (default: a standard set)",
     )
+    evaluate.add_argument(
+        "--explain",
+        action="store_true",
+        help="also measure the explanations: how often the faulty feature of each single-feature fault ranks first",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -299,10 +304,15 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     settings = _model_command_settings(args.model_dir)
     from app import FEATURES
-    from app.detector.evaluate import evaluate_detector, evaluate_recorded, sweep_contamination
+    from app.detector.evaluate import (
+        evaluate_detector,
+        evaluate_recorded,
+        explanation_quality,
+        sweep_contamination,
+    )
     from app.detector.loading import load_detector
     from app.sim import DEFAULT_ANOMALY_KINDS
-    from app.tools.report import print_evaluation, print_sweep
+    from app.tools.report import print_evaluation, print_explanation_quality, print_sweep
 
     readings = None
     if args.data is not None:
@@ -327,15 +337,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         sweep = sweep_contamination(
             detector, candidates, n=args.readings, anomaly_rate=args.anomaly_rate, seed=args.seed, readings=readings
         )
+    quality = explanation_quality(detector, seed=args.seed) if args.explain else None
     if args.json:
         document: dict[str, object] = {"model_version": detector.version, "report": report.to_dict()}
         if sweep is not None:
             document["sweep"] = [{"contamination": c, **r.to_dict()} for c, r in sweep]
+        if quality is not None:
+            document["explanations"] = [dataclasses.asdict(row) for row in quality]
         print(json.dumps(document, indent=2))
     else:
         print_evaluation(detector, report)
         if sweep is not None:
             print_sweep(detector, sweep)
+        if quality is not None:
+            print_explanation_quality(detector, quality)
     return 0
 
 

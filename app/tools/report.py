@@ -12,7 +12,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the load generator's report needs no scikit-learn; keep it importable without it
-    from app.detector.evaluate import EvaluationReport
+    from app.detector.evaluate import EvaluationReport, ExplanationQuality
     from app.detector.model import Detector
     from app.tools.loadgen import LoadReport
 
@@ -92,6 +92,26 @@ def print_sweep(detector: Detector, sweep: Sequence[tuple[float, EvaluationRepor
             f"{report.recall:.3f}",
             f"{report.f1:.3f}",
             f"{report.false_positive_rate:.4f}",
+        )
+    _console().print(table)
+
+
+def print_explanation_quality(detector: Detector, quality: Sequence[ExplanationQuality]) -> None:
+    table = Table(
+        "fault",
+        "faulty feature",
+        "flagged",
+        "ranked first",
+        "mean contribution",
+        title=f"explanations of model {detector.version}: the faulty feature first among flagged readings",
+    )
+    for row in quality:
+        table.add_row(
+            row.kind,
+            row.faulty_feature,
+            f"{row.flagged} of {row.readings}",
+            f"{row.ranked_first:.1%}",
+            f"{row.mean_contribution:.2f}",
         )
     _console().print(table)
 

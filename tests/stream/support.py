@@ -151,7 +151,7 @@ async def read_all(url: str, stream: str, subject: str) -> list[tuple[dict[str, 
         while True:
             try:
                 batch = await sub.fetch(batch=5000, timeout=1.0)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, TimeoutError):  # nats-py raises the plain one when its deadline ran out early
                 break
             for msg in batch:
                 try:

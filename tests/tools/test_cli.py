@@ -102,6 +102,19 @@ def test_evaluate_prints_tables(model_dir: Path):
         assert text in result.stdout
 
 
+def test_evaluate_measures_the_explanations_when_asked(model_dir: Path):
+    result = run_cli("evaluate", "--model-dir", str(model_dir), "-n", "2000", "--explain", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["explanations"]
+    assert [(row["kind"], row["faulty_feature"]) for row in rows] == [
+        ("voltage_spike", "voltage"), ("voltage_sag", "voltage"), ("current_surge", "current"),
+        ("frequency_excursion", "frequency"),
+    ]  # fmt: skip
+    assert all(row["ranked_first"] >= 0.95 for row in rows), rows
+    table = run_cli("evaluate", "--model-dir", str(model_dir), "-n", "2000", "--explain", env={"COLUMNS": "160"})
+    assert "ranked first" in table.stdout
+
+
 def test_evaluate_without_a_model_and_without_training_explains(tmp_path: Path):
     result = run_cli("evaluate", "--model-dir", str(tmp_path / "empty"), env={"TRAIN_IF_MISSING": "false"})
     assert result.returncode == 2

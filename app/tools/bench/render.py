@@ -144,6 +144,8 @@ def _scorer_section(rows: list[ScorerRow]) -> Section:
         "numba speed-up",
         "NumPy speed-up",
         "numba rows/s",
+        "scored + explained",
+        "explain cost",
     )
     cells = [
         (
@@ -154,6 +156,8 @@ def _scorer_section(rows: list[ScorerRow]) -> Section:
             f"{row.speedup_numba:,.1f}x" if row.speedup_numba is not None else "n/a",
             f"{row.speedup_numpy:,.1f}x",
             f"{row.rows_per_s.get('numba', 0):,.0f}" if row.numba_ms else "n/a",
+            f"{row.explained_ms:.4f} ms" if row.explained_ms is not None else "n/a",
+            f"{row.explain_cost:.2f}x" if row.explain_cost is not None else "n/a",
         )
         for row in rows
     ]

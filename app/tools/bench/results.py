@@ -65,6 +65,17 @@ class ScorerRow:
     numpy_ms: float
     speedup_numba: float | None
     speedup_numpy: float
+    explained_ms: float | None = None
+    """The same batch scored and explained (``/predict?explain=true``'s work) with the default scorer."""
+    scored_ms: float | None = None
+    """The same batch scored alone with the default scorer, measured beside ``explained_ms``."""
+
+    @property
+    def explain_cost(self) -> float | None:
+        """Scored and explained over scored alone: the goal is at most 2x."""
+        if self.explained_ms is None or not self.scored_ms:
+            return None
+        return self.explained_ms / self.scored_ms
 
     @property
     def rows_per_s(self) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """Part 1: the scorer alone, in this process: scikit-learn's ``decision_function`` against the compiled forest (numba
-and NumPy paths), median time per call for each batch size."""
+and NumPy paths), median time per call for each batch size; and the default scorer with and without explanations."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
+
+from app.detector.explain import Explainer, SupplyStandard
 from app.detector.forest_jit import AVAILABLE as NUMBA_AVAILABLE
 from app.detector.model import Detector
 from app.detector.scorer import Scorer
@@ -30,6 +33,7 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
     X = GridSimulator(anomaly_rate=0.02, seed=11, interval_s=13.0).batch(max(config.sizes)).features()
     forest, estimator = detector.forest, detector.estimator
     assert estimator is not None, "the benchmark loads the estimator (with_estimator=True)"
+    explainer = Explainer(detector.features, detector.metadata["feature_stats"], SupplyStandard())
     rows = []
     for size in config.sizes:
         batch = X[:size]
@@ -40,6 +44,8 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
             else None
         )
         npy = median_seconds(partial(forest.decision_function, batch, Scorer.numpy), config.min_seconds)
+        scored = median_seconds(partial(detector.predict_batch, batch), config.min_seconds)
+        explained = median_seconds(partial(_score_and_explain, detector, explainer, batch), config.min_seconds)
         rows.append(
             ScorerRow(
                 batch=size,
@@ -48,6 +54,14 @@ def scorer_table(detector: Detector, config: BenchConfig) -> list[ScorerRow]:
                 numpy_ms=round(npy * 1000, 4),
                 speedup_numba=round(sk / nb, 1) if nb else None,
                 speedup_numpy=round(sk / npy, 1),
+                explained_ms=round(explained * 1000, 4),
+                scored_ms=round(scored * 1000, 4),
             )
         )
     return rows
+
+
+def _score_and_explain(detector: Detector, explainer: Explainer, X: np.ndarray) -> None:
+    """What ``/predict?explain=true`` computes beyond parsing: scores and credits in one walk, the explanations."""
+    _, _, credits = detector.predict_and_credit(X)
+    explainer.explain(X, credits)

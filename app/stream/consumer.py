@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -34,13 +35,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from app.detector.errors import GridWatchError
-from app.scoring.batch import BatchScorer
+from app.detector.model import Detector
+from app.scoring.batch import BatchScorer, ScoredBatch
+from app.scoring.explaining import BatchExplainer, explanation_dicts
 from app.scoring.holder import ModelHolder
 from app.scoring.shadow import ShadowScorer
 from app.stream import metrics
 from app.stream.messages import Reading, Refusal, Rejected, decode
 from app.stream.publisher import AckedPublisher, Batch
-from app.stream.settings import StreamSettings
+from app.stream.settings import StreamExplain, StreamSettings
 from app.stream.topology import READINGS_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -127,6 +130,7 @@ class StreamConsumer:
         self.holder = holder
         self.scorer = scorer
         self.shadow = shadow
+        self.explainer = BatchExplainer(settings.supply_standard())
         self._pending_read_at = 0.0
         self._pending_task: asyncio.Future[None] | None = None
         self._in_flight: list[asyncio.Task[None]] = []
@@ -224,20 +228,47 @@ class StreamConsumer:
         if items:
             model = self.holder.get()  # ModelNotReadyError: handed back, scored once the model is there
             X = np.array([reading.values for _, reading in items], dtype=np.float64)
-            scored = self.scorer.score(model, X)
+            explain = self.settings.stream_explain
+            scored = self.scorer.score(model, X, credits=explain is not StreamExplain.none)
             version = model.detector.version
             self.shadow.submit(X, scored.flags, version)
             metrics.READINGS_CONSUMED.inc(len(items))
-            for (delivery, reading), flag, score in zip(
-                items, scored.flags.tolist(), scored.scores.tolist(), strict=True
+            explanations = self._explanations(model.detector, X, scored, explain)
+            for (delivery, reading), flag, score, explanation in zip(
+                items, scored.flags.tolist(), scored.scores.tolist(), explanations, strict=True
             ):
-                await self._publish_result(batch, delivery, reading, anomaly=flag, score=score, version=version)
+                await self._publish_result(
+                    batch, delivery, reading, anomaly=flag, score=score, version=version, explanation=explanation
+                )
         return Published(deliveries, batch, items, [bad for _, bad in rejected])
 
+    def _explanations(
+        self, detector: Detector, X: np.ndarray, scored: ScoredBatch, explain: StreamExplain
+    ) -> list[dict[str, Any] | None]:
+        """Per reading, its explanation when STREAM_EXPLAIN asks for it, else None."""
+        if scored.credits is None:
+            return [None] * X.shape[0]
+        chosen = scored.flags if explain is StreamExplain.anomalies else np.ones(X.shape[0], dtype=bool)
+        rows = np.flatnonzero(chosen)
+        found: list[dict[str, Any] | None] = [None] * X.shape[0]
+        if rows.size:
+            dicts = explanation_dicts(self.explainer.explain(detector, X[rows], scored.credits[rows]))
+            for row, explanation in zip(rows.tolist(), dicts, strict=True):
+                found[row] = explanation
+        return found
+
     async def _publish_result(
-        self, batch: Batch, delivery: Delivery, reading: Reading, *, anomaly: bool, score: float, version: str
+        self,
+        batch: Batch,
+        delivery: Delivery,
+        reading: Reading,
+        *,
+        anomaly: bool,
+        score: float,
+        version: str,
+        explanation: dict[str, Any] | None = None,
     ) -> None:
-        result = {
+        result: dict[str, Any] = {
             "sensor": delivery.tokens,
             "sensor_id": reading.sensor_id,
             "sequence": delivery.sequence,
@@ -247,6 +278,8 @@ class StreamConsumer:
             "score": score,
             "model_version": version,
         }
+        if explanation is not None:
+            result["explanation"] = explanation
         payload = orjson.dumps(result)
         reading_id = delivery.result_id(reading)
         await self.publisher.publish(batch, f"grid.scored.{delivery.tokens}", payload, {"Nats-Msg-Id": reading_id})

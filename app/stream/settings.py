@@ -4,12 +4,22 @@ variable of the README's configuration table, mirrored in the chart."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import Field
 
 from app.scoring.settings import ScoringSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 """A NATS subject token or stream name: no dots, spaces or wildcards."""
+
+
+class StreamExplain(StrEnum):
+    """Which stream results carry an explanation."""
+
+    none = "none"
+    anomalies = "anomalies"
+    all = "all"
 
 
 class StreamSettings(ScoringSettings):
@@ -29,6 +39,11 @@ class StreamSettings(ScoringSettings):
         le=30,
         allow_inf_nan=False,
         description="Seconds a fetch waits for STREAM_BATCH messages before scoring what it has.",
+    )
+    stream_explain: StreamExplain = Field(
+        StreamExplain.none,
+        description="Which results carry an explanation (the same as /predict?explain=true): none, anomalies (those "
+        "on grid.anomalies.> and their copies on grid.scored.>) or all.",
     )
     stream_readings: str = Field(
         "GRID_READINGS", pattern=NAME_PATTERN, description="JetStream stream of the readings (grid.readings.>)."

@@ -304,3 +304,28 @@ def test_a_promotion_while_streaming_switches_the_model_version_exactly_once(bro
     assert versions[-1] == second.version
     assert len(changes) == 1, f"the version changed {len(changes)} times"
     assert swaps == 1
+
+
+def test_results_carry_the_explanation_stream_explain_asks_for(broker: NatsServer, model_dir: Path):
+    """STREAM_EXPLAIN=anomalies: a voltage spike's result says voltage, on both subjects; a normal reading's result
+    carries no explanation; the explanation is /predict?explain=true's."""
+    records = GridSimulator(seed=5, interval_s=1.0).batch(40).to_records(ground_truth=False)
+    normal = [{**record, "sensor_id": "feeder-1.sensor-1"} for record in records]
+    spike = {**normal[-1], "timestamp": "2026-12-04T06:00:00Z", "voltage": 285.0}
+    with StreamProcess(broker.nats_url, model_dir, STREAM_EXPLAIN="anomalies"):
+        run(publish_batches(broker.nats_url, [("feeder-1.sensor-1", [*normal, spike])]))
+        assert wait_for_count(broker.nats_url, RESULTS, len(normal) + 2) >= len(normal) + 2
+        results = [body for body, _ in run(read_all(broker.nats_url, RESULTS, "grid.scored.>"))]
+        anomalies = [body for body, _ in run(read_all(broker.nats_url, RESULTS, "grid.anomalies.>"))]
+    by_time = {body["timestamp"]: body for body in results}
+    explained = by_time[spike["timestamp"]]
+    assert explained["anomaly"] is True
+    assert explained["explanation"]["top_feature"] == "voltage"
+    assert [a["explanation"] for a in anomalies if a["timestamp"] == spike["timestamp"]] == [explained["explanation"]]
+    assert all("explanation" not in body for body in results if not body["anomaly"])
+    settings = Settings(model_dir=model_dir, train_if_missing=False)
+    detector = load_detector(settings.model_store(), train_if_missing=False)
+    with TestClient(create_app(settings, detector=detector)) as client:
+        reading = {key: spike[key] for key in ("voltage", "current", "frequency")}
+        answer = client.post("/predict?explain=true", json={"readings": [reading]}).json()
+    assert answer["predictions"][0]["explanation"] == explained["explanation"]

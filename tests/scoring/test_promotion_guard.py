@@ -221,7 +221,10 @@ def test_the_http_service_hands_its_batches_to_the_guard(store: ModelStore, vers
     )
     simulator = GridSimulator(seed=3)
     with TestClient(create_app(settings)) as client:
-        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 60  # the app loads its model on a thread of its own
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.05)  # polling interval: the loop waits for the condition itself
         store.promote(versions["bad"])
         assert client.post("/model/reload").json()["model_version"] == versions["bad"]
         for _ in range(READINGS // 500):

@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 
 from app import __version__
 from ui.config import REQUEST_TIMEOUT_S
+from ui.why import Explanation, parse_explanation
 
 USER_AGENT = f"gridwatch-ui/{__version__}"
 
@@ -104,6 +105,9 @@ class PredictResult:
     """Wall-clock time of the request as the UI saw it (connection, transfer, scoring)."""
     model_version: str | None = None
     """The model version that scored the batch (None from a backend that predates hot swaps)."""
+    explanations: tuple[Explanation | None, ...] | None = None
+    """With ``explain``: each reading's explanation, None for one the answer did not carry (a backend that
+    predates explanations ignores the parameter) or carried in a form the UI cannot read. None when not asked."""
 
 
 class BackendClient:
@@ -141,9 +145,12 @@ class BackendClient:
             raise _http_error(response)
         return _json_object(response)
 
-    def predict(self, readings: Sequence[Mapping[str, object]]) -> PredictResult:
-        """Score a batch. Extra fields in the readings (timestamp, ground truth) are sent and ignored by the API."""
-        response, latency = self._request("POST", "/predict", json={"readings": list(readings)})
+    def predict(self, readings: Sequence[Mapping[str, object]], *, explain: bool = False) -> PredictResult:
+        """Score a batch. Extra fields in the readings (timestamp, ground truth) are sent and ignored by the API.
+        ``explain`` asks for each reading's explanation too (``?explain=true``), which costs the backend more time
+        and the answer about 14 times the bytes: the UI asks it only for the readings it explains."""
+        path = "/predict?explain=true" if explain else "/predict"
+        response, latency = self._request("POST", path, json={"readings": list(readings)})
         if response.status_code != 200:
             raise _http_error(response)
         body = _json_object(response)
@@ -158,6 +165,7 @@ class BackendClient:
                 served_by=str(body["served_by"]),
                 latency_s=latency,
                 model_version=str(body["model_version"]) if body.get("model_version") else None,
+                explanations=(tuple(parse_explanation(p.get("explanation")) for p in predictions) if explain else None),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise BackendError(

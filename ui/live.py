@@ -13,17 +13,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from app.sim import DEFAULT_ANOMALY_KINDS, AnomalyKind, GridSimulator, ReadingBatch
 from ui.client import BackendClient, BackendError, Health, PredictResult
-from ui.config import WINDOW_READINGS
+from ui.config import WHY_READINGS, WINDOW_READINGS
 from ui.detection import DetectionStats, outcomes
 from ui.load import LoadReport, SustainedLoad
 from ui.traffic import TrafficLog, timed_predict
+from ui.why import Explanation, FlaggedLog, FlaggedReading, why_frame
 from ui.window import RollingWindow
 
 STREAM_SOURCE = "stream"
+EXPLAIN_SOURCE = "explain"
+"""The traffic log's name for the live view's second request, which asks why its flagged readings were flagged."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,12 @@ class BackendState:
         return self.error is None and self.health is not None and self.health.ready
 
 
-def scored_frame(batch: ReadingBatch, result: PredictResult) -> pd.DataFrame:
-    """One row per reading: the readings, their ground truth, the backend's verdict and its outcome."""
-    return pd.DataFrame(
+def scored_frame(
+    batch: ReadingBatch, result: PredictResult, explanations: dict[int, Explanation] | None = None
+) -> pd.DataFrame:
+    """One row per reading: the readings, their ground truth, the backend's verdict and its outcome, then why it
+    was flagged as the tooltips show it (``ui.why.WHY_COLUMNS``; ``explanations`` by position in the batch)."""
+    scored = pd.DataFrame(
         {
             "time": pd.to_datetime(batch.timestamp, unit="s", utc=True),
             "voltage": batch.voltage,
@@ -88,6 +95,7 @@ def scored_frame(batch: ReadingBatch, result: PredictResult) -> pd.DataFrame:
             "model_version": result.model_version or "",
         }
     )
+    return pd.concat([scored, why_frame(result.flags.tolist(), explanations)], axis=1)
 
 
 @dataclass
@@ -108,6 +116,10 @@ class LiveSession:
     batches_failed: int = 0
     sustained: SustainedLoad | None = None
     load_report: LoadReport | None = None
+    flagged: FlaggedLog = field(default_factory=lambda: FlaggedLog(WHY_READINGS))
+    """The last flagged readings with their explanations, for the why-panel."""
+    why_unavailable: str | None = None
+    """Why the last flagged readings came without explanations, for the why-panel; None once some came."""
     _simulator: GridSimulator | None = field(default=None, repr=False)
     _simulator_key: tuple[float, tuple[str, ...]] | None = field(default=None, repr=False)
     _simulators_made: int = field(default=0, repr=False)
@@ -142,7 +154,8 @@ class LiveSession:
         """
         if len(batch):
             self._clock = float(batch.timestamp[-1]) + 1.0
-        record, result = timed_predict(client, batch.to_records(), source=STREAM_SOURCE)
+        readings = batch.to_records()
+        record, result = timed_predict(client, readings, source=STREAM_SOURCE)
         self.traffic.add(record)
         if isinstance(result, BackendError):
             self.last_error = result
@@ -151,8 +164,11 @@ class LiveSession:
         self.last_error = None
         self.batches_scored += 1
         self.stats.update(batch.is_anomaly, result.flags, batch.anomaly_kind)
+        explanations = self.explain(client, readings, result)
+        frame = scored_frame(batch, result, explanations)
         self.window.resize(settings.window)
-        self.window.append(scored_frame(batch, result))
+        self.window.append(frame)
+        self.flagged.extend(_flagged_readings(frame, explanations or {}))
         self.last_batch = BatchSummary(
             readings=len(batch),
             flagged=int(result.flags.sum()),
@@ -163,9 +179,51 @@ class LiveSession:
         )
         return True
 
+    def explain(
+        self, client: BackendClient, readings: list[dict[str, object]], scored: PredictResult
+    ) -> dict[int, Explanation] | None:
+        """Ask the backend why it flagged what it flagged in ``readings``: the flagged ones only, in a second
+        request (``?explain=true``), so a batch without flags costs nothing and one with flags a few hundred bytes
+        per flagged reading instead of explanations for every reading (docs/ui.md measures both).
+
+        Returns the explanations by position in the batch, or None (and ``why_unavailable`` says why) when the
+        request failed, the backend sent none (one that predates explanations ignores the parameter) or a model
+        swap came between the two requests (its explanations would be another model's). A batch is scored and shown
+        whatever happens here.
+        """
+        positions = np.flatnonzero(scored.flags)
+        if not positions.size:
+            return None
+        record, answer = timed_predict(client, [readings[i] for i in positions], source=EXPLAIN_SOURCE, explain=True)
+        self.traffic.add(record)
+        if isinstance(answer, BackendError):
+            self.why_unavailable = f"asking the backend why failed: {answer.message}"
+            return None
+        if answer.model_version != scored.model_version:
+            self.why_unavailable = (
+                f"the model changed from {scored.model_version} to {answer.model_version} between scoring the batch "
+                "and explaining it"
+            )
+            return None
+        explained = {
+            int(position): explanation
+            for position, explanation in zip(positions, answer.explanations or (), strict=False)
+            if explanation is not None
+        }
+        if not explained:
+            self.why_unavailable = (
+                f"the backend at {client.base_url} sends none (it predates `/predict?explain=true`, or its "
+                "explanations are not in a form this UI reads)"
+            )
+            return None
+        self.why_unavailable = None
+        return explained
+
     def reset(self) -> None:
         """Forget everything streamed and measured; keep streaming and any running load as they are."""
         self.window.clear()
+        self.flagged.clear()
+        self.why_unavailable = None
         self.stats = DetectionStats()
         self.traffic.clear()
         self.last_error = None
@@ -178,6 +236,23 @@ class LiveSession:
     @property
     def sustained_running(self) -> bool:
         return self.sustained is not None and self.sustained.running
+
+
+def _flagged_readings(frame: pd.DataFrame, explanations: dict[int, Explanation]) -> list[FlaggedReading]:
+    """The batch's explained (so flagged) readings in time order, for the why-panel."""
+    readings = []
+    for position, explanation in sorted(explanations.items()):
+        row = frame.iloc[position]
+        readings.append(
+            FlaggedReading(
+                time=row["time"],
+                score=float(row["score"]),
+                outcome=str(row["outcome"]),
+                kind=str(row["kind"]),
+                explanation=explanation,
+            )
+        )
+    return readings
 
 
 def stream_tick(live: LiveSession, client: BackendClient, settings: StreamSettings) -> bool:

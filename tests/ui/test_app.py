@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from app.tools.processes import free_port, wait_until_ready
 from tests.support import ROOT
 from tests.ui.support import UI_SCRIPT
-from tests.ui.test_logic import BLOCK_SKLEARN
+from tests.ui.test_logic import BLOCK_BACKEND_LIBRARIES
 from ui.live import LiveSession, StreamSettings, stream_tick
 from ui.stream_feed import StreamFeed
 
@@ -252,7 +252,7 @@ def test_a_url_that_is_not_the_gridwatch_api_shows_an_error_banner(monkeypatch, 
 
 def test_the_page_runs_without_scikit_learn(backend):
     """The UI image has no scikit-learn: run the page with it made unimportable, and score a batch."""
-    code = BLOCK_SKLEARN + (
+    code = BLOCK_BACKEND_LIBRARIES + (
         "from streamlit.testing.v1 import AppTest\n"
         f"page = AppTest.from_file({str(UI_SCRIPT)!r}, default_timeout=60).run()\n"
         "page.button(key='generate').click().run()\n"

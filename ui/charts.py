@@ -71,9 +71,15 @@ FEATURE_COLOURS = {"voltage": "#4c78a8", "current": "#f58518", "frequency": "#54
 """One colour per feature in the why-panel's bars."""
 
 
+def _time_tooltip(title: str) -> alt.Tooltip:
+    """A reading's time to the second in UTC, as the why-panel names readings. A UTC time unit, not
+    ``formatType="utc"``: Vega-Lite 5 has no such format type, and the tooltip showed NaN."""
+    return alt.Tooltip("utcyearmonthdatehoursminutesseconds(time):T", title=title, format="%Y-%m-%d %H:%M:%S")
+
+
 def _tooltip(column: str, unit: str, frame: pd.DataFrame) -> list[alt.Tooltip]:
     return [
-        alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+        _time_tooltip("time (UTC)"),
         alt.Tooltip(f"{column}:Q", title=f"{column} ({unit})", format=".3f"),
         alt.Tooltip("score:Q", format=".3f"),
         alt.Tooltip("outcome:N"),
@@ -142,7 +148,7 @@ def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 22
             color=_outcome_colour(legend=True),
             shape=_outcome_shape(legend=True),
             tooltip=[
-                alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                _time_tooltip("time (UTC)"),
                 alt.Tooltip("score:Q", format=".3f"),
                 alt.Tooltip("outcome:N"),
                 alt.Tooltip("kind:N", title="injected kind"),
@@ -182,7 +188,7 @@ def contributions_chart(contributions: pd.DataFrame, *, height: int = 220) -> al
             ),
             order=alt.Order("feature:N"),
             tooltip=[
-                alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                _time_tooltip("time (UTC)"),
                 alt.Tooltip("feature:N"),
                 alt.Tooltip("contribution:Q", title="share", format=".0%"),
                 alt.Tooltip("value:Q", format=".3f"),
@@ -305,7 +311,7 @@ def stream_chart(frame: pd.DataFrame, *, height: int = 260) -> LayeredChart:
         .mark_point(filled=True, size=70, color=OUTCOME_COLOURS[Outcome.detected.value])
         .encode(
             tooltip=[
-                alt.Tooltip("time:T", title="received (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                _time_tooltip("received (UTC)"),
                 alt.Tooltip("feeder:N"),
                 alt.Tooltip("sensor:N"),
                 alt.Tooltip("score:Q", format=".3f"),

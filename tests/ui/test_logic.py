@@ -926,3 +926,20 @@ def test_flagged_markers_carry_why_in_their_tooltips_and_the_bars_stack_the_shar
     assert [(r["reading"], r["feature"], r["contribution"]) for r in shares] == [
         (live.flagged.readings[0].label, feature, share) for feature, share in STUB_CONTRIBUTIONS.items()
     ]
+
+
+def test_tooltips_give_a_readings_time_in_utc_to_the_second():
+    """As the why-panel names readings. Vega-Lite has no ``formatType: utc`` (the tooltip showed NaN): a UTC time
+    unit does it."""
+    from ui.charts import score_chart, signal_chart, stream_chart
+
+    frame = pd.DataFrame(
+        {"time": pd.date_range("2026-11-23", periods=2, freq="s", tz="UTC"), "voltage": [230.0, 410.0],
+         "score": [-0.2, 0.3], "outcome": ["normal", "detected"], "kind": ["", "extreme"], "served_by": "pod-a",
+         "feeder": "f1", "sensor": "s1", "anomaly": [False, True], "model_version": "v1"}
+    )  # fmt: skip
+    for chart in (signal_chart(frame, "voltage"), score_chart(frame), stream_chart(frame)):
+        tooltips = [t for layer in chart.to_dict()["layer"] for t in layer.get("encoding", {}).get("tooltip", [])]
+        (time,) = [t for t in tooltips if t.get("field") == "time"]
+        assert (time["timeUnit"], time["format"]) == ("utcyearmonthdatehoursminutesseconds", "%Y-%m-%d %H:%M:%S")
+        assert "formatType" not in time

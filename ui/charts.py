@@ -170,12 +170,12 @@ def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 22
     return alt.layer(normal, marked, rule, label).properties(height=height)
 
 
-def contributions_chart(contributions: pd.DataFrame, *, height: int = 220) -> alt.Chart:
+def contributions_chart(contributions: pd.DataFrame, *, height: int = 260) -> alt.Chart:
     """The last flagged readings side by side, each a bar of the three features' shares of the forest's credit
     (``ui.why.FlaggedLog.contributions_frame``), labelled by the reading's time as the signal charts show it."""
     return (
         alt.Chart(contributions)
-        .mark_bar()
+        .mark_bar(size=18)  # one reading is one slim bar, not the chart's whole width
         .encode(
             x=alt.X(
                 "reading:N", title="flagged reading (UTC)", sort=alt.SortField("time"), axis=alt.Axis(labelAngle=-45)

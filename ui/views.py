@@ -249,7 +249,7 @@ def render_why(live: LiveSession) -> None:
             st.info(f"**Explanations unavailable:** {live.why_unavailable}.", icon=":material/help:")
         if not readings:
             return
-        bars, details = st.columns([3, 2], gap="medium")
+        bars, details = st.columns(2, gap="medium")
         with bars:
             st.altair_chart(charts.contributions_chart(live.flagged.contributions_frame()), width="stretch")
         with details:

@@ -241,18 +241,18 @@ class FlaggedLog:
 
 
 def details_frame(explanation: Explanation) -> pd.DataFrame:
-    """One reading's explanation as the panel's table: per feature, share, value against median and band, z and
-    the physical limits."""
+    """One reading's explanation as the panel's table: per feature, share, value, z, the training band, the
+    physical limits, and the training median last (a narrow panel cuts the last columns first)."""
     return pd.DataFrame(
         [
             {
                 "feature": why.name,
                 "contribution": why.contribution,
                 "value": why.value,
-                "median": why.median,
-                "training band (1st-99th)": f"{why.band[0]:g} to {why.band[1]:g}",
                 "z": why.z,
+                "training band (1st-99th)": f"{why.band[0]:g} to {why.band[1]:g}",
                 "EN 50160": limits_text(why),
+                "median": why.median,
             }
             for why in explanation.features
         ]

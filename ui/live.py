@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from app.sim import DEFAULT_ANOMALY_KINDS, AnomalyKind, GridSimulator, ReadingBatch
@@ -26,8 +25,6 @@ from ui.why import Explanation, FlaggedLog, FlaggedReading, why_frame
 from ui.window import RollingWindow
 
 STREAM_SOURCE = "stream"
-EXPLAIN_SOURCE = "explain"
-"""The traffic log's name for the live view's second request, which asks why its flagged readings were flagged."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +151,9 @@ class LiveSession:
         """
         if len(batch):
             self._clock = float(batch.timestamp[-1]) + 1.0
-        readings = batch.to_records()
-        record, result = timed_predict(client, readings, source=STREAM_SOURCE)
+        # The batch's own request asks why (docs/ui.md weighs it against a second request for the flagged readings,
+        # which would have the backend count them twice: anomalies_total, the drift window, the shadow).
+        record, result = timed_predict(client, batch.to_records(), source=STREAM_SOURCE, explain=True)
         self.traffic.add(record)
         if isinstance(result, BackendError):
             self.last_error = result
@@ -164,7 +162,7 @@ class LiveSession:
         self.last_error = None
         self.batches_scored += 1
         self.stats.update(batch.is_anomaly, result.flags, batch.anomaly_kind)
-        explanations = self.explain(client, readings, result)
+        explanations = self.explained(client, result)
         frame = scored_frame(batch, result, explanations)
         self.window.resize(settings.window)
         self.window.append(frame)
@@ -179,37 +177,14 @@ class LiveSession:
         )
         return True
 
-    def explain(
-        self, client: BackendClient, readings: list[dict[str, object]], scored: PredictResult
-    ) -> dict[int, Explanation] | None:
-        """Ask the backend why it flagged what it flagged in ``readings``: the flagged ones only, in a second
-        request (``?explain=true``), so a batch without flags costs nothing and one with flags a few hundred bytes
-        per flagged reading instead of explanations for every reading (docs/ui.md measures both).
-
-        Returns the explanations by position in the batch, or None (and ``why_unavailable`` says why) when the
-        request failed, the backend sent none (one that predates explanations ignores the parameter) or a model
-        swap came between the two requests (its explanations would be another model's). A batch is scored and shown
-        whatever happens here.
-        """
-        positions = np.flatnonzero(scored.flags)
-        if not positions.size:
-            return None
-        record, answer = timed_predict(client, [readings[i] for i in positions], source=EXPLAIN_SOURCE, explain=True)
-        self.traffic.add(record)
-        if isinstance(answer, BackendError):
-            self.why_unavailable = f"asking the backend why failed: {answer.message}"
-            return None
-        if answer.model_version != scored.model_version:
-            self.why_unavailable = (
-                f"the model changed from {scored.model_version} to {answer.model_version} between scoring the batch "
-                "and explaining it"
-            )
-            return None
-        explained = {
-            int(position): explanation
-            for position, explanation in zip(positions, answer.explanations or (), strict=False)
-            if explanation is not None
-        }
+    def explained(self, client: BackendClient, scored: PredictResult) -> dict[int, Explanation] | None:
+        """The flagged readings' explanations by position in the batch, or None when they came without any (and
+        ``why_unavailable`` says so): a backend that predates explanations ignores ``explain=true`` and scores as
+        before, and the batch is shown as always."""
+        explanations = scored.explanations or ()
+        explained = {position: why for position, why in enumerate(explanations) if why is not None}
+        if not scored.flags.any():
+            return None  # nothing to explain: what the panel says stays as it was
         if not explained:
             self.why_unavailable = (
                 f"the backend at {client.base_url} sends none (it predates `/predict?explain=true`, or its "

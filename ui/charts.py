@@ -11,6 +11,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from ui import why
 from ui.detection import Outcome
 from ui.traffic import FAILED
 
@@ -66,21 +67,53 @@ def _time_axis() -> alt.X:
     )
 
 
-def _tooltip(column: str, unit: str) -> list[alt.Tooltip]:
+FEATURE_COLOURS = {"voltage": "#4c78a8", "current": "#f58518", "frequency": "#54a24b"}
+"""One colour per feature in the why-panel's bars."""
+
+
+def _time_tooltip(title: str) -> alt.Tooltip:
+    """A reading's time to the second in UTC, as the why-panel names readings. A UTC time unit, not
+    ``formatType="utc"``: Vega-Lite 5 has no such format type, and the tooltip showed NaN."""
+    return alt.Tooltip("utcyearmonthdatehoursminutesseconds(time):T", title=title, format="%Y-%m-%d %H:%M:%S")
+
+
+def _tooltip(column: str, unit: str, frame: pd.DataFrame) -> list[alt.Tooltip]:
     return [
-        alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+        _time_tooltip("time (UTC)"),
         alt.Tooltip(f"{column}:Q", title=f"{column} ({unit})", format=".3f"),
         alt.Tooltip("score:Q", format=".3f"),
         alt.Tooltip("outcome:N"),
         alt.Tooltip("kind:N", title="injected kind"),
         alt.Tooltip("served_by:N", title="served by"),
+        *_why_tooltip(frame, column),
     ]
 
 
+def _why_fields(frame: pd.DataFrame, column: str | None) -> dict[str, str]:
+    """Why the model flagged the reading, as tooltip fields (column -> title): the top feature and the three
+    shares, and for a signal chart its signal's place against the training band, its robust z-score and its
+    EN 50160 verdict (``ui.why``'s columns; none for a frame without them). Only these are sent to the browser."""
+    if "top_feature" not in frame.columns:
+        return {}
+    fields = {"top_feature": "why: top feature"} | {why.share_column(f): f"{f} share" for f in why.FEATURES}
+    if column is not None:
+        fields |= {
+            why.band_column(column): f"{column} vs training band",
+            why.z_column(column): f"{column} z",
+            why.limits_column(column): f"{column} EN 50160",
+        }
+    return fields
+
+
+def _why_tooltip(frame: pd.DataFrame, column: str | None) -> list[alt.Tooltip]:
+    return [alt.Tooltip(f"{field}:N", title=title) for field, title in _why_fields(frame, column).items()]
+
+
 def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, height: int = 175) -> LayeredChart:
-    """One signal over time as a line, with the readings that were anomalous or flagged as markers on it."""
+    """One signal over time as a line, with the readings that were anomalous or flagged as markers on it; a
+    flagged marker's tooltip says why (``_why_tooltip``)."""
     title, unit = SIGNALS[column]
-    data = frame[["time", column, "score", "outcome", "kind", "served_by"]]
+    data = frame[["time", column, "score", "outcome", "kind", "served_by", *_why_fields(frame, column)]]
     base = alt.Chart(data).encode(x=_time_axis())
     y = alt.Y(f"{column}:Q", title=f"{title} ({unit})", scale=alt.Scale(zero=False, nice=True))
     line = base.mark_line(color=LINE_COLOUR, strokeWidth=1.2, interpolate="monotone").encode(y=y)
@@ -91,7 +124,7 @@ def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, heig
             y=y,
             color=_outcome_colour(legend=legend),
             shape=_outcome_shape(legend=legend),
-            tooltip=_tooltip(column, unit),
+            tooltip=_tooltip(column, unit, frame),
         )
     )
     return alt.layer(line, marks).properties(height=height)
@@ -99,7 +132,7 @@ def signal_chart(frame: pd.DataFrame, column: str, *, legend: bool = False, heig
 
 def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 220) -> LayeredChart:
     """The anomaly score of every reading against the model's threshold: above the line means flagged."""
-    data = frame[["time", "score", "outcome", "kind", "served_by"]]
+    data = frame[["time", "score", "outcome", "kind", "served_by", *_why_fields(frame, None)]]
     base = alt.Chart(data).encode(x=_time_axis())
     y = alt.Y("score:Q", title="Anomaly score")
     normal = (
@@ -115,10 +148,11 @@ def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 22
             color=_outcome_colour(legend=True),
             shape=_outcome_shape(legend=True),
             tooltip=[
-                alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                _time_tooltip("time (UTC)"),
                 alt.Tooltip("score:Q", format=".3f"),
                 alt.Tooltip("outcome:N"),
                 alt.Tooltip("kind:N", title="injected kind"),
+                *_why_tooltip(frame, None),
             ],
         )
     )
@@ -134,6 +168,36 @@ def score_chart(frame: pd.DataFrame, *, threshold: float = 0.0, height: int = 22
         .encode(y="threshold:Q", x=alt.value("width"), text="label:N")
     )
     return alt.layer(normal, marked, rule, label).properties(height=height)
+
+
+def contributions_chart(contributions: pd.DataFrame, *, height: int = 260) -> alt.Chart:
+    """The last flagged readings side by side, each a bar of the three features' shares of the forest's credit
+    (``ui.why.FlaggedLog.contributions_frame``), labelled by the reading's time as the signal charts show it."""
+    return (
+        alt.Chart(contributions)
+        .mark_bar(size=18)  # one reading is one slim bar, not the chart's whole width
+        .encode(
+            x=alt.X(
+                "reading:N", title="flagged reading (UTC)", sort=alt.SortField("time"), axis=alt.Axis(labelAngle=-45)
+            ),
+            y=alt.Y("contribution:Q", title="share of the credit", stack="zero", axis=alt.Axis(format="%")),
+            color=alt.Color(
+                "feature:N",
+                scale=alt.Scale(domain=list(why.FEATURES), range=[FEATURE_COLOURS[f] for f in why.FEATURES]),
+                legend=alt.Legend(title=None, orient="top", direction="horizontal"),
+            ),
+            order=alt.Order("feature:N"),
+            tooltip=[
+                _time_tooltip("time (UTC)"),
+                alt.Tooltip("feature:N"),
+                alt.Tooltip("contribution:Q", title="share", format=".0%"),
+                alt.Tooltip("value:Q", format=".3f"),
+                alt.Tooltip("z:Q", format="+.1f"),
+                alt.Tooltip("top_feature:N", title="top feature"),
+            ],
+        )
+        .properties(height=height)
+    )
 
 
 def confusion_chart(confusion: pd.DataFrame, *, height: int = 200) -> LayeredChart:
@@ -247,7 +311,7 @@ def stream_chart(frame: pd.DataFrame, *, height: int = 260) -> LayeredChart:
         .mark_point(filled=True, size=70, color=OUTCOME_COLOURS[Outcome.detected.value])
         .encode(
             tooltip=[
-                alt.Tooltip("time:T", title="received (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc"),
+                _time_tooltip("received (UTC)"),
                 alt.Tooltip("feeder:N"),
                 alt.Tooltip("sensor:N"),
                 alt.Tooltip("score:Q", format=".3f"),

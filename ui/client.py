@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 
 from app import __version__
 from ui.config import REQUEST_TIMEOUT_S
+from ui.why import Explanation, parse_explanation
 
 USER_AGENT = f"gridwatch-ui/{__version__}"
 
@@ -104,6 +105,10 @@ class PredictResult:
     """Wall-clock time of the request as the UI saw it (connection, transfer, scoring)."""
     model_version: str | None = None
     """The model version that scored the batch (None from a backend that predates hot swaps)."""
+    explanations: tuple[Explanation | None, ...] | None = None
+    """With ``explain``: per reading, its explanation if it was flagged (the only ones the UI shows), else None;
+    None too for one the answer did not carry (a backend that predates explanations ignores the parameter) or
+    carried in a form the UI cannot read. None when not asked."""
 
 
 class BackendClient:
@@ -141,9 +146,12 @@ class BackendClient:
             raise _http_error(response)
         return _json_object(response)
 
-    def predict(self, readings: Sequence[Mapping[str, object]]) -> PredictResult:
-        """Score a batch. Extra fields in the readings (timestamp, ground truth) are sent and ignored by the API."""
-        response, latency = self._request("POST", "/predict", json={"readings": list(readings)})
+    def predict(self, readings: Sequence[Mapping[str, object]], *, explain: bool = False) -> PredictResult:
+        """Score a batch. Extra fields in the readings (timestamp, ground truth) are sent and ignored by the API.
+        ``explain`` asks for each reading's explanation too (``?explain=true``), which costs the backend more time
+        and the answer about 14 times the bytes: the live view asks, the load actions do not (docs/ui.md)."""
+        path = "/predict?explain=true" if explain else "/predict"
+        response, latency = self._request("POST", path, json={"readings": list(readings)})
         if response.status_code != 200:
             raise _http_error(response)
         body = _json_object(response)
@@ -158,6 +166,7 @@ class BackendClient:
                 served_by=str(body["served_by"]),
                 latency_s=latency,
                 model_version=str(body["model_version"]) if body.get("model_version") else None,
+                explanations=_flagged_explanations(predictions, flags) if explain else None,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise BackendError(
@@ -224,6 +233,15 @@ class BackendClient:
             yield session
         finally:
             self._idle_sessions.put(session)
+
+
+def _flagged_explanations(predictions: Sequence[Any], flags: np.ndarray) -> tuple[Explanation | None, ...]:
+    """The flagged readings' explanations, None for the others: reading a thousand explanations nobody shows would
+    be the UI's own waste."""
+    return tuple(
+        parse_explanation(p.get("explanation")) if flagged else None
+        for p, flagged in zip(predictions, flags.tolist(), strict=True)
+    )
 
 
 def _new_session(api_key: str | None) -> requests.Session:

@@ -79,6 +79,8 @@ LOAD_SECONDS = Range(1, 300, 30)
 
 REQUEST_TIMEOUT_S = (2.0, 15.0)
 """(connect, read) timeouts of every backend request: an unreachable backend is reported within 2 seconds."""
+WHY_READINGS = 20
+"""How many of the last flagged readings the why-panel keeps and charts."""
 HEALTH_REFRESH_S = 5.0
 """How often the backend panel re-checks ``/health`` while the page is idle."""
 SPREAD_WINDOW_S = 120.0

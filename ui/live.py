@@ -17,10 +17,11 @@ import pandas as pd
 
 from app.sim import DEFAULT_ANOMALY_KINDS, AnomalyKind, GridSimulator, ReadingBatch
 from ui.client import BackendClient, BackendError, Health, PredictResult
-from ui.config import WINDOW_READINGS
+from ui.config import WHY_READINGS, WINDOW_READINGS
 from ui.detection import DetectionStats, outcomes
 from ui.load import LoadReport, SustainedLoad
 from ui.traffic import TrafficLog, timed_predict
+from ui.why import Explanation, FlaggedLog, FlaggedReading, why_frame
 from ui.window import RollingWindow
 
 STREAM_SOURCE = "stream"
@@ -71,9 +72,12 @@ class BackendState:
         return self.error is None and self.health is not None and self.health.ready
 
 
-def scored_frame(batch: ReadingBatch, result: PredictResult) -> pd.DataFrame:
-    """One row per reading: the readings, their ground truth, the backend's verdict and its outcome."""
-    return pd.DataFrame(
+def scored_frame(
+    batch: ReadingBatch, result: PredictResult, explanations: dict[int, Explanation] | None = None
+) -> pd.DataFrame:
+    """One row per reading: the readings, their ground truth, the backend's verdict and its outcome, then why it
+    was flagged as the tooltips show it (``ui.why.WHY_COLUMNS``; ``explanations`` by position in the batch)."""
+    scored = pd.DataFrame(
         {
             "time": pd.to_datetime(batch.timestamp, unit="s", utc=True),
             "voltage": batch.voltage,
@@ -88,6 +92,7 @@ def scored_frame(batch: ReadingBatch, result: PredictResult) -> pd.DataFrame:
             "model_version": result.model_version or "",
         }
     )
+    return pd.concat([scored, why_frame(result.flags.tolist(), explanations)], axis=1)
 
 
 @dataclass
@@ -108,6 +113,10 @@ class LiveSession:
     batches_failed: int = 0
     sustained: SustainedLoad | None = None
     load_report: LoadReport | None = None
+    flagged: FlaggedLog = field(default_factory=lambda: FlaggedLog(WHY_READINGS))
+    """The last flagged readings with their explanations, for the why-panel."""
+    why_unavailable: str | None = None
+    """Why the last flagged readings came without explanations, for the why-panel; None once some came."""
     _simulator: GridSimulator | None = field(default=None, repr=False)
     _simulator_key: tuple[float, tuple[str, ...]] | None = field(default=None, repr=False)
     _simulators_made: int = field(default=0, repr=False)
@@ -142,7 +151,9 @@ class LiveSession:
         """
         if len(batch):
             self._clock = float(batch.timestamp[-1]) + 1.0
-        record, result = timed_predict(client, batch.to_records(), source=STREAM_SOURCE)
+        # The batch's own request asks why (docs/ui.md weighs it against a second request for the flagged readings,
+        # which would have the backend count them twice: anomalies_total, the drift window, the shadow).
+        record, result = timed_predict(client, batch.to_records(), source=STREAM_SOURCE, explain=True)
         self.traffic.add(record)
         if isinstance(result, BackendError):
             self.last_error = result
@@ -151,8 +162,11 @@ class LiveSession:
         self.last_error = None
         self.batches_scored += 1
         self.stats.update(batch.is_anomaly, result.flags, batch.anomaly_kind)
+        explanations = self.explained(client, result)
+        frame = scored_frame(batch, result, explanations)
         self.window.resize(settings.window)
-        self.window.append(scored_frame(batch, result))
+        self.window.append(frame)
+        self.flagged.extend(_flagged_readings(frame, explanations or {}))
         self.last_batch = BatchSummary(
             readings=len(batch),
             flagged=int(result.flags.sum()),
@@ -163,9 +177,28 @@ class LiveSession:
         )
         return True
 
+    def explained(self, client: BackendClient, scored: PredictResult) -> dict[int, Explanation] | None:
+        """The flagged readings' explanations by position in the batch, or None when they came without any (and
+        ``why_unavailable`` says so): a backend that predates explanations ignores ``explain=true`` and scores as
+        before, and the batch is shown as always."""
+        explanations = scored.explanations or ()
+        explained = {position: why for position, why in enumerate(explanations) if why is not None}
+        if not scored.flags.any():
+            return None  # nothing to explain: what the panel says stays as it was
+        if not explained:
+            self.why_unavailable = (
+                f"the backend at {client.base_url} sends none (it predates `/predict?explain=true`, or its "
+                "explanations are not in a form this UI reads)"
+            )
+            return None
+        self.why_unavailable = None
+        return explained
+
     def reset(self) -> None:
         """Forget everything streamed and measured; keep streaming and any running load as they are."""
         self.window.clear()
+        self.flagged.clear()
+        self.why_unavailable = None
         self.stats = DetectionStats()
         self.traffic.clear()
         self.last_error = None
@@ -178,6 +211,23 @@ class LiveSession:
     @property
     def sustained_running(self) -> bool:
         return self.sustained is not None and self.sustained.running
+
+
+def _flagged_readings(frame: pd.DataFrame, explanations: dict[int, Explanation]) -> list[FlaggedReading]:
+    """The batch's explained (so flagged) readings in time order, for the why-panel."""
+    readings = []
+    for position, explanation in sorted(explanations.items()):
+        row = frame.iloc[position]
+        readings.append(
+            FlaggedReading(
+                time=row["time"],
+                score=float(row["score"]),
+                outcome=str(row["outcome"]),
+                kind=str(row["kind"]),
+                explanation=explanation,
+            )
+        )
+    return readings
 
 
 def stream_tick(live: LiveSession, client: BackendClient, settings: StreamSettings) -> bool:

@@ -4,10 +4,11 @@ Run with ``streamlit run ui/main.py`` (``gridwatch up`` does it for you); ``BACK
 (default http://localhost:8000), ``STREAMLIT_SERVER_PORT`` where the page is served (default 8501).
 
 This script only lays out the page and decides what runs when; the work is in small modules beside it:
-``client`` (HTTP), ``live`` (the session's stream), ``window``, ``detection``, ``traffic``, ``load``, ``charts``,
-``views`` and ``stream_feed`` (the Stream view's NATS subscription, ``NATS_URL``). Streaming is a ``st.fragment``
-whose ``run_every`` is switched on and off through session state: each tick scores one batch and redraws only the
-live view, so the page stays responsive and every script run finishes (no ``sleep`` + ``st.rerun()`` loop).
+``client`` (HTTP), ``live`` (the session's stream), ``window``, ``detection``, ``why`` (the explanations of the
+flagged readings), ``traffic``, ``load``, ``charts``, ``views`` and ``stream_feed`` (the Stream view's NATS
+subscription, ``NATS_URL``). Streaming is a ``st.fragment`` whose ``run_every`` is switched on and off through
+session state: each tick scores one batch and redraws only the live view, so the page stays responsive and every
+script run finishes (no ``sleep`` + ``st.rerun()`` loop).
 
 ``streamlit run`` puts this script's folder first on the import path, so the script must not be named after a
 package the page imports: as ``app.py`` it would shadow the ``app`` package (the simulator). As ``main.py`` it
@@ -179,6 +180,7 @@ def live_panel(client: BackendClient, settings: StreamSettings) -> None:
         st.error(f"**Last batch not scored.** {live.last_error.message}.", icon=":material/error:")
     views.render_counters(live)
     views.render_live_charts(live)
+    views.render_why(live)
 
 
 def toggle_sustained(live: LiveSession, client: BackendClient, settings: StreamSettings) -> None:

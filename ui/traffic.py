@@ -99,18 +99,18 @@ def now() -> float:
 
 
 def timed_predict(
-    client: BackendClient, readings: Sequence[Mapping[str, object]], *, source: str
+    client: BackendClient, readings: Sequence[Mapping[str, object]], *, source: str, explain: bool = False
 ) -> tuple[RequestRecord, PredictResult | BackendError]:
     """Send one ``/predict`` and describe it as a ``RequestRecord``, with the answer or the error it ended in.
 
     The stream and the load actions both record their requests this way, so the spread and latency charts count
     them alike: an answer carries the client's latency and who served it; a failure has no ``served_by`` and
     the time the UI waited for nothing. The error is returned, not raised, because a load sender must not stop
-    on it and the live session keeps it to show.
+    on it and the live session keeps it to show. ``explain`` asks for the readings' explanations too.
     """
     started = time.perf_counter()
     try:
-        result = client.predict(readings)
+        result = client.predict(readings, explain=explain)
     except BackendError as error:
         failed = RequestRecord(
             at=now(),

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from app.sim import GridProfile
-from ui import charts
+from ui import charts, why
 from ui.config import HEALTH_REFRESH_S, SPREAD_WINDOW_S
 from ui.live import STREAM_SOURCE, LiveSession
 from ui.load import LoadReport
@@ -230,6 +230,65 @@ def render_live_charts(live: LiveSession) -> None:
                         ),
                     },
                 )
+
+
+def render_why(live: LiveSession) -> None:
+    """Why the model flagged what it flagged: the last flagged readings' shares of the forest's credit as stacked
+    bars, and one chosen reading's details (share, value against the training band, z, EN 50160 limits). Says so
+    when the backend sends no explanations; the rest of the live view does not depend on them."""
+    readings = live.flagged.readings
+    if not readings and live.why_unavailable is None and not live.stats.flagged:
+        return  # nothing flagged yet: nothing to explain, and the live view's hint already says what to press
+    with st.container(border=True):
+        shown = "the last flagged reading" if len(readings) == 1 else f"the last {len(readings)} flagged readings"
+        st.markdown(
+            f"**Why flagged** \u00b7 {shown}, each feature's share of the forest's credit \u00b7 hover a flagged "
+            "marker above for its value against the training band"
+        )
+        if live.why_unavailable is not None:
+            st.info(f"**Explanations unavailable:** {live.why_unavailable}.", icon=":material/help:")
+        if not readings:
+            return
+        bars, details = st.columns(2, gap="medium")
+        with bars:
+            st.altair_chart(charts.contributions_chart(live.flagged.contributions_frame()), width="stretch")
+        with details:
+            newest = readings[-1]
+            by_time = {reading.time.isoformat(): reading for reading in reversed(readings)}
+            chosen = st.selectbox(
+                "Flagged reading",
+                [NEWEST, *by_time],
+                format_func=lambda key: (
+                    f"newest: {_reading_label(newest)}" if key == NEWEST else _reading_label(by_time[key])
+                ),
+                key="why_reading",
+                help="The newest unless you pick one, which stays until it leaves the last flagged readings. Each is "
+                "named by its simulated time (UTC), as on the charts.",
+            )
+            reading = by_time.get(chosen or NEWEST, newest)
+            st.markdown(why.headline(reading))
+            st.dataframe(
+                why.details_frame(reading.explanation),
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "contribution": st.column_config.ProgressColumn(
+                        "share", min_value=0.0, max_value=1.0, format="percent"
+                    ),
+                    "value": st.column_config.NumberColumn(format="%.3f"),
+                    "median": st.column_config.NumberColumn(format="%.3f"),
+                    "z": st.column_config.NumberColumn(format="%+.1f"),
+                },
+            )
+
+
+NEWEST = "newest"
+"""The why-panel's choice that follows the newest flagged reading."""
+
+
+def _reading_label(reading: why.FlaggedReading) -> str:
+    top = reading.explanation.top_feature or "no top feature"
+    return f"{reading.label} \u00b7 {top} \u00b7 score {reading.score:.3f} \u00b7 {reading.outcome}"
 
 
 def render_load_report(

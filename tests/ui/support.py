@@ -17,18 +17,56 @@ from tests.support import ROOT, Answer, HttpProcess, Route
 UI_SCRIPT = ROOT / "ui" / "main.py"
 
 
+STUB_CONTRIBUTIONS = {"voltage": 0.7, "current": 0.2, "frequency": 0.1}
+"""The shares the stub's explanations give every flagged reading: voltage on top, as the stub flags on voltage."""
+
+
+def stub_explanation(reading: dict[str, Any], flagged: bool) -> dict[str, Any]:
+    """An explanation in the API's shape (docs/api.md): the stub's shares for a flagged reading, no credit at all
+    otherwise, and the bands and EN 50160 limits of a 230 V / 50 Hz feeder."""
+    bands = {"voltage": (230.0, 1.2, [227.5, 233.0]), "current": (10.7, 4.5, [5.6, 20.8]),
+             "frequency": (50.0, 0.02, [49.95, 50.05])}  # fmt: skip
+    limits = {"voltage": [207.0, 253.0], "current": None, "frequency": [49.5, 50.5]}
+    features = []
+    for name, (median, spread, band) in bands.items():
+        value = float(reading.get(name, median))
+        low_high = limits[name]
+        features.append(
+            {
+                "name": name,
+                "contribution": STUB_CONTRIBUTIONS[name] if flagged else 0.0,
+                "value": value,
+                "median": median,
+                "spread": spread,
+                "band": band,
+                "z": (value - median) / spread,
+                "limits": low_high,
+                "outside_limits": None if low_high is None else not low_high[0] <= value <= low_high[1],
+            }
+        )
+    return {"top_feature": "voltage" if flagged else None, "features": features}
+
+
 def scoring_route(
-    threshold_voltage: float = 300.0, served_by: str = "stub:1", model_version: str | None = "stub-v1"
+    threshold_voltage: float = 300.0,
+    served_by: str = "stub:1",
+    model_version: str | None = "stub-v1",
+    *,
+    explain: bool = False,
 ) -> Route:
     """A /predict that flags readings above ``threshold_voltage`` volts: a predictable stand-in for the model.
-    ``model_version=None`` answers as a backend from before hot swaps did, without the field."""
+    ``model_version=None`` answers as a backend from before hot swaps did, without the field; ``explain`` adds
+    each prediction's ``stub_explanation`` (route it at ``/predict?explain=true``: the stub matches whole paths)."""
 
     def score(body: dict[str, Any] | None) -> Answer:
         readings = (body or {}).get("readings", [])
-        predictions = [
+        predictions: list[dict[str, Any]] = [
             {"anomaly": r["voltage"] > threshold_voltage, "score": (r["voltage"] - threshold_voltage) / 100}
             for r in readings
         ]
+        if explain:
+            for reading, prediction in zip(readings, predictions, strict=True):
+                prediction["explanation"] = stub_explanation(reading, prediction["anomaly"])
         answer = {
             "predictions": predictions,
             "anomalies": sum(p["anomaly"] for p in predictions),

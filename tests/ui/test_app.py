@@ -17,9 +17,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.tools.processes import free_port, wait_until_ready
-from tests.support import ROOT
-from tests.ui.support import UI_SCRIPT
-from tests.ui.test_logic import BLOCK_SKLEARN
+from tests.support import ROOT, Answer, StubBackend
+from tests.ui.support import UI_SCRIPT, scoring_route
+from tests.ui.test_logic import BLOCK_BACKEND_LIBRARIES, READY_HEALTH
 from ui.live import LiveSession, StreamSettings, stream_tick
 from ui.stream_feed import StreamFeed
 
@@ -250,25 +250,29 @@ def test_a_url_that_is_not_the_gridwatch_api_shows_an_error_banner(monkeypatch, 
     assert "Backend error" in texts(page.markdown)
 
 
-def test_the_page_runs_without_scikit_learn(backend):
-    """The UI image has no scikit-learn: run the page with it made unimportable, and score a batch."""
-    code = BLOCK_SKLEARN + (
+def test_the_page_runs_without_scikit_learn_or_numba(backend):
+    """The UI image has neither scikit-learn nor numba: run the page with both made unimportable, score a batch and
+    have a flagged reading explained."""
+    code = BLOCK_BACKEND_LIBRARIES + (
         "from streamlit.testing.v1 import AppTest\n"
         f"page = AppTest.from_file({str(UI_SCRIPT)!r}, default_timeout=60).run()\n"
         "page.button(key='generate').click().run()\n"
+        "page.button(key='inject').click().run()\n"
         "assert not page.exception, [e.message for e in page.exception]\n"
         "assert not page.error, [e.value for e in page.error]\n"
         "print(next(m.value for m in page.metric if m.label == 'Readings'))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'sklearn', 'numba'}))\n"
+        "print(page.session_state['gridwatch'].flagged.readings[-1].explanation.top_feature is not None)\n"
     )
     env = {**os.environ, "BACKEND_URL": backend.url}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    readings, sklearn_modules = result.stdout.strip().splitlines()[-2:]
-    assert readings == "64"
-    assert sklearn_modules == "[]"
+    readings, backend_modules, explained = result.stdout.strip().splitlines()[-3:]
+    assert readings == "65"
+    assert backend_modules == "[]"
+    assert explained == "True", "the extreme reading came with its explanation"
 
 
 def test_a_panel_that_fails_shows_one_line_and_the_page_keeps_running():
@@ -298,6 +302,88 @@ def test_shrinking_the_window_applies_without_a_new_batch(monkeypatch, backend):
     assert len(session(page).window) == 100
     assert chart_rows(charts(page)[0]) == 100
     assert metric(page, "Readings") == "300"  # the counters cover everything since the last reset
+
+
+# --- why a reading was flagged ------------------------------------------------------------------------------------
+
+
+def why_chart(page: AppTest):
+    """The why-panel's bar chart: the one chart whose data has a row per reading and feature."""
+    (chart,) = [c for c in charts(page) if '"contribution"' in c.proto.spec]
+    return chart
+
+
+def test_a_flagged_reading_shows_why_in_the_tooltips_the_bars_and_the_details(monkeypatch, backend):
+    page = open_page(monkeypatch, backend.url)
+    assert "Why flagged" not in texts(page.markdown), "nothing flagged yet, nothing to explain"
+    page.button(key="inject").click().run()
+    assert_no_traceback(page)
+
+    (reading,) = session(page).flagged.readings
+    explanation = reading.explanation
+    assert explanation.top_feature in {"voltage", "current", "frequency"}
+    assert sum(f.contribution for f in explanation.features) == pytest.approx(1.0)
+    assert "**Why flagged** \u00b7 the last flagged reading" in texts(page.markdown)
+    assert not page.info, "the backend explains: nothing is unavailable"
+    row = session(page).window.frame.iloc[-1]
+    assert row["top_feature"] == explanation.top_feature  # what the flagged marker's tooltip shows
+    top = explanation.feature(explanation.top_feature)
+    assert row[f"share_{top.name}"] == f"{100 * top.contribution:.0f} %"
+    assert row["limits_voltage"].startswith("OUTSIDE"), "an extreme reading breaks EN 50160"
+
+    assert chart_rows(why_chart(page)) == 3  # one reading, three features
+    choice = page.selectbox(key="why_reading")
+    assert choice.value == "newest"
+    assert f"**{top.name}** has {100 * top.contribution:.0f} % of the credit" in texts(page.markdown)
+    details = page.dataframe[-1].value
+    assert details["feature"].tolist() == [f.name for f in explanation.features]
+    assert details["contribution"].tolist() == [f.contribution for f in explanation.features]
+
+    session(page).seed = 7  # the simulator the new anomaly rate builds is seeded: the same flags every run
+    page.slider(key="batch_size").set_value(100).run()
+    page.slider(key="anomaly_rate").set_value(0.08).run()  # some flags, fewer than the panel keeps (20)
+    page.button(key="generate").click().run()
+    assert_no_traceback(page)
+    readings = session(page).flagged.readings
+    assert readings[0] == reading, "the extreme reading is still among the last flagged"
+    assert len(readings) > 1
+    assert chart_rows(why_chart(page)) == 3 * len(readings)
+    choice = page.selectbox(key="why_reading")
+    assert choice.value == "newest"
+    assert choice.options[0].startswith(f"newest: {readings[-1].label}")
+    assert choice.options[-1].startswith(reading.label), "the newest first, the oldest last"
+
+    choice.select(reading.time.isoformat()).run()  # pick the extreme reading again
+    page.slider(key="anomaly_rate").set_value(0.0).run()
+    page.button(key="generate").click().run()
+    assert page.selectbox(key="why_reading").value == reading.time.isoformat(), "a picked reading stays picked"
+    assert f"**{top.name}** has {100 * top.contribution:.0f} % of the credit" in texts(page.markdown)
+
+
+@pytest.fixture
+def older_backend() -> Iterator[StubBackend]:
+    """A backend from before explanations: it scores, and ignores ``explain=true`` as FastAPI ignores any unknown
+    query parameter."""
+    with StubBackend() as stub:
+        stub.route("GET", "/health", Answer(200, READY_HEALTH))
+        stub.route("GET", "/model", Answer(200, {"model_version": "abc123def456", "config": {}}))
+        stub.route("POST", "/predict", scoring_route())
+        stub.route("POST", "/predict?explain=true", scoring_route())
+        yield stub
+
+
+def test_a_backend_without_explanations_says_so_and_the_page_keeps_working(monkeypatch, older_backend):
+    page = open_page(monkeypatch, older_backend.url)
+    page.button(key="inject").click().run()
+    assert_no_traceback(page)
+    assert metric(page, "Flagged") == "1"
+    assert "Explanations unavailable" in texts(page.info)
+    assert "sends none" in texts(page.info)
+    assert session(page).window.frame.iloc[-1]["top_feature"] == "unavailable"
+    assert not [c for c in charts(page) if '"contribution"' in c.proto.spec], "no bars without explanations"
+    page.button(key="generate").click().run()
+    assert_no_traceback(page)
+    assert metric(page, "Readings") == "65"
 
 
 # --- the Stream view -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from app.tools.processes import free_port
@@ -129,6 +129,59 @@ def test_generate_batch_draws_the_charts_and_an_extreme_reading_is_flagged(page:
     assert page.get_by_text("detected").first.is_visible()
     assert_no_traceback(page)
     assert screenshot(page, "ui-browser-inject.png").stat().st_size > 0
+
+
+def why_panel(page: Page) -> Locator:
+    """The bordered container of the why-panel (the innermost one holding its heading)."""
+    return page.locator('[data-testid="stVerticalBlock"]').filter(has=page.get_by_text("Why flagged")).last
+
+
+def tooltip_after_hovering(page: Page, mark: Locator, shows: str) -> str:
+    """Hover a Vega mark and return the tooltip's text once it shows ``shows`` (Vega fills one shared tooltip
+    element on each hover: waiting for the content, not a delay, says this hover's tooltip is up)."""
+    mark.hover()
+    page.wait_for_function(
+        "text => (document.querySelector('#vg-tooltip-element')?.innerText || '').includes(text)", arg=shows
+    )
+    return page.locator("#vg-tooltip-element").inner_text()
+
+
+def fields(tooltip: str) -> dict[str, str]:
+    """A Vega tooltip's rows (a key cell, then a value cell) as a dict."""
+    cells = [cell.strip() for cell in tooltip.split("\n") if cell.strip()]
+    return dict(zip(cells[::2], cells[1::2], strict=False))
+
+
+def test_a_flagged_reading_shows_why_on_hover_in_the_bars_and_in_the_details(page: Page):
+    page.get_by_role("button", name="Inject Extreme Reading").click()
+    panel = why_panel(page)
+    panel.get_by_text("the last flagged reading").wait_for()
+    headline = panel.get_by_text(re.compile(r"has \d+ % of the credit"))  # not the bar chart's axis title
+    top = headline.locator("strong").inner_text()
+    assert top in {"voltage", "current", "frequency"}
+    assert "outside the EN 50160 limits" in headline.inner_text(), "an extreme reading breaks the supply limits"
+    panel.get_by_test_id("stDataFrame").wait_for()  # the per-feature details
+
+    # The bar chart of the shares, drawn: one bar per feature of the one flagged reading.
+    bars = panel.locator('[data-testid="stVegaLiteChart"]').locator("g.mark-rect path")
+    wait_until(lambda: bars.count() == 3, "the reading's three shares are drawn as bars")
+    bar = fields(tooltip_after_hovering(page, bars.first, "share"))
+    assert bar["feature"] in {"voltage", "current", "frequency"}
+    assert bar["share"].endswith("%")
+    assert bar["top feature"] == top
+
+    # The flagged marker on the voltage chart says why when hovered, at the same time as the bar names it.
+    voltage = page.locator('[data-testid="stVegaLiteChart"]').first.locator("g.mark-symbol path").first
+    marker = fields(tooltip_after_hovering(page, voltage, "why: top feature"))
+    assert marker["outcome"] == "detected"
+    assert marker["why: top feature"] == top
+    assert [marker[f"{f} share"].endswith("%") for f in ("voltage", "current", "frequency")] == [True] * 3
+    assert marker["voltage vs training band"].startswith("above ")
+    assert marker["voltage EN 50160"].startswith("OUTSIDE 207 to 253 V")
+    assert float(marker["voltage z"]) > 10
+    assert marker["time (UTC)"] == bar["time (UTC)"]
+    assert_no_traceback(page)
+    screenshot(page, "ui-browser-why.png")
 
 
 def test_streaming_refreshes_the_page_by_itself_until_stopped(page: Page):

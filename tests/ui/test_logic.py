@@ -14,7 +14,7 @@ import pytest
 
 from app.tools.processes import free_port
 from tests.support import ROOT, Answer, StubBackend
-from tests.ui.support import scoring_route
+from tests.ui.support import STUB_CONTRIBUTIONS, scoring_route, stub_explanation
 from ui.client import BackendClient, BackendError, ErrorKind
 from ui.config import (
     BATCH_SIZE,
@@ -22,6 +22,7 @@ from ui.config import (
     LOAD_REQUESTS,
     LOAD_SECONDS,
     LOAD_THREADS,
+    WHY_READINGS,
     backend_url_from_env,
     nats_url_from_env,
 )
@@ -37,7 +38,20 @@ from ui.load import (
 )
 from ui.model_info import model_summary
 from ui.traffic import RequestRecord, TrafficLog, timed_predict
+from ui.why import (
+    NOT_FLAGGED,
+    UNAVAILABLE,
+    WHY_COLUMNS,
+    FlaggedLog,
+    FlaggedReading,
+    details_frame,
+    headline,
+    parse_explanation,
+    why_frame,
+)
 from ui.window import RollingWindow
+
+EXPLAIN_PATH = "/predict?explain=true"
 
 READY_HEALTH = {
     "status": "ok",
@@ -56,6 +70,7 @@ def stub():
         backend.route("GET", "/health", Answer(200, READY_HEALTH))
         backend.route("GET", "/model", Answer(200, {"model_version": "abc123def456", "config": {}}))
         backend.route("POST", "/predict", scoring_route())
+        backend.route("POST", EXPLAIN_PATH, scoring_route(explain=True))
         yield backend
 
 
@@ -446,6 +461,7 @@ def test_generate_scores_a_batch_and_fills_window_stats_and_traffic(stub):
         "outcome",
         "served_by",
         "model_version",
+        *WHY_COLUMNS,
     ]
     assert set(frame["model_version"]) == {"stub-v1"}, "each row names the version that scored its batch"
     assert frame["flagged"].tolist() == (frame["voltage"] > 300).tolist()
@@ -588,27 +604,28 @@ def test_model_summary_picks_the_facts_and_tolerates_missing_fields():
     assert sparse.evaluation is None
 
 
-# --- no scikit-learn ----------------------------------------------------------------------------------------------
+# --- no scikit-learn, no numba ------------------------------------------------------------------------------------
 
-BLOCK_SKLEARN = """
+BLOCK_BACKEND_LIBRARIES = """
 import sys
 
-class RefuseScikitLearn:
-    '''Behave like the UI image, where scikit-learn is not installed.'''
+class RefuseBackendLibraries:
+    '''Behave like the UI image, which has neither scikit-learn nor numba (the backend's compiled kernels): the
+    explanations reach the UI over HTTP, never from app.detector.'''
     def find_spec(self, name, path=None, target=None):
-        if name == "sklearn" or name.startswith("sklearn."):
-            raise ImportError("scikit-learn is not installed in the UI image")
+        if name.split(".")[0] in {"sklearn", "numba"}:
+            raise ImportError(f"{name} is not installed in the UI image")
         return None
 
-sys.meta_path.insert(0, RefuseScikitLearn())
+sys.meta_path.insert(0, RefuseBackendLibraries())
 """
 
 
-def test_importing_the_ui_modules_does_not_import_scikit_learn():
-    code = BLOCK_SKLEARN + (
-        "import ui.client, ui.live, ui.load, ui.charts, ui.views, ui.window, ui.detection, ui.traffic\n"
+def test_importing_the_ui_modules_imports_neither_scikit_learn_nor_numba():
+    code = BLOCK_BACKEND_LIBRARIES + (
+        "import ui.client, ui.live, ui.load, ui.charts, ui.views, ui.window, ui.detection, ui.traffic, ui.why\n"
         "import app.sim\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'sklearn', 'joblib', 'scipy'}))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'sklearn', 'joblib', 'scipy', 'numba'}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -662,9 +679,265 @@ def test_signal_and_score_charts_mark_every_anomaly_and_draw_the_threshold():
 
 def test_a_backend_that_names_no_model_version_still_scores(stub):
     """Backends from before hot swaps answer without ``model_version``: the UI keeps working, the column is empty."""
-    stub.route("POST", "/predict", scoring_route(model_version=None))
+    stub.route("POST", EXPLAIN_PATH, scoring_route(model_version=None))  # nor explanations, then
     live = LiveSession(seed=3)
     assert live.generate(BackendClient(stub.url), StreamSettings(batch_size=10, anomaly_rate=0.0, window=50))
     assert set(live.window.frame["model_version"]) == {""}
     assert live.last_batch is not None
     assert live.last_batch.model_version is None
+
+
+# --- why a reading was flagged -----------------------------------------------------------------------------------
+
+EXTREME = {"voltage": 410.0, "current": 12.0, "frequency": 50.0}
+
+
+def test_an_explanation_in_the_apis_shape_is_read_feature_by_feature():
+    explanation = parse_explanation(stub_explanation(EXTREME, flagged=True))
+    assert explanation is not None
+    assert explanation.top_feature == "voltage"
+    assert [f.name for f in explanation.features] == ["voltage", "current", "frequency"]
+    assert {f.name: f.contribution for f in explanation.features} == STUB_CONTRIBUTIONS
+    voltage, current, frequency = explanation.features
+    assert (voltage.value, voltage.band, voltage.limits, voltage.outside_limits) == (
+        410.0,
+        (227.5, 233.0),
+        (207.0, 253.0),
+        True,
+    )
+    assert voltage.z == pytest.approx((410.0 - 230.0) / 1.2)
+    assert not voltage.in_band
+    assert (current.limits, current.outside_limits) == (None, None), "current has no physical limit"
+    assert frequency.in_band
+    assert frequency.outside_limits is False
+
+    uncredited = parse_explanation(stub_explanation(EXTREME, flagged=False))
+    assert uncredited is not None
+    assert uncredited.top_feature is None, "no tree isolated it: no top feature"
+
+
+def _broken(change) -> dict:
+    data = stub_explanation(EXTREME, flagged=True)
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        "voltage",
+        {"top_feature": "voltage"},
+        {"top_feature": "voltage", "features": []},
+        _broken(lambda d: d.update(top_feature="power")),
+        _broken(lambda d: d["features"][0].pop("band")),
+        _broken(lambda d: d["features"][0].update(band=[1.0])),
+        _broken(lambda d: d["features"][1].update(contribution="a lot")),
+        _broken(lambda d: d["features"].append(d["features"][0])),
+    ],
+    ids=["none", "text", "no-features", "empty", "unknown-top", "no-band", "short-band", "not-a-number", "twice"],
+)
+def test_an_explanation_the_ui_cannot_read_is_none_not_an_error(data):
+    assert parse_explanation(data) is None
+
+
+def test_tooltip_columns_say_why_for_flagged_readings_only():
+    explanation = parse_explanation(stub_explanation(EXTREME, flagged=True))
+    assert explanation is not None
+    frame = why_frame([False, True, True], {1: explanation})
+    assert list(frame.columns) == WHY_COLUMNS
+    assert frame["top_feature"].tolist() == [NOT_FLAGGED, "voltage", UNAVAILABLE]
+    explained = frame.iloc[1]
+    assert (explained["share_voltage"], explained["share_current"], explained["share_frequency"]) == (
+        "70 %",
+        "20 %",
+        "10 %",
+    )
+    assert explained["band_voltage"] == "above 227.5 to 233 V"
+    assert explained["z_voltage"] == "+150.0"
+    assert explained["limits_voltage"] == "OUTSIDE 207 to 253 V"
+    assert explained["band_frequency"] == "inside 49.95 to 50.05 Hz"
+    assert explained["limits_frequency"] == "inside 49.5 to 50.5 Hz"
+    assert explained["limits_current"] == "none"
+    for row in (0, 2):  # not flagged, and flagged without an explanation: nothing made up
+        assert set(frame.iloc[row].drop("top_feature")) == {""}
+
+    low = parse_explanation(stub_explanation({"voltage": 200.0, "current": 10.7, "frequency": 50.0}, flagged=True))
+    assert low is not None
+    assert why_frame([True], {0: low}).iloc[0]["band_voltage"] == "below 227.5 to 233 V"
+
+
+def _flagged(second: int, explanation) -> FlaggedReading:
+    return FlaggedReading(
+        time=pd.Timestamp("2026-11-23 10:00:00", tz="UTC") + pd.Timedelta(seconds=second),
+        score=0.1,
+        outcome=Outcome.detected.value,
+        kind="voltage_spike",
+        explanation=explanation,
+    )
+
+
+def test_flagged_log_keeps_the_last_readings_and_charts_their_shares():
+    explanation = parse_explanation(stub_explanation(EXTREME, flagged=True))
+    log = FlaggedLog(capacity=3)
+    log.extend(_flagged(second, explanation) for second in range(5))
+    assert [r.label for r in log.readings] == ["10:00:02", "10:00:03", "10:00:04"]
+    shares = log.contributions_frame()
+    assert len(shares) == 3 * 3
+    assert shares.groupby("reading")["contribution"].sum().round(9).tolist() == [1.0, 1.0, 1.0]
+    assert set(shares["feature"]) == {"voltage", "current", "frequency"}
+    log.clear()
+    assert log.contributions_frame().empty
+
+
+def test_details_and_headline_of_one_reading():
+    reading = _flagged(0, parse_explanation(stub_explanation(EXTREME, flagged=True)))
+    table = details_frame(reading.explanation)
+    assert table["feature"].tolist() == ["voltage", "current", "frequency"]
+    assert table["contribution"].tolist() == [0.7, 0.2, 0.1]
+    assert table["EN 50160"].tolist() == ["OUTSIDE 207 to 253 V", "none", "inside 49.5 to 50.5 Hz"]
+    assert headline(reading) == (
+        "**voltage** has 70 % of the credit: 410 V, z +150.0, above its training band, outside the EN 50160 limits."
+    )
+    uncredited = _flagged(0, parse_explanation(stub_explanation(EXTREME, flagged=False)))
+    assert headline(uncredited).startswith("No tree isolated this reading early")
+
+
+def test_client_asks_for_explanations_only_when_told_and_reads_the_flagged_ones(stub):
+    client = BackendClient(stub.url)
+    normal = {"voltage": 230.0, "current": 10.0, "frequency": 50.0}
+    plain = client.predict([EXTREME])
+    assert plain.explanations is None
+    assert stub.requests[-1]["path"] == "/predict"
+    explained = client.predict([normal, EXTREME], explain=True)
+    assert stub.requests[-1]["path"] == EXPLAIN_PATH
+    assert explained.explanations is not None
+    unflagged, flagged = explained.explanations
+    assert unflagged is None, "sent, but not read: the UI shows why only for flagged readings"
+    assert flagged is not None
+    assert flagged.top_feature == "voltage"
+
+
+def test_the_live_view_asks_why_in_its_batches_own_request(stub):
+    """One request per batch, as before, with explain=true: a second request for the flagged readings would have
+    the backend score them twice (its anomalies_total, drift window and shadow would count them twice)."""
+    stub.route("POST", EXPLAIN_PATH, scoring_route(threshold_voltage=240.0, explain=True))  # flags voltage spikes
+    live = LiveSession(seed=11)
+    client = BackendClient(stub.url)
+    assert live.generate(client, StreamSettings(batch_size=200, anomaly_rate=0.2, anomaly_kinds=("voltage_spike",)))
+    assert [r["path"] for r in stub.requests] == [EXPLAIN_PATH]
+    assert len(stub.requests[0]["body"]["readings"]) == 200
+    frame = live.window.frame
+    flagged = frame[frame["flagged"]]
+    assert len(flagged) > WHY_READINGS, "the seed injects more voltage spikes than the panel keeps"
+    assert set(flagged["top_feature"]) == {"voltage"}
+    assert set(flagged["share_voltage"]) == {"70 %"}
+    assert set(frame.loc[~frame["flagged"], "top_feature"]) == {NOT_FLAGGED}
+    assert live.why_unavailable is None
+    assert len(live.flagged) == WHY_READINGS
+    assert [r.time for r in live.flagged.readings] == flagged["time"].tolist()[-WHY_READINGS:]
+    assert live.traffic.instances() == {"stub:1": 1}
+
+    live.reset()
+    assert len(live.flagged) == 0
+    assert live.why_unavailable is None
+
+
+def test_a_backend_without_explanations_still_scores_and_the_reason_is_kept(stub):
+    stub.route("POST", EXPLAIN_PATH, scoring_route())  # an older backend: the parameter is ignored
+    live = LiveSession(seed=1)
+    client = BackendClient(stub.url)
+    assert live.inject_extreme(client, StreamSettings())
+    row = live.window.frame.iloc[-1]
+    assert (bool(row["flagged"]), row["top_feature"]) == (True, UNAVAILABLE)
+    assert live.stats.flagged == 1
+    assert live.last_error is None
+    assert len(live.flagged) == 0
+    assert live.why_unavailable is not None
+    assert "sends none" in live.why_unavailable
+    assert stub.url in live.why_unavailable
+
+    assert live.generate(client, StreamSettings(batch_size=20, anomaly_rate=0.0))
+    assert "sends none" in live.why_unavailable, "a batch without flags neither proves nor disproves it"
+
+    stub.route("POST", EXPLAIN_PATH, scoring_route(explain=True))  # upgraded
+    assert live.inject_extreme(client, StreamSettings())
+    assert live.why_unavailable is None
+    assert len(live.flagged) == 1
+
+
+def test_an_explanation_the_ui_cannot_read_leaves_that_reading_unexplained(stub):
+    def odd(body):
+        answer = scoring_route(explain=True)(body)
+        answer.body["predictions"][0]["explanation"] = {"top_feature": "voltage", "features": "voltage"}
+        return answer
+
+    stub.route("POST", EXPLAIN_PATH, odd)
+    live = LiveSession(seed=1)
+    assert live.inject_extreme(BackendClient(stub.url), StreamSettings())
+    assert live.window.frame.iloc[-1]["top_feature"] == UNAVAILABLE
+    assert live.stats.flagged == 1
+    assert "not in a form this UI reads" in (live.why_unavailable or "")
+
+
+def test_load_actions_never_ask_why(stub):
+    send = make_sender(BackendClient(stub.url), [[EXTREME]], TrafficLog(), source="burst")
+    burst(send, 3)
+    assert [r["path"] for r in stub.requests] == ["/predict"] * 3
+
+
+def test_flagged_markers_carry_why_in_their_tooltips_and_the_bars_stack_the_shares(stub):
+    from ui.charts import contributions_chart, score_chart, signal_chart
+
+    live = LiveSession(seed=1)
+    client = BackendClient(stub.url)
+    live.generate(client, StreamSettings(batch_size=30, anomaly_rate=0.0))
+    live.inject_extreme(client, StreamSettings())
+    frame = live.window.frame
+
+    _line, markers = _layers(signal_chart(frame, "voltage"))
+    titles = [t.get("title", t["field"]) for t in markers["encoding"]["tooltip"]]
+    assert titles[-7:] == [
+        "why: top feature",
+        "voltage share",
+        "current share",
+        "frequency share",
+        "voltage vs training band",
+        "voltage z",
+        "voltage EN 50160",
+    ]
+    chart = signal_chart(frame, "frequency").to_dict()
+    (rows,) = chart["datasets"].values()
+    flagged_row = rows[-1]
+    assert flagged_row["top_feature"] == "voltage"
+    assert flagged_row["share_voltage"] == "70 %"
+    assert flagged_row["limits_frequency"] == "OUTSIDE 49.5 to 50.5 Hz", "an extreme reading breaks every limit"
+    assert "band_voltage" not in flagged_row, "a signal chart sends its own signal's band only"
+    score_titles = [t.get("title", t["field"]) for t in score_chart(frame).to_dict()["layer"][1]["encoding"]["tooltip"]]
+    assert "why: top feature" in score_titles
+
+    bars = contributions_chart(live.flagged.contributions_frame()).to_dict()
+    assert bars["mark"]["type"] == "bar"
+    assert bars["encoding"]["y"]["stack"] == "zero"
+    assert bars["encoding"]["color"]["scale"]["domain"] == ["voltage", "current", "frequency"]
+    (shares,) = bars["datasets"].values()
+    assert [(r["reading"], r["feature"], r["contribution"]) for r in shares] == [
+        (live.flagged.readings[0].label, feature, share) for feature, share in STUB_CONTRIBUTIONS.items()
+    ]
+
+
+def test_tooltips_give_a_readings_time_in_utc_to_the_second():
+    """As the why-panel names readings. Vega-Lite has no ``formatType: utc`` (the tooltip showed NaN): a UTC time
+    unit does it."""
+    from ui.charts import score_chart, signal_chart, stream_chart
+
+    frame = pd.DataFrame(
+        {"time": pd.date_range("2026-11-23", periods=2, freq="s", tz="UTC"), "voltage": [230.0, 410.0],
+         "score": [-0.2, 0.3], "outcome": ["normal", "detected"], "kind": ["", "extreme"], "served_by": "pod-a",
+         "feeder": "f1", "sensor": "s1", "anomaly": [False, True], "model_version": "v1"}
+    )  # fmt: skip
+    for chart in (signal_chart(frame, "voltage"), score_chart(frame), stream_chart(frame)):
+        tooltips = [t for layer in chart.to_dict()["layer"] for t in layer.get("encoding", {}).get("tooltip", [])]
+        (time,) = [t for t in tooltips if t.get("field") == "time"]
+        assert (time["timeUnit"], time["format"]) == ("utcyearmonthdatehoursminutesseconds", "%Y-%m-%d %H:%M:%S")
+        assert "formatType" not in time

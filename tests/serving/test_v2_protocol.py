@@ -185,12 +185,12 @@ ROW = [231.2, 12.5, 50.01]
         (
             {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": ROW}]},
             "holds 6 values, its data has 3",
-        ),  # noqa: E501
+        ),
         ({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP64", "data": []}]}, "at least one reading"),
         (
             {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, "2", 3]}]},
             "must be finite numbers",
-        ),  # noqa: E501
+        ),
         ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [[1, 2], [3]]}]}, "hold 3 values"),
         ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [[[1, 2, 3]]]}]}, "finite numbers"),
         ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1e39, 1, 1]}]}, "range of FP32"),

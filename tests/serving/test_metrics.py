@@ -17,7 +17,7 @@ from app.detector.model import Detector
 from app.scoring.metrics import LATENCY_BUCKETS
 from app.serving.app import create_app
 from app.serving.settings import Settings
-from tests.support import ServerProcess
+from tests.support import BlockingDetector, ServerProcess
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
 EXTREME = {"voltage": 410.0, "current": 200.0, "frequency": 45.0}
@@ -64,15 +64,8 @@ def test_model_info_and_load_duration(client: TestClient, detector: Detector):
 
 def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, detector: Detector):
     """A large batch is scored in the thread pool, so other requests (the scrape, the probes) are served meanwhile."""
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(Detector):
-        def predict_batch(self, X):
-            entered.set()
-            release.wait(timeout=30)
-            return super().predict_batch(X)
-
-    blocking = Blocking(detector.forest, detector.metadata)
+    held = BlockingDetector.of(detector)
+    entered, release, blocking = held.entered, held.release, held.blocking
     large = {"readings": [NORMAL] * 1000}  # above INLINE_BUDGET_STEPS for the default model
     with TestClient(create_app(settings, detector=blocking)) as client:
         idle = sample("requests_in_flight")

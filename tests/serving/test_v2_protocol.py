@@ -29,6 +29,7 @@ from app.scoring.versions import ModelNotFoundError, OtherVersions, VersionNotSe
 from app.serving.app import create_app
 from app.serving.settings import Settings
 from app.sim import GridSimulator
+from tests.support import BlockingDetector
 
 INFER = "/v2/models/gridwatch/infer"
 SMALL = ModelConfig(n_estimators=20, max_samples=512, train_samples=2_000)
@@ -267,15 +268,8 @@ def test_the_limits_of_predict_apply(settings: Settings, detector: Detector):
 
 
 def test_inference_shares_predicts_in_flight_limit_and_is_shed_with_503(settings: Settings, detector: Detector):
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(Detector):
-        def predict_batch(self, X):
-            entered.set()
-            release.wait(timeout=30)
-            return super().predict_batch(X)
-
-    blocking = Blocking(detector.forest, detector.metadata)
+    held = BlockingDetector.of(detector)
+    entered, release, blocking = held.entered, held.release, held.blocking
     large = {"readings": [dict(zip(FEATURES, ROW, strict=True))] * 1000}  # scored in the thread pool
     with TestClient(create_app(settings.model_copy(update={"max_inflight": 1}), detector=blocking)) as client:
         worker = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": large})

@@ -79,8 +79,8 @@ class OtherVersions:
             with self._entries:
                 loaded = self._loaded.get(version)
                 refused = self._refused.get(version)
-            if loaded is not None and loaded[0] == files:
-                return self.cached(version) or loaded[1]
+            if loaded is not None and loaded[0] == files:  # loaded by the request that held the lock before
+                return loaded[1]
             if refused is not None and refused[0] == files:
                 raise VersionNotServableError(refused[1])
             try:

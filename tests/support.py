@@ -26,6 +26,7 @@ import httpx2
 import pytest
 
 from app.detector.artifact import forest_path, metadata_path
+from app.detector.model import Detector
 from app.tools.processes import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,3 +274,25 @@ def wait_for_status(url: str, status: int, *, field: str, value: str) -> dict:
             return answer.json()
         time.sleep(0.1)  # polling interval
     raise AssertionError(f"{url} never answered {status} with {field}={value}")
+
+
+@dataclass
+class BlockingDetector:
+    """``detector`` whose scoring waits, once entered, until ``release`` is set: a request held in flight while the
+    test looks at the others. ``entered`` is set when a batch reaches the model."""
+
+    blocking: Detector
+    entered: threading.Event
+    release: threading.Event
+
+    @classmethod
+    def of(cls, detector: Detector) -> BlockingDetector:
+        entered, release = threading.Event(), threading.Event()
+
+        class Blocking(Detector):
+            def predict_batch(self, X):
+                entered.set()
+                release.wait(timeout=30)
+                return super().predict_batch(X)
+
+        return cls(Blocking(detector.forest, detector.metadata), entered, release)

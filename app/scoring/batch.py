@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from opentelemetry import trace
 
+from app.detector.model import Detector
 from app.scoring.holder import LoadedModel
 from app.scoring.metrics import ANOMALIES, BATCH_SIZE, INFERENCE_LATENCY, READINGS_SCORED, trace_exemplar
 
@@ -63,3 +64,14 @@ class BatchScorer:
         BATCH_SIZE.observe(X.shape[0])
         model.gauges.export(model.drift.update(X, flags))
         return batch
+
+    def score_other(self, detector: Detector, X: np.ndarray) -> ScoredBatch:
+        """Score with a version that is not the served one (a challenger compared by hand through
+        ``/v2/models/gridwatch/versions/{version}/infer``): the span only, so the served model's latency, counts
+        and drift window keep describing the served model."""
+        with self.tracer.start_as_current_span("score_batch") as span:
+            flags, scores = detector.predict_batch(X)
+            span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
+            span.set_attribute("gridwatch.anomalies", int(np.count_nonzero(flags)))
+            span.set_attribute("gridwatch.model_version", detector.version)
+        return ScoredBatch(flags, scores)

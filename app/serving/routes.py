@@ -31,7 +31,7 @@ from app.serving.edge.admission import (
     require_json,
 )
 from app.serving.edge.http_errors import JSONResponse, ModelRefusedError
-from app.serving.edge.parsing import most_readings, parse_readings
+from app.serving.edge.parsing import INLINE_PARSE_BYTES, most_readings, parse_readings
 from app.serving.readiness import ServerReadiness
 from app.serving.schemas import (
     PREDICT_ERRORS,
@@ -45,13 +45,7 @@ from app.serving.schemas import (
 )
 from app.serving.settings import Settings
 from app.serving.telemetry.exposition import render_metrics
-
-INLINE_PARSE_BYTES = 64 * 1024
-"""Bodies up to this size (about 1,000 readings) are parsed on the event loop; bigger ones in the thread pool.
-
-Parsing costs about a microsecond per reading and holds the GIL either way, but on the event loop a burst of big
-bodies is parsed back to back before the loop polls again, and the probes wait behind all of them; in a thread the
-loop gets the GIL back every few milliseconds. Small bodies stay inline: a thread hop costs more than parsing them."""
+from app.serving.v2 import add_v2_routes
 
 
 def add_routes(
@@ -65,7 +59,8 @@ def add_routes(
     watcher: ModelWatcher,
 ) -> None:
     """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
-    limit; /model, /predict and /model/reload require the key when one is set."""
+    limit; /model, /predict and /model/reload require the key when one is set. The Open Inference Protocol's /v2
+    routes (``app.serving.v2``) share the key and /predict's budgets."""
     multiprocess_dir = settings.prometheus_multiproc_dir
     explainer = BatchExplainer(settings.supply_standard())
 
@@ -175,6 +170,8 @@ def add_routes(
         return Response(content, media_type=content_type)
 
     _add_model_reload(app, keyed, unauthorized, holder, watcher)
+    add_v2_routes(app, settings, keyed=keyed, inflight=inflight, budget=budget, buffered=buffered, holder=holder,
+                  readiness=readiness, scorer=scorer, shadow=shadow)  # fmt: skip
 
 
 def api_key_dependency(key: str | None) -> tuple[list[Any], dict[int | str, dict[str, Any]]]:

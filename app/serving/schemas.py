@@ -93,3 +93,125 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}
 }
 """Documented only when an API key is required."""
+
+
+# --- the Open Inference Protocol (v2), app.serving.v2 ---------------------------------------------------------------
+
+
+class ProtocolError(BaseModel):
+    """Every error of the /v2 routes, in the protocol's shape."""
+
+    error: str = Field(description="What is wrong, in words.")
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(description="`gridwatch`.")
+    version: str = Field(description="The server's version.")
+    extensions: list[str] = Field(description="None: neither Triton's binary tensors nor any other extension.")
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="`FP64`, `FP32` or `BOOL`.")
+    shape: list[int] = Field(description="-1 for the batch dimension.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="For the input: `features`, the order of its columns."
+    )
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] = Field(description="The versions of the model store that may be named in the URL.")
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ResponseOutput(BaseModel):
+    name: str = Field(description="`anomaly` (BOOL, [N]: score > 0) or `score` (FP64, [N]: higher is more anomalous).")
+    datatype: str
+    shape: list[int]
+    data: list[bool | float | list[float]] = Field(description="One value per reading, in input order.")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str = Field(description="The version that scored the whole batch.")
+    id: str | None = Field(default=None, description="The request's `id`, when it gave one.")
+    parameters: dict[str, Any] = Field(description="`served_by`: the instance that answered.")
+    outputs: list[ResponseOutput]
+
+
+def infer_request_schema(max_batch: int, features: tuple[str, ...]) -> dict[str, Any]:
+    """The inference request as this server reads it (``app.serving.edge.tensors``), for OpenAPI: one input of
+    shape [N, 3] or three named [N] inputs, FP64 or FP32, data flat or as rows."""
+    parameters = {"anyOf": [{"type": "object"}, {"type": "null"}]}
+    number = {"type": "number"}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "parameters": parameters,
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": len(features),
+                "items": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype", "data"],
+                    "properties": {
+                        "name": {"type": "string", "examples": ["readings", *features]},
+                        "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer"}},
+                        "datatype": {"type": "string", "enum": ["FP64", "FP32"]},
+                        "parameters": parameters,
+                        "data": {
+                            "type": "array",
+                            "maxItems": max_batch * len(features),
+                            "items": {"anyOf": [number, {"type": "array", "items": number}]},
+                        },
+                    },
+                },
+            },
+            "outputs": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}, "parameters": parameters},
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+        "examples": [
+            {
+                "id": "42",
+                "inputs": [
+                    {
+                        "name": "readings",
+                        "shape": [2, 3],
+                        "datatype": "FP64",
+                        "data": [231.2, 12.5, 50.01, 410.0, 200.0, 45.0],
+                    }
+                ],
+                "outputs": [{"name": "anomaly"}, {"name": "score"}],
+            }
+        ],
+    }

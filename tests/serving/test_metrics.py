@@ -17,11 +17,23 @@ from app.detector.model import Detector
 from app.scoring.metrics import LATENCY_BUCKETS
 from app.serving.app import create_app
 from app.serving.settings import Settings
-from tests.support import ServerProcess
+from tests.support import BlockingDetector, ServerProcess
 
 NORMAL = {"voltage": 230.4, "current": 11.2, "frequency": 50.003}
 EXTREME = {"voltage": 410.0, "current": 200.0, "frequency": 45.0}
 OPENMETRICS = {"accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
+V2_TEMPLATES = {
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{model_name}",
+    "/v2/models/{model_name}/ready",
+    "/v2/models/{model_name}/infer",
+    "/v2/models/{model_name}/versions/{version}",
+    "/v2/models/{model_name}/versions/{version}/ready",
+    "/v2/models/{model_name}/versions/{version}/infer",
+}
+"""The Open Inference Protocol's routes (app.serving.v2), each labelled by its template, never by the raw URL."""
 
 
 def sample(name: str, **labels: str) -> float:
@@ -52,15 +64,8 @@ def test_model_info_and_load_duration(client: TestClient, detector: Detector):
 
 def test_requests_in_flight_counts_a_request_while_it_runs(settings: Settings, detector: Detector):
     """A large batch is scored in the thread pool, so other requests (the scrape, the probes) are served meanwhile."""
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(Detector):
-        def predict_batch(self, X):
-            entered.set()
-            release.wait(timeout=30)
-            return super().predict_batch(X)
-
-    blocking = Blocking(detector.forest, detector.metadata)
+    held = BlockingDetector.of(detector)
+    entered, release, blocking = held.entered, held.release, held.blocking
     large = {"readings": [NORMAL] * 1000}  # above INLINE_BUDGET_STEPS for the default model
     with TestClient(create_app(settings, detector=blocking)) as client:
         idle = sample("requests_in_flight")
@@ -131,6 +136,7 @@ def test_every_series_has_bounded_labels_after_hostile_traffic(client: TestClien
     for i in range(20):
         client.get(f"/x/{i}")
         client.request("PROPFIND", f"/y/{i}")
+        client.get(f"/v2/models/model-{i}/versions/{i}")  # answered (404) by a route: labelled by its template
     families = text_string_to_metric_families(client.get("/metrics", headers=OPENMETRICS).text)
     for family in families:
         for s in family.samples:
@@ -140,7 +146,7 @@ def test_every_series_has_bounded_labels_after_hostile_traffic(client: TestClien
                                      "outcome"}, s  # fmt: skip
             if "path" in s.labels:
                 assert s.labels["path"] in {"/predict", "/health", "/livez", "/model", "/model/reload", "/metrics",
-                                            "unmatched", "/docs", "/openapi.json"}, s  # fmt: skip
+                                            "unmatched", "/docs", "/openapi.json", *V2_TEMPLATES}, s  # fmt: skip
             if "result" in s.labels:
                 assert s.labels["result"] in {"swapped", "failed"}, s
             if "outcome" in s.labels:

@@ -28,16 +28,17 @@ API_KEY_HEADER = "x-api-key"
 JSON_MEDIA_TYPE = "application/json"
 
 
-def require_json(request: Request) -> None:
+def require_json(request: Request, *, undeclared: bool = False) -> None:
     """Reject a body that is not declared as uncompressed UTF-8 JSON (415), naming what was sent.
 
     Exactly ``application/json``: a suffix type (``application/anything+json``) promises a schema this service does
     not have, a charset other than UTF-8 would be decoded by guesswork, and a compressed body would reach the parser
-    as garbage and be blamed on the client's JSON.
+    as garbage and be blamed on the client's JSON. With ``undeclared`` a body without any Content-Type is read as
+    JSON too: the Open Inference Protocol's clients (``tritonclient``) send none.
     """
     content_type = request.headers.get("content-type", "")
     media_type, _, parameters = content_type.partition(";")
-    if media_type.strip().lower() != JSON_MEDIA_TYPE:
+    if media_type.strip().lower() != JSON_MEDIA_TYPE and (content_type or not undeclared):
         raise UnsupportedMediaTypeError(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'!r}")
     for parameter in parameters.split(";"):
         name, _, value = parameter.partition("=")

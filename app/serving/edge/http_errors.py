@@ -2,7 +2,8 @@
 
 Each failure a caller can act on has its own type; ``ERROR_STATUS`` maps each type (the detector's included) to
 one status code, and no route decides a status code for an error by itself. Every answer is JSON
-``{"detail": ...}``.
+``{"detail": ...}``, except on the Open Inference Protocol's routes (``app.serving.v2``), which answer the same
+status with that protocol's ``{"error": "..."}`` (``protocol_error_response``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.detector.errors import GridWatchError, ModelArtifactError, ModelUnavailableError
 from app.scoring.holder import ModelNotReadyError
+from app.scoring.versions import ModelNotFoundError, VersionNotServableError
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -88,6 +90,11 @@ class UnauthorizedError(RequestError):
     """The API key is required and was missing or wrong."""
 
 
+class InvalidTensorsError(RequestError):
+    """An Open Inference Protocol request whose tensors are not readings: a wrong name, shape, datatype or data
+    length, an unknown output, an extension this server does not have. The message names which."""
+
+
 def _dotted(loc: list[str | int]) -> str:
     """``["body", "readings", 3, "voltage"]`` -> ``readings[3].voltage``, the way a person names a field."""
     text = ""
@@ -98,6 +105,9 @@ def _dotted(loc: list[str | int]) -> str:
 
 ERROR_STATUS: dict[type[GridWatchError], int] = {
     UnauthorizedError: 401,
+    InvalidTensorsError: 400,
+    ModelNotFoundError: 404,
+    VersionNotServableError: 409,
     RequestTimeoutError: 408,
     InvalidReadingsError: 422,
     BatchTooLargeError: 413,
@@ -130,10 +140,20 @@ def status_for(error: GridWatchError) -> int:
 def error_response(error: GridWatchError) -> JSONResponse:
     status = status_for(error)
     detail = error.detail() if isinstance(error, RequestError) else str(error)
+    return JSONResponse({"detail": detail}, status_code=status, headers=_headers_for(error, status))
+
+
+def protocol_error_response(error: GridWatchError) -> JSONResponse:
+    """The same answer as ``error_response`` in the Open Inference Protocol's shape: ``{"error": "..."}``."""
+    status = status_for(error)
+    return JSONResponse({"error": str(error)}, status_code=status, headers=_headers_for(error, status))
+
+
+def _headers_for(error: GridWatchError, status: int) -> dict[str, str] | None:
     headers = ERROR_HEADERS.get(type(error))
     if headers is None and status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    return headers
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -42,9 +42,11 @@ REQUESTS_SHED = Counter(
     "requests_shed",
     "Requests refused with 503 at once because MAX_INFLIGHT requests were already in flight in the worker.",
 )
-PRECREATED_REQUESTS = (("/predict", "POST", "200"), ("/predict", "POST", "500"), ("/predict", "POST", "503"))
+INFERENCE_PATHS = ("/predict", "/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{version}/infer")
+"""The routes that score readings: what the SLOs count (``path=~"/predict|/v2/models/.+/infer"`` in the rules)."""
+PRECREATED_REQUESTS = tuple((path, "POST", status) for path in INFERENCE_PATHS for status in ("200", "500", "503"))
 """``requests_total`` series exported at 0 before their first request (and ``request_latency_seconds`` of the 2xx
-ones): the availability SLO divides 5xx (500 a bug, 503 shed or unready) by all ``/predict`` answers, and the latency
+ones): the availability SLO divides 5xx (500 a bug, 503 shed or unready) by all inference answers, and the latency
 SLO reads the successful ones. ``requests_shed_total`` has no labels, so it is exported at 0 anyway."""
 
 

@@ -7,9 +7,9 @@ reads the rest
 (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER[_ARG]``, the OTLP endpoint, headers and timeouts,
 ``OTEL_BSP_*``).
 
-Each request gets a server span from the FastAPI instrumentation (``/metrics``, ``/health`` and ``/livez`` are not
-traced: probes and scrapes would drown the real traffic), and scoring gets a child span with the batch size and
-the number of anomalies.
+Each request gets a server span from the FastAPI instrumentation (``/metrics``, ``/health``, ``/livez`` and the
+Open Inference Protocol's ``/v2/health/...`` are not traced: probes and scrapes would drown the real traffic), and
+scoring gets a child span with the batch size and the number of anomalies.
 
 **Per worker process.** Uvicorn starts each worker as a fresh process and calls ``create_app`` there, and has no
 post-fork hook. The tracer provider and the instrumentation are set up in ``create_app`` because the FastAPI
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the SDK and the instrumentation are imported only when trac
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-UNTRACED_URLS = r"/metrics$,/health$,/livez$"
+UNTRACED_URLS = r"/metrics$,/health$,/livez$,/v2/health/"
 """Regexes (FastAPI instrumentation syntax) of the routes that are never traced."""
 DEFAULT_SERVICE_NAME = "gridwatch"
 

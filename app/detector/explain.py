@@ -115,12 +115,10 @@ class Explainer:
 
     def explain(self, X: np.ndarray, credits: np.ndarray) -> Explanations:
         """``X``'s explanations, given the forest's ``credits`` for it (``Detector.isolation_credits``)."""
-        total = credits.sum(axis=1, keepdims=True)
-        contributions = np.divide(credits, total, out=np.zeros_like(credits), where=total > 0)
-        top = np.where(total[:, 0] > 0, np.argmax(credits, axis=1), -1)
+        top = np.where(credits.sum(axis=1) > 0, np.argmax(credits, axis=1), -1)
         return Explanations(
             features=self.features,
-            contributions=contributions,
+            contributions=contributions(credits),
             values=X,
             z=(X - self._median) / self._spread,
             outside_limits=(self._low > X) | (self._high < X),
@@ -128,3 +126,9 @@ class Explainer:
             bands=self.bands,
             limits=self.limits,
         )
+
+
+def contributions(credits: np.ndarray) -> np.ndarray:
+    """Each row of the forest's isolation credits normalised to sum 1 (all 0 where no tree isolated the reading)."""
+    total = credits.sum(axis=1, keepdims=True)
+    return np.divide(credits, total, out=np.zeros_like(credits), where=total > 0)

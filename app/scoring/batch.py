@@ -49,10 +49,7 @@ class BatchScorer:
         also credits each reading's isolating features, for an explanation (the scores are the same)."""
         with self.tracer.start_as_current_span("score_batch") as span:
             started = time.perf_counter()
-            if credits:
-                batch = ScoredBatch(*model.detector.predict_and_credit(X))
-            else:
-                batch = ScoredBatch(*model.detector.predict_batch(X))
+            batch = _walk(model.detector, X, credits)
             flags = batch.flags
             elapsed = time.perf_counter() - started
             span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
@@ -65,13 +62,20 @@ class BatchScorer:
         model.gauges.export(model.drift.update(X, flags))
         return batch
 
-    def score_other(self, detector: Detector, X: np.ndarray) -> ScoredBatch:
+    def score_other(self, detector: Detector, X: np.ndarray, *, credits: bool = False) -> ScoredBatch:
         """Score with a version that is not the served one (a challenger compared by hand through
         ``/v2/models/gridwatch/versions/{version}/infer``): the span only, so the served model's latency, counts
-        and drift window keep describing the served model."""
+        and drift window keep describing the served model. ``credits`` as for ``score``."""
         with self.tracer.start_as_current_span("score_batch") as span:
-            flags, scores = detector.predict_batch(X)
+            batch = _walk(detector, X, credits)
             span.set_attribute("gridwatch.batch_size", int(X.shape[0]))
-            span.set_attribute("gridwatch.anomalies", int(np.count_nonzero(flags)))
+            span.set_attribute("gridwatch.anomalies", batch.anomalies)
             span.set_attribute("gridwatch.model_version", detector.version)
-        return ScoredBatch(flags, scores)
+        return batch
+
+
+def _walk(detector: Detector, X: np.ndarray, credits: bool) -> ScoredBatch:
+    """The batch scored, and with ``credits`` also credited by the same walk of the trees."""
+    if credits:
+        return ScoredBatch(*detector.predict_and_credit(X))
+    return ScoredBatch(*detector.predict_batch(X))

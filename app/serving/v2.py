@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import FEATURES, __version__
 from app.detector.errors import GridWatchError
+from app.detector.explain import contributions
 from app.detector.model import Detector
 from app.scoring.batch import BatchScorer, ScoredBatch
 from app.scoring.holder import LoadedModel, ModelHolder, ModelNotReadyError, ModelState
+from app.scoring.metrics import READINGS_EXPLAINED
 from app.scoring.shadow import ShadowScorer
 from app.scoring.versions import ModelNotFoundError, OtherVersions
 from app.serving.edge.admission import BodyBytesBudget, InflightLimit, ReadingBudget, read_body, require_json
@@ -79,13 +82,13 @@ class ProtocolRoute(APIRoute):
         return answer
 
 
-def contributions_of(detector: Detector, X: np.ndarray) -> np.ndarray:
-    """The ``contributions`` output (FP32, [N, 3]): each feature's share of each reading's anomaly score, asked for
-    with ``parameters.explain`` (or by name). Not available yet: the explanation kernel (issue 22, point 1) goes
-    here, and until then the request is refused with 400 before anything is scored."""
-    raise InvalidTensorsError(
-        "the contributions output (parameters.explain) is not available yet: ask for anomaly and score only"
-    )
+def contributions_of(scored: ScoredBatch) -> np.ndarray:
+    """The ``contributions`` output (FP32, [N, 3]), asked for with ``parameters.explain`` (or by name): each
+    feature's share of the forest's isolation credit for each reading, the ``contribution`` of
+    ``/predict?explain=true`` (docs/model.md), from the walk that scored the batch."""
+    assert scored.credits is not None, "scored with credits=True"
+    READINGS_EXPLAINED.inc(scored.credits.shape[0])
+    return contributions(scored.credits).astype(np.float32)
 
 
 class InferenceService:
@@ -165,8 +168,8 @@ class InferenceService:
             batch = (body, detector.features, settings.max_batch)
             inline = len(body) <= INLINE_PARSE_BYTES
             asked = parse_infer_request(*batch) if inline else await run_in_threadpool(parse_infer_request, *batch)
-            contributions = contributions_of(detector, asked.X) if asked.explain else None
             scored = await self._score(asked, detector, served)
+            contributions = contributions_of(scored) if asked.explain else None
         if served is not None:  # the served version's batches feed the challenger, as /predict's do
             self.shadow.submit(asked.X, scored.flags, detector.version)
         answer: dict[str, Any] = {
@@ -180,11 +183,12 @@ class InferenceService:
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     async def _score(self, asked: InferRequest, detector: Detector, served: LoadedModel | None) -> ScoredBatch:
+        credits = asked.explain
         if served is None:
-            return await run_in_threadpool(self.scorer.score_other, detector, asked.X)
-        if served.scores_inline(asked.X.shape[0]):
+            return await run_in_threadpool(partial(self.scorer.score_other, detector, asked.X, credits=credits))
+        if served.scores_inline(asked.X.shape[0]) and not credits:
             return self.scorer.score(served, asked.X)
-        return await run_in_threadpool(self.scorer.score, served, asked.X)
+        return await run_in_threadpool(partial(self.scorer.score, served, asked.X, credits=credits))
 
 
 def add_v2_routes(app: FastAPI, settings: Settings, *, keyed: list[Any], **serving: Any) -> None:

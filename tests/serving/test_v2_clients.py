@@ -103,6 +103,13 @@ def test_tritonclient_inference_answers_what_predict_answers(live: Live, triton_
     assert result.as_numpy("score").tolist() == scores
     response = result.get_response()
     assert (response["id"], response["model_version"]) == ("t-1", live.active)
+    explained = triton_client.infer(
+        "gridwatch", [readings_input], parameters={"explain": True}, headers={**KEYED}
+    ).as_numpy("contributions")
+    assert explained.dtype == np.float32
+    assert explained.shape == (300, 3)
+    flagged = np.array(flags)
+    np.testing.assert_allclose(explained[flagged].sum(axis=1), 1.0, rtol=1e-6)  # a share per feature
 
 
 def test_tritonclient_float32_columns_and_a_challenger_by_version(live: Live, triton_client):

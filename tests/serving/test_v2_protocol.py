@@ -214,16 +214,25 @@ def test_a_request_whose_tensors_are_not_readings_is_400_naming_what(client: Tes
     assert says in answer.json()["error"]
 
 
-def test_contributions_are_refused_until_the_explanation_kernel_lands(client: TestClient):
-    """The one place the contributions output will come from answers 400 naming it, whichever way it is asked."""
-    scored = sample("readings_scored_total")
-    for asked in ({"parameters": {"explain": True}}, {"outputs": [{"name": "contributions"}]}):
-        answer = client.post(INFER, json={"inputs": [matrix(readings(2))], **asked})
-        assert answer.status_code == 400
-        assert "contributions output (parameters.explain) is not available yet" in answer.json()["error"]
-    assert sample("readings_scored_total") == scored, "refused before anything is scored"
-    ok = client.post(INFER, json={"inputs": [matrix(readings(2))], "parameters": {"explain": False}})
-    assert ok.status_code == 200
+def test_contributions_equal_the_explanations_of_predict_whichever_way_they_are_asked(client: TestClient):
+    """parameters.explain adds the contributions output (FP32, [N, 3]); naming it in outputs gives it alone; its
+    rows are /predict?explain=true's contributions, and the scores are unchanged."""
+    X = readings(16)
+    rows = [dict(zip(FEATURES, row, strict=True)) for row in X.tolist()]
+    explained = client.post("/predict?explain=true", json={"readings": rows}).json()["predictions"]
+    expected = np.array([[f["contribution"] for f in p["explanation"]["features"]] for p in explained], np.float32)
+    asked = client.post(INFER, json={"inputs": [matrix(X)], "parameters": {"explain": True}}).json()
+    by_name = {output["name"]: output for output in asked["outputs"]}
+    assert list(by_name) == ["anomaly", "score", "contributions"]
+    contributions = by_name["contributions"]
+    assert (contributions["datatype"], contributions["shape"]) == ("FP32", [16, 3])
+    np.testing.assert_array_equal(np.array(contributions["data"], np.float32).reshape(16, 3), expected)
+    assert by_name["score"]["data"] == [p["score"] for p in explained], "scored as without explanations"
+    alone = client.post(INFER, json={"inputs": [matrix(X)], "outputs": [{"name": "contributions"}]}).json()
+    assert [output["name"] for output in alone["outputs"]] == ["contributions"]
+    assert alone["outputs"][0]["data"] == contributions["data"]
+    plain = client.post(INFER, json={"inputs": [matrix(X)], "parameters": {"explain": False}}).json()
+    assert [output["name"] for output in plain["outputs"]] == ["anomaly", "score"]
 
 
 def test_malformed_json_and_binary_tensors_are_400(client: TestClient):

@@ -29,7 +29,8 @@ DATATYPES: dict[str, type[np.floating[Any]]] = {"FP64": np.float64, "FP32": np.f
 OUTPUTS = ("anomaly", "score")
 """The outputs answered when the request names none, in this order."""
 CONTRIBUTIONS = "contributions"
-"""The explanation output (FP32, [N, 3]), asked for with ``parameters.explain`` or by name; not available yet."""
+"""The explanation output (FP32, [N, 3]), asked for with ``parameters.explain`` or by name: each feature's share of
+the isolation, as ``/predict?explain=true``'s ``contribution``."""
 EXPLAIN = "explain"
 TENSOR_READING_BYTES = 6
 """The fewest bytes a reading takes in a tensor's data: ``1,1,1,``; bounds the readings before parsing."""

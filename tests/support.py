@@ -296,3 +296,15 @@ class BlockingDetector:
                 return super().predict_batch(X)
 
         return cls(Blocking(detector.forest, detector.metadata), entered, release)
+
+
+WAIT_FOR_S = 60.0
+"""How long ``wait_for`` waits: far above anything a condition takes on a loaded machine."""
+
+
+def wait_for(condition: Callable[[], object], what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after WAIT_FOR_S seconds."""
+    deadline = time.monotonic() + WAIT_FOR_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)  # polling interval: the loop waits for the condition itself

@@ -115,14 +115,14 @@ class Explainer:
 
     def explain(self, X: np.ndarray, credits: np.ndarray) -> Explanations:
         """``X``'s explanations, given the forest's ``credits`` for it (``Detector.isolation_credits``)."""
-        top = np.where(credits.sum(axis=1) > 0, np.argmax(credits, axis=1), -1)
+        shares = contributions(credits)
         return Explanations(
             features=self.features,
-            contributions=contributions(credits),
+            contributions=shares,
             values=X,
             z=(X - self._median) / self._spread,
             outside_limits=(self._low > X) | (self._high < X),
-            top=top,
+            top=np.where(shares.any(axis=1), np.argmax(credits, axis=1), -1),
             bands=self.bands,
             limits=self.limits,
         )

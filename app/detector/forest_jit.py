@@ -71,6 +71,23 @@ CACHED = _AOT is not None or (_JIT is not None and _JIT[3])
 """Whether starting again skips compilation: always for ahead-of-time kernels, for numba if its cache is writable."""
 
 
+def _kernels() -> tuple[Kernel, Kernel, Kernel]:
+    kernels = _AOT or _JIT
+    if kernels is None:
+        raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
+    return kernels[0], kernels[1], kernels[2]
+
+
+def _in_slices(kernel: Kernel, rows: np.ndarray, *args: object) -> np.ndarray:
+    """``kernel(rows, *args)``; for ahead-of-time kernels, which hold the GIL, in slices of AOT_SLICE_ROWS rows
+    concatenated, so the event loop can run between them."""
+    if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
+        return kernel(rows, *args)
+    return np.concatenate(
+        [kernel(rows[start : start + AOT_SLICE_ROWS], *args) for start in range(0, rows.shape[0], AOT_SLICE_ROWS)]
+    )
+
+
 def path_length_sums(
     rows: np.ndarray,
     threshold: np.ndarray,
@@ -81,20 +98,11 @@ def path_length_sums(
     feature_bits: int,
 ) -> np.ndarray:
     """Per row, the leaf values summed over the trees in order. ``rows`` is C-contiguous float32."""
-    kernels = _AOT or _JIT
-    if kernels is None:
-        raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
-    trees_outer, rows_outer = kernels[0], kernels[1]
-    mask = (1 << feature_bits) - 1
+    trees_outer, rows_outer, _ = _kernels()
+    args = (threshold, meta, leaf_value, roots, depth, feature_bits, (1 << feature_bits) - 1)
     if rows.shape[0] < CHAINS:
-        return rows_outer(rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask)
-    if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
-        return trees_outer(rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask)
-    parts = [
-        trees_outer(rows[start : start + AOT_SLICE_ROWS], threshold, meta, leaf_value, roots, depth, feature_bits, mask)
-        for start in range(0, rows.shape[0], AOT_SLICE_ROWS)
-    ]
-    return np.concatenate(parts)
+        return rows_outer(rows, *args)
+    return _in_slices(trees_outer, rows, *args)
 
 
 def local_diffi(
@@ -109,14 +117,6 @@ def local_diffi(
 ) -> np.ndarray:
     """Per row, the leaf values summed over the trees in order (column 0, equal to ``path_length_sums``) and each
     feature's isolation credit (columns 1 on), in one walk (``forest_kernels.local_diffi``)."""
-    kernels = _AOT or _JIT
-    if kernels is None:
-        raise RuntimeError("no compiled kernels: numba is not installed and the ahead-of-time module was not built")
-    kernel = kernels[2]
+    kernel = _kernels()[2]
     mask = (1 << feature_bits) - 1
-    args = (threshold, meta, leaf_value, roots, depth, feature_bits, mask, n_features)
-    if _AOT is None or rows.shape[0] <= AOT_SLICE_ROWS:
-        return kernel(rows, *args)
-    return np.concatenate(
-        [kernel(rows[start : start + AOT_SLICE_ROWS], *args) for start in range(0, rows.shape[0], AOT_SLICE_ROWS)]
-    )
+    return _in_slices(kernel, rows, threshold, meta, leaf_value, roots, depth, feature_bits, mask, n_features)

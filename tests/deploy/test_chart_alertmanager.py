@@ -50,22 +50,31 @@ left out would be merged in from there."""
 STACK_ALERTS = {"TargetDown", "Watchdog"}
 """Alerts of kube-prometheus-stack's own rules that the routing and inhibition name."""
 
-SECRET_TEMPLATE = """\
-{{- /* Test only: the Secret kube-prometheus-stack renders (templates/alertmanager/secret.yaml). */}}
-{{- $stack := index .Values "kube-prometheus-stack" }}
-{{- if $stack.enabled }}
-{{- if or $stack.alertmanager.tplConfig $stack.alertmanager.stringConfig }}
-{{- fail "tplConfig/stringConfig are not reproduced by this test" }}
-{{- end }}
+
+def secret_template(stack: str) -> str:
+    """The Secret kube-prometheus-stack renders (templates/alertmanager/secret.yaml), reading the stack's values
+    at ``stack``: ``.Values`` inside the stack's own chart, the umbrella's ``kube-prometheus-stack`` values above it."""
+    return f"""\
+{{{{- /* Test only: the Secret kube-prometheus-stack renders (templates/alertmanager/secret.yaml). */}}}}
+{{{{- if or {stack}.alertmanager.tplConfig {stack}.alertmanager.stringConfig }}}}
+{{{{- fail "tplConfig/stringConfig are not reproduced by this test" }}}}
+{{{{- end }}}}
 apiVersion: v1
 kind: Secret
 metadata:
   name: alertmanager-under-test
-  namespace: {{ .Release.Namespace }}
+  namespace: {{{{ .Release.Namespace }}}}
 data:
-  alertmanager.yaml: {{ toYaml $stack.alertmanager.config | b64enc | quote }}
-{{- end }}
+  alertmanager.yaml: {{{{ toYaml {stack}.alertmanager.config | b64enc | quote }}}}
 """
+
+
+SECRET_TEMPLATE = f"""\
+{{{{- $stack := index .Values "kube-prometheus-stack" }}}}
+{{{{- if $stack.enabled }}}}
+{secret_template("$stack")}{{{{- end }}}}
+"""
+"""The Secret as the umbrella renders it, only while the bundled stack is on."""
 
 UPSTREAM_MARKER = "upstream-default-left-over"
 STANDIN_DEFAULT_CONFIG = {
@@ -84,19 +93,7 @@ STANDIN_DEFAULT_CONFIG = {
 }
 """The stand-in's default configuration: every key STACK_DEFAULT_KEYS lists, each holding a marker."""
 
-STANDIN_SECRET_TEMPLATE = """\
-{{- /* Test only: the Secret kube-prometheus-stack renders (templates/alertmanager/secret.yaml). */}}
-{{- if or .Values.alertmanager.tplConfig .Values.alertmanager.stringConfig }}
-{{- fail "tplConfig/stringConfig are not reproduced by this test" }}
-{{- end }}
-apiVersion: v1
-kind: Secret
-metadata:
-  name: alertmanager-under-test
-  namespace: {{ .Release.Namespace }}
-data:
-  alertmanager.yaml: {{ toYaml .Values.alertmanager.config | b64enc | quote }}
-"""
+STANDIN_SECRET_TEMPLATE = secret_template(".Values")
 
 STACK_RELEASE = "monitoring"
 STACK_NAMESPACE = "monitoring"

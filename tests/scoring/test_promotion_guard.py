@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from app.scoring.settings import ScoringSettings
 from app.serving.app import create_app
 from app.serving.settings import Settings
 from app.sim import GridSimulator
+from tests.support import wait_for
 
 SMALL = ModelConfig(n_estimators=20, max_samples=1024, train_samples=5_000)
 READINGS = 2_000
@@ -57,15 +57,17 @@ def versions(store_template: tuple[Path, dict[str, str]]) -> dict[str, str]:
     return store_template[1]
 
 
+GUARDED = {
+    "train_if_missing": False,
+    "model_poll_interval": 0,
+    "model_auto_rollback": True,
+    "model_rollback_readings": READINGS,
+}
+"""The settings of a worker whose promotions are judged, polled only when a test says so."""
+
+
 def served(store: ModelStore, **settings: object) -> Iterator[ServedModel]:
-    config = ScoringSettings(
-        model_dir=store.root,
-        train_if_missing=False,
-        model_poll_interval=0,
-        model_auto_rollback=True,
-        model_rollback_readings=READINGS,
-        **settings,
-    )
+    config = ScoringSettings(model_dir=store.root, **GUARDED, **settings)
     model = ServedModel.of(config)
     model.holder.load()
     yield model
@@ -212,19 +214,11 @@ def test_off_by_default_and_nothing_scores_twice_without_it(store: ModelStore, v
 
 def test_the_http_service_hands_its_batches_to_the_guard(store: ModelStore, versions: dict[str, str]):
     """Through /predict: the answers come from the promoted version until the guard rolls it back."""
-    settings = Settings(
-        model_dir=store.root,
-        train_if_missing=False,
-        model_poll_interval=0,
-        model_auto_rollback=True,
-        model_rollback_readings=READINGS,
-    )
+    settings = Settings(model_dir=store.root, **GUARDED)
     simulator = GridSimulator(seed=3)
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 60  # the app loads its model on a thread of its own
-        while client.get("/health").status_code != 200:
-            assert time.monotonic() < deadline, "the model did not load"
-            time.sleep(0.05)  # polling interval: the loop waits for the condition itself
+        # the app loads its model on a thread of its own
+        wait_for(lambda: client.get("/health").status_code == 200, "the model did not load")
         store.promote(versions["bad"])
         assert client.post("/model/reload").json()["model_version"] == versions["bad"]
         for _ in range(READINGS // 500):
@@ -237,8 +231,6 @@ def test_the_http_service_hands_its_batches_to_the_guard(store: ModelStore, vers
             ]
             answer = client.post("/predict", json={"readings": readings})
             assert answer.json()["model_version"] == versions["bad"]
-        deadline = time.monotonic() + 60  # the guard decides on the shadow's thread, after the last answer
-        while store.active_version() != versions["active"]:
-            assert time.monotonic() < deadline, "the bad promotion was not rolled back"
-            time.sleep(0.05)  # polling interval: the loop waits for the condition itself
+        # the guard decides on the shadow's thread, after the last answer
+        wait_for(lambda: store.active_version() == versions["active"], "the bad promotion was not rolled back")
         assert client.post("/model/reload").json()["model_version"] == versions["active"]

@@ -19,10 +19,9 @@ from app.detector.registry import ModelStore
 from app.detector.training import train_version
 from app.scoring.shadow import ShadowScorer
 from app.sim import GridSimulator
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_for
 
 SMALL = ModelConfig(n_estimators=20, max_samples=1024, train_samples=5_000)
-DEADLINE_S = 60.0
 
 
 @pytest.fixture
@@ -36,13 +35,6 @@ def versions(tmp_path: Path) -> tuple[ModelStore, str, str]:
 def counter(url: str, name: str, version: str) -> float:
     found = re.search(rf'^{name}_total{{shadow_version="{version}"}} (\S+)$', httpx2.get(f"{url}/metrics").text, re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)  # polling interval: the loop waits for the condition itself
 
 
 @pytest.mark.slow

@@ -172,6 +172,10 @@ def test_a_slow_challenger_is_held_to_its_share_and_the_rest_is_skipped(versions
     }
     body = {"readings": GridSimulator(seed=4).batch(2_000).to_records(ground_truth=False)}
     with ServerProcess(env=env, args=[]) as server, httpx2.Client(timeout=60) as client:
+        # Ready means the active model is loaded; the challenger (a far larger forest) loads after it, on the
+        # watcher's thread, and is exported at 0 once it scores: without it, nothing could be skipped.
+        loaded = f'shadow_readings_scored_total{{shadow_version="{slow.version}"}}'
+        wait_for(lambda: loaded in httpx2.get(f"{server.url}/metrics").text, "the challenger was loaded")
         answers = [client.post(f"{server.url}/predict", json=body) for _ in range(60)]
         assert {answer.status_code for answer in answers} == {200}
         assert {answer.json()["model_version"] for answer in answers} == {active}

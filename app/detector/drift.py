@@ -81,12 +81,19 @@ class DriftMonitor:
             self._flags[:] = flags[-self.window :]
             self._next, self._count = 0, self.window
             return True
-        positions = (self._next + np.arange(n)) % self.window
+        # At most two contiguous runs of the ring (to its end, then from its start): slices, views without copies,
+        # where an index array would gather and scatter row by row.
+        first = min(n, self.window - self._next)
+        runs = [(slice(self._next, self._next + first), slice(0, first))]
+        if first < n:
+            runs.append((slice(0, n - first), slice(first, n)))
         if incremental and self._count == self.window:  # full: the new rows overwrite the oldest
-            self._sums -= self._values[positions].sum(axis=0)
-            self._flagged -= int(np.count_nonzero(self._flags[positions]))
-        self._values[positions] = X
-        self._flags[positions] = flags
+            for ring, _ in runs:
+                self._sums -= self._values[ring].sum(axis=0)
+                self._flagged -= int(np.count_nonzero(self._flags[ring]))
+        for ring, batch in runs:
+            self._values[ring] = X[batch]
+            self._flags[ring] = flags[batch]
         if incremental:
             self._sums += X.sum(axis=0)
             self._flagged += int(np.count_nonzero(flags))
@@ -100,7 +107,7 @@ class DriftMonitor:
     def update(self, X: np.ndarray, flags: np.ndarray) -> DriftSnapshot:
         """Add a scored batch (rows in ``features`` order) and return the statistics of the new window."""
         with self._lock, np.errstate(over="ignore", invalid="ignore"):
-            if not (np.abs(X) < INCREMENTAL_LIMIT).all():
+            if not (X.min() > -INCREMENTAL_LIMIT and X.max() < INCREMENTAL_LIMIT):  # two reductions, no temporaries
                 self._exact = True
             wrapped = self._store(X, flags, incremental=not self._exact)
             if self._exact or wrapped:

@@ -21,6 +21,8 @@ from app import __version__
 from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
 from app.scoring.served import ServedModel
+from app.serving.edge.admission import BodyBytesBudget, InflightLimit, ReadingBudget
+from app.serving.edge.fast_path import PredictFastPath
 from app.serving.edge.http_errors import JSONResponse, install_error_handlers
 from app.serving.edge.middleware import (
     AccessLogMiddleware,
@@ -28,6 +30,7 @@ from app.serving.edge.middleware import (
     InternalErrorMiddleware,
     SecurityHeadersMiddleware,
 )
+from app.serving.predict import Predictor
 from app.serving.readiness import ServerReadiness
 from app.serving.routes import add_routes
 from app.serving.settings import Settings
@@ -58,6 +61,15 @@ def create_app(
     tracing = build_tracing(settings, settings.instance_id(), exporters=span_exporters, batch=span_exporters is None)
     exemplars = tracing is not None and multiprocess_dir is None
     scorer = BatchScorer(tracing.tracer if tracing else trace.NoOpTracer(), exemplars=exemplars)
+    predictor = Predictor(
+        settings,
+        holder=holder,
+        scorer=scorer,
+        shadow=served.shadow,
+        inflight=InflightLimit(settings.max_inflight),
+        budget=ReadingBudget(settings.max_inflight_readings),
+        buffered=BodyBytesBudget(settings.max_buffered_body_bytes),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,11 +93,14 @@ def create_app(
         summary="Anomaly detection on electricity-grid readings (voltage, current, frequency).",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # FastAPI's own OpenTelemetry hooks stay off: GridWatch traces with its own instrumentation (``instrument``),
+        # and the hooks would otherwise ask the global providers whether they are configured on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.model = holder
     app.state.instance = settings.instance_id()
     install_error_handlers(app)
-    _add_middleware(app, settings, exemplars=exemplars)
+    _add_middleware(app, settings, predictor, exemplars=exemplars)
     if tracing is not None:
         instrument(app, tracing)
     add_routes(
@@ -93,16 +108,17 @@ def create_app(
         settings,
         holder=holder,
         readiness=readiness,
-        scorer=scorer,
-        shadow=served.shadow,
+        predictor=predictor,
         watcher=served.watcher,
     )
     return app
 
 
-def _add_middleware(app: FastAPI, settings: Settings, *, exemplars: bool) -> None:
-    """Added innermost first: security headers > access log > metrics > CORS > error guard > routes, so CORS
-    answers (preflights) are counted and logged too. The tracing middleware, when on, wraps them all."""
+def _add_middleware(app: FastAPI, settings: Settings, predictor: Predictor, *, exemplars: bool) -> None:
+    """Added innermost first: security headers > access log > metrics > CORS > error guard > /predict's fast path >
+    routes, so CORS answers (preflights) are counted and logged too, and the fast path's answers go through the
+    same edge as the routes'. The tracing middleware, when on, wraps them all."""
+    app.add_middleware(PredictFastPath, api=app, predictor=predictor, api_key=settings.required_api_key())
     app.add_middleware(InternalErrorMiddleware)
     if origins := settings.allowed_origins():
         app.add_middleware(

@@ -1,37 +1,25 @@
 """The routes of the HTTP API: the whole surface in one file, each route thin (check, call one function, shape).
 
-A ``POST /predict`` goes down three hops: ``predict`` here (HTTP: key, in-flight limit, body, parsing, all from
-``app.serving.edge``) -> ``BatchScorer.score`` (``app.scoring.batch``: scoring with its metrics, drift and span)
--> ``Detector.predict_batch`` (``app.detector.model``).
+A ``POST /predict`` goes down three hops: ``Predictor.predict`` (``app.serving.predict``: HTTP checks, in-flight
+limit, body, parsing, from ``app.serving.edge``) -> ``BatchScorer.score`` (``app.scoring.batch``: scoring with its
+metrics, drift and span) -> ``Detector.predict_batch`` (``app.detector.model``). A plain ``POST /predict`` (no query
+string) reaches ``Predictor.predict`` through the fast path in front of the framework
+(``app.serving.edge.fast_path``); the route here documents it in OpenAPI and serves ``?explain=``.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
-from starlette.concurrency import run_in_threadpool
 
-from app.detector.model import Detector
-from app.scoring.batch import BatchScorer
-from app.scoring.explaining import BatchExplainer, explanation_dicts
 from app.scoring.holder import ModelHolder, ModelState
 from app.scoring.hot_swap import ModelWatcher, SharedCheck
-from app.scoring.shadow import ShadowScorer
-from app.serving.edge.admission import (
-    BodyBytesBudget,
-    InflightLimit,
-    ReadingBudget,
-    read_body,
-    require_api_key,
-    require_json,
-)
+from app.serving.edge.admission import require_api_key
 from app.serving.edge.http_errors import JSONResponse, ModelRefusedError
-from app.serving.edge.parsing import INLINE_PARSE_BYTES, most_readings, parse_readings
+from app.serving.predict import Predictor
 from app.serving.readiness import ServerReadiness
 from app.serving.schemas import (
     PREDICT_ERRORS,
@@ -54,26 +42,14 @@ def add_routes(
     *,
     holder: ModelHolder,
     readiness: ServerReadiness,
-    scorer: BatchScorer,
-    shadow: ShadowScorer,
+    predictor: Predictor,
     watcher: ModelWatcher,
 ) -> None:
     """The whole HTTP surface. Probes and /metrics are always open, never behind the API key or the in-flight
     limit; /model, /predict and /model/reload require the key when one is set. The Open Inference Protocol's /v2
-    routes (``app.serving.v2``) share the key and /predict's budgets."""
+    routes (``app.serving.v2``) share the key and /predict's budgets (``predictor``'s)."""
     multiprocess_dir = settings.prometheus_multiproc_dir
-    explainer = BatchExplainer(settings.supply_standard())
-
-    def _add_explanations(
-        predictions: list[dict[str, Any]], detector: Detector, X: np.ndarray, credits: np.ndarray
-    ) -> None:
-        explanations = explanation_dicts(explainer.explain(detector, X, credits))
-        for prediction, explanation in zip(predictions, explanations, strict=True):
-            prediction["explanation"] = explanation
-
-    inflight = InflightLimit(settings.max_inflight)
-    budget = ReadingBudget(settings.max_inflight_readings)
-    buffered = BodyBytesBudget(settings.max_buffered_body_bytes)
+    inflight, budget, buffered = predictor.inflight, predictor.budget, predictor.buffered
     keyed, unauthorized = api_key_dependency(settings.required_api_key())
 
     @app.get("/livez", summary="Liveness: the process is up (independent of the model).")
@@ -133,31 +109,9 @@ def add_routes(
             "value, training band, robust z-score and EN 50160 limits, and the top feature (docs/api.md).",
         ),
     ) -> Response:
-        model = holder.get()
-        require_json(request)
-        body = await read_body(request, settings.max_body_bytes, settings.body_timeout, buffered)
-        with inflight, budget.admit(most_readings(body, settings.max_batch)):
-            batch = (body, model.detector.features, settings.max_batch)
-            inline = len(body) <= INLINE_PARSE_BYTES
-            X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
-            if model.scores_inline(X.shape[0]) and not explain:
-                scored = scorer.score(model, X)
-            else:
-                scored = await run_in_threadpool(partial(scorer.score, model, X, credits=explain))
-            predictions = scored.predictions()
-            if scored.credits is not None:
-                _add_explanations(predictions, model.detector, X, scored.credits)
-        # The challenger (and a promotion's guard) score it on their own thread: never in the answer's way.
-        shadow.submit(X, scored.flags, model.detector.version)
-        return JSONResponse(
-            {
-                "predictions": predictions,
-                "anomalies": scored.anomalies,
-                "total": len(scored.flags),
-                "served_by": request.app.state.instance,
-                "model_version": model.detector.version,
-            }
-        )
+        instance = request.app.state.instance
+        document = await predictor.predict(request.headers, request.stream(), explain=explain, instance=instance)
+        return JSONResponse(document)
 
     @app.get(
         "/metrics",
@@ -171,7 +125,7 @@ def add_routes(
 
     _add_model_reload(app, keyed, unauthorized, holder, watcher)
     add_v2_routes(app, settings, keyed=keyed, inflight=inflight, budget=budget, buffered=buffered, holder=holder,
-                  readiness=readiness, scorer=scorer, shadow=shadow)  # fmt: skip
+                  readiness=readiness, scorer=predictor.scorer, shadow=predictor.shadow)  # fmt: skip
 
 
 def api_key_dependency(key: str | None) -> tuple[list[Any], dict[int | str, dict[str, Any]]]:
@@ -183,7 +137,7 @@ def api_key_dependency(key: str | None) -> tuple[list[Any], dict[int | str, dict
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
     async def check_api_key(request: Request, _declared: str | None = Security(header)) -> None:
-        require_api_key(request, key)
+        require_api_key(request.headers, key)
 
     return [Depends(check_api_key)], UNAUTHORIZED
 

@@ -160,10 +160,12 @@ class InferenceService:
                 "Triton's binary tensor extension is not supported: send the tensors as JSON "
                 "(tritonclient: binary_data=False)"
             )
-        require_json(request, undeclared=True)
+        require_json(request.headers, undeclared=True)
         detector, served = await self.model_of(model_name, version)
         settings = self.settings
-        body = await read_body(request, settings.max_body_bytes, settings.body_timeout, self.buffered)
+        body = await read_body(
+            request.headers, request.stream(), settings.max_body_bytes, settings.body_timeout, self.buffered
+        )
         with self.inflight, self.budget.admit(most_readings(body, settings.max_batch, TENSOR_READING_BYTES)):
             batch = (body, detector.features, settings.max_batch)
             inline = len(body) <= INLINE_PARSE_BYTES

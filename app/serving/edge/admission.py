@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 
-from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from app.serving.edge.asgi import Receive
 from app.serving.edge.http_errors import (
     OVERLOAD_RETRY_AFTER_SECONDS,
     ClientClosedError,
@@ -28,7 +28,7 @@ API_KEY_HEADER = "x-api-key"
 JSON_MEDIA_TYPE = "application/json"
 
 
-def require_json(request: Request, *, undeclared: bool = False) -> None:
+def require_json(headers: Mapping[str, str], *, undeclared: bool = False) -> None:
     """Reject a body that is not declared as uncompressed UTF-8 JSON (415), naming what was sent.
 
     Exactly ``application/json``: a suffix type (``application/anything+json``) promises a schema this service does
@@ -36,7 +36,7 @@ def require_json(request: Request, *, undeclared: bool = False) -> None:
     as garbage and be blamed on the client's JSON. With ``undeclared`` a body without any Content-Type is read as
     JSON too: the Open Inference Protocol's clients (``tritonclient``) send none.
     """
-    content_type = request.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     media_type, _, parameters = content_type.partition(";")
     if media_type.strip().lower() != JSON_MEDIA_TYPE and (content_type or not undeclared):
         raise UnsupportedMediaTypeError(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'!r}")
@@ -44,7 +44,7 @@ def require_json(request: Request, *, undeclared: bool = False) -> None:
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {"utf-8", "utf8"}:
             raise UnsupportedMediaTypeError(f"the body must be UTF-8, got charset {value.strip()!r}")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in {"identity", ""}:
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
 
@@ -76,27 +76,30 @@ class BodyBytesBudget:
         self.current -= size
 
 
-async def read_body(request: Request, limit: int, timeout: float, buffered: BodyBytesBudget) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, 408 if it takes longer
-    than ``timeout`` seconds to arrive, 503 if the worker already holds ``buffered.limit`` bytes of bodies.
+async def read_body(
+    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, timeout: float, buffered: BodyBytesBudget
+) -> bytes:
+    """The request body from ``chunks`` (``Request.stream()``, or ``receive_chunks`` on the fast path), refused with
+    413 as soon as it is known to exceed ``limit`` bytes, 408 if it takes longer than ``timeout`` seconds to arrive,
+    503 if the worker already holds ``buffered.limit`` bytes of bodies.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked or lying body is
     refused as soon as the running total passes the limit, so a huge upload never sits in memory. The timeout
     bounds a client that trickles its body byte by byte.
     """
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds MAX_BODY_BYTES={limit}")
-    chunks: list[bytes] = []
+    received: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 buffered.take(len(chunk), held=size)
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
-                chunks.append(chunk)
+                received.append(chunk)
     except ClientDisconnect:
         raise ClientClosedError(f"the client closed the connection after {size} bytes of its body") from None
     except TimeoutError:
@@ -105,10 +108,24 @@ async def read_body(request: Request, limit: int, timeout: float, buffered: Body
         ) from None
     finally:
         buffered.give_back(size)
-    return b"".join(chunks)
+    return b"".join(received)
 
 
-def require_api_key(request: Request, key: str | None) -> None:
+async def receive_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The body chunks of an ASGI request straight from ``receive``, exactly as Starlette's ``Request.stream()``
+    yields them (empty chunks skipped, ``ClientDisconnect`` when the client goes), without a ``Request``."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            if body := message.get("body", b""):
+                yield body
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+def require_api_key(headers: Mapping[str, str], key: str | None) -> None:
     """401 unless ``key`` is None (the API is open) or the request carries it in X-API-Key.
 
     Compared with ``hmac.compare_digest``, whose time does not depend on where the strings differ, so the key
@@ -116,7 +133,7 @@ def require_api_key(request: Request, key: str | None) -> None:
     """
     if key is None:
         return
-    offered = request.headers.get(API_KEY_HEADER, "").strip(" \t")  # the key file is stripped the same way
+    offered = headers.get(API_KEY_HEADER, "").strip(" \t")  # the key file is stripped the same way
     if not hmac.compare_digest(offered.encode("latin-1"), key.encode("ascii")):
         raise UnauthorizedError("missing or wrong API key: send it in the X-API-Key header")
 

@@ -14,6 +14,10 @@ adds both bounds at the lowest level, where the bytes arrive:
   the one that has waited longest for its request head, rather than being refused itself, so a flood of idle
   sockets cannot exhaust the worker's file descriptors and a kubelet's probe still gets in.
 
+And one cost it has: uvicorn writes a response's head and its body with two ``transport.write`` calls, two system
+calls and two TCP segments for every answer. ``OneWriteTransport`` holds the head back until the body's first write
+and sends both in one (measured in docs/performance.md).
+
 Both refusals, and uvicorn's own 400s for requests it cannot parse, are counted in ``requests_total`` (route
 ``unmatched``, method ``other``) and logged, like every other answer, so an attack shows on the dashboards.
 """
@@ -24,9 +28,12 @@ import asyncio
 import logging
 import resource
 from http import HTTPStatus
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
 
 from app.serving.edge.asgi import SERVER_ANSWERED, UNMATCHED_PATH
 from app.serving.settings import Settings
@@ -111,8 +118,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
-        if self._shutting_down and self.cycle is not None:
-            self.cycle.keep_alive = False  # answer this last request with Connection: close
+        if self.cycle is not None:
+            _write_head_with_body(self.cycle)
+            if self._shutting_down:
+                self.cycle.keep_alive = False  # answer this last request with Connection: close
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own 400 (a malformed request line or headers, a broken chunked body), counted and logged.
@@ -222,3 +231,60 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _log_refusal(self, status: HTTPStatus, reason: str) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
         logger.warning("answered a connection from %s with %d: %s", client, status.value, reason)
+
+
+SMALL_BODY_BYTES = 64 * 1024
+"""A body up to this size is copied behind its head and both go in one write; a bigger one is written after the
+head as uvicorn does (copying it would cost more than the system call it saves)."""
+
+
+class OneWriteTransport:
+    """The connection's transport for one request's cycle, which holds the response head (while ``holding``) and
+    writes it together with the first body chunk; every other call goes to the real transport.
+
+    If no body follows (the application failed after starting its answer), uvicorn closes the transport: the held
+    head is written first, so the client sees what it saw before, a head and then the end of the connection.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.holding = False
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.holding:
+            self._head, self.holding = data, False
+            return
+        head, self._head = self._head, None
+        if head is None:
+            self._transport.write(data)
+        elif len(data) <= SMALL_BODY_BYTES:
+            self._transport.write(head + data)
+        else:
+            self._transport.write(head)
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _write_head_with_body(cycle: RequestResponseCycle) -> None:
+    """Give ``cycle`` a ``OneWriteTransport``, holding exactly what uvicorn writes for ``http.response.start``."""
+    transport = OneWriteTransport(cycle.transport)
+    cycle.transport = transport  # type: ignore[assignment]
+    send = cycle.send
+
+    async def send_head_with_body(message: ASGISendEvent) -> None:
+        transport.holding = message["type"] == "http.response.start"
+        try:
+            await send(message)
+        finally:
+            transport.holding = False
+
+    cycle.send = send_head_with_body  # type: ignore[method-assign]

@@ -33,14 +33,13 @@ def worker_app() -> FastAPI:
     """The application of one worker process (uvicorn's factory): settings from the environment, logging set up.
 
     Uvicorn imports this in every worker it starts, so each worker configures its own logging (uvicorn is told to
-    leave logging alone; lines are formatted and written on a thread of their own, off the request path) and builds
-    its own app, model and tracer.
+    leave logging alone) and builds its own app, model and tracer.
     """
     from app.serving.app import create_app  # noqa: PLC0415 - imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
     from app.serving.edge.connections import BoundedHttpToolsProtocol  # noqa: PLC0415 - imports prometheus-client
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, background=True)
+    configure_logging(settings.log_level, settings.log_format)
     BoundedHttpToolsProtocol.configure(settings)  # before uvicorn builds the first connection's protocol
     return create_app(settings)
 

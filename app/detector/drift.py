@@ -51,6 +51,10 @@ class DriftMonitor:
     Readings beyond ``INCREMENTAL_LIMIT`` (1e308 is a finite JSON number) switch the monitor to exact sums, O(window)
     per update, until the window holds none of them again. Such a window's mean may overflow: it is reported as
     inf, truthfully beyond range, and is right again as soon as those readings have left the window.
+
+    Where the statistics are only read now and then (a scrape every 15 s, not a batch every 0.3 ms), ``add`` only
+    writes the batch into the ring and ``snapshot`` sums the window exactly when it is read
+    (``app.scoring.metrics.DriftGauges``).
     """
 
     def __init__(
@@ -67,6 +71,8 @@ class DriftMonitor:
         self._next = 0
         self._count = 0
         self._exact = False
+        self._stale = False
+        """The sums are not kept up to date (``add``): ``update`` and ``snapshot`` re-sum the window first."""
         self._lock = threading.Lock()
 
     def _resum(self) -> None:
@@ -104,9 +110,29 @@ class DriftMonitor:
         self._count = min(self.window, self._count + n)
         return wrapped
 
+    def add(self, X: np.ndarray, flags: np.ndarray) -> None:
+        """Add a scored batch (rows in ``features`` order) without computing the window's statistics: a copy into
+        the ring, for a caller that reads them with ``snapshot`` only when asked."""
+        with self._lock:
+            self._store(X, flags, incremental=False)
+            self._stale = True
+
+    def snapshot(self) -> DriftSnapshot | None:
+        """The statistics of the window, summed exactly now; None while it is empty."""
+        with self._lock, np.errstate(over="ignore", invalid="ignore"):
+            if not self._count:
+                return None
+            self._resum()
+            self._stale = False
+            return self._statistics()
+
     def update(self, X: np.ndarray, flags: np.ndarray) -> DriftSnapshot:
         """Add a scored batch (rows in ``features`` order) and return the statistics of the new window."""
         with self._lock, np.errstate(over="ignore", invalid="ignore"):
+            if self._stale:  # batches were added without their sums (or checks): re-sum, and check what they hold
+                self._resum()
+                self._exact = not (np.abs(self._values[: self._count]) < INCREMENTAL_LIMIT).all()
+                self._stale = False
             if not (X.min() > -INCREMENTAL_LIMIT and X.max() < INCREMENTAL_LIMIT):  # two reductions, no temporaries
                 self._exact = True
             wrapped = self._store(X, flags, incremental=not self._exact)
@@ -114,10 +140,14 @@ class DriftMonitor:
                 self._resum()
             if self._exact:  # leave exact mode once the window holds no huge reading any more
                 self._exact = not (np.abs(self._values[: self._count]) < INCREMENTAL_LIMIT).all()
-            count = self._count
-            means = self._sums / count
-            ratio = self._flagged / count
-            scores = np.abs(means - self._train_mean) / self._train_std
+            return self._statistics()
+
+    def _statistics(self) -> DriftSnapshot:
+        """Of the window as summed (lock held, over/invalid ignored)."""
+        count = self._count
+        means = self._sums / count
+        ratio = self._flagged / count
+        scores = np.abs(means - self._train_mean) / self._train_std
         return DriftSnapshot(
             readings=count,
             means=dict(zip(self.features, means.tolist(), strict=True)),

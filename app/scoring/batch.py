@@ -62,7 +62,7 @@ class BatchScorer:
         ANOMALIES.inc(batch.anomalies)
         READINGS_SCORED.inc(readings)
         BATCH_SIZE.observe(readings)
-        model.gauges.export(model.drift.update(X, batch.flags))
+        model.gauges.record(model.drift, X, batch.flags)
         return batch
 
     def score_other(self, detector: Detector, X: np.ndarray, *, credits: bool = False) -> ScoredBatch:

@@ -16,12 +16,15 @@ exemplar (``trace_exemplar``), visible in the OpenMetrics exposition; multiproce
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 
+import numpy as np
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, values
 
-from app.detector.drift import DriftSnapshot
+from app.detector.drift import DriftMonitor, DriftSnapshot
 
 # `*_created` samples double the series count in the text format and carry nothing the dashboards use; they are
 # also absent in multiprocess mode, so disabling them keeps both modes' exposition identical.
@@ -166,11 +169,30 @@ def trace_exemplar() -> dict[str, str] | None:
 
 
 class DriftGauges:
-    """Publishes snapshots through the window gauges; the labelled children are resolved once, not per request."""
+    """The window gauges, and how each scored batch of the served model reaches them.
+
+    **One process** (a worker with WORKERS=1, the stream consumer): the gauges read the window of the monitor that
+    recorded the last batch when they are scraped (``set_function``), so a batch only copies its rows into its
+    window (``DriftMonitor.add``) and the statistics are computed once per scrape instead of once per batch.
+    **Several workers**: a gauge's value lives in the worker's metrics file, which a scrape of another worker reads,
+    so each batch's statistics are written there (``DriftMonitor.update``), as ``livemostrecent`` expects. Either
+    way the gauges show the window of the last batch scored.
+    """
 
     def __init__(self, features: Sequence[str]) -> None:
+        self.features = tuple(features)
+        self.on_scrape = values.ValueClass is values.MutexValue  # prometheus-client's choice: no multiprocess files
         self._means = {name: FEATURE_WINDOW_MEAN.labels(name) for name in features}
         self._scores = {name: FEATURE_DRIFT_SCORE.labels(name) for name in features}
+
+    def record(self, monitor: DriftMonitor, X: np.ndarray, flags: np.ndarray) -> None:
+        """A scored batch (rows in the model's feature order) and its flags, added to ``monitor``'s window."""
+        if not self.on_scrape:
+            self.export(monitor.update(X, flags))
+            return
+        monitor.add(X, flags)
+        if _SCRAPED_WINDOW.monitor is not monitor:  # a new model's first batch (or another app's, in tests)
+            _SCRAPED_WINDOW.show(monitor, self.features)
 
     def export(self, snapshot: DriftSnapshot) -> None:
         for name, mean in snapshot.means.items():
@@ -178,6 +200,49 @@ class DriftGauges:
             self._scores[name].set(snapshot.scores[name])
         ANOMALY_RATIO_WINDOW.set(snapshot.anomaly_ratio)
         DRIFT_WINDOW_READINGS.set(snapshot.readings)
+
+
+class _ScrapedWindow:
+    """The window the gauges read when scraped in one process."""
+
+    def __init__(self) -> None:
+        self.monitor: DriftMonitor | None = None
+        self._features: set[str] = set()
+        self._lock = threading.Lock()
+
+    def show(self, monitor: DriftMonitor, features: Sequence[str]) -> None:
+        with self._lock:
+            self.monitor = monitor
+            if not self._features:
+                ANOMALY_RATIO_WINDOW.set_function(partial(self._read, _anomaly_ratio))
+                DRIFT_WINDOW_READINGS.set_function(partial(self._read, _readings))
+            for name in set(features) - self._features:
+                FEATURE_WINDOW_MEAN.labels(name).set_function(partial(self._read, partial(_mean, name)))
+                FEATURE_DRIFT_SCORE.labels(name).set_function(partial(self._read, partial(_score, name)))
+                self._features.add(name)
+
+    def _read(self, value: Callable[[DriftSnapshot], float]) -> float:
+        snapshot = self.monitor.snapshot() if self.monitor is not None else None
+        return 0.0 if snapshot is None else value(snapshot)
+
+
+def _anomaly_ratio(snapshot: DriftSnapshot) -> float:
+    return snapshot.anomaly_ratio
+
+
+def _readings(snapshot: DriftSnapshot) -> float:
+    return float(snapshot.readings)
+
+
+def _mean(name: str, snapshot: DriftSnapshot) -> float:
+    return snapshot.means.get(name, 0.0)
+
+
+def _score(name: str, snapshot: DriftSnapshot) -> float:
+    return snapshot.scores.get(name, 0.0)
+
+
+_SCRAPED_WINDOW = _ScrapedWindow()
 
 
 MODEL_STORE_VERSIONS = Gauge(

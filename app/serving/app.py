@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from opentelemetry import trace
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -22,12 +23,14 @@ from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
 from app.scoring.served import ServedModel
 from app.serving.edge.admission import BodyBytesBudget, InflightLimit, ReadingBudget
+from app.serving.edge.asgi import Receive, Scope, Send
 from app.serving.edge.fast_path import PredictFastPath
 from app.serving.edge.http_errors import JSONResponse, install_error_handlers
 from app.serving.edge.middleware import (
     AccessLogMiddleware,
     HTTPMetricsMiddleware,
     InternalErrorMiddleware,
+    RequestMetrics,
     SecurityHeadersMiddleware,
 )
 from app.serving.predict import Predictor
@@ -87,7 +90,7 @@ def create_app(
             if multiprocess_dir is not None:  # this worker's live gauges leave with it
                 mark_process_dead(os.getpid(), str(multiprocess_dir))
 
-    app = FastAPI(
+    app = GridWatchAPI(
         title="GridWatch",
         version=__version__,
         summary="Anomaly detection on electricity-grid readings (voltage, current, frequency).",
@@ -100,7 +103,8 @@ def create_app(
     app.state.model = holder
     app.state.instance = settings.instance_id()
     install_error_handlers(app)
-    _add_middleware(app, settings, predictor, exemplars=exemplars)
+    request_metrics = RequestMetrics(exemplars=exemplars)
+    _add_middleware(app, settings, request_metrics)
     if tracing is not None:
         instrument(app, tracing)
     add_routes(
@@ -111,14 +115,42 @@ def create_app(
         predictor=predictor,
         watcher=served.watcher,
     )
+    if tracing is None:  # with tracing on, every request goes through the instrumented stack and gets its span
+        app.fast_path = PredictFastPath(
+            predictor=predictor,
+            api_key=settings.required_api_key(),
+            metrics=request_metrics,
+            route=_route(app, "/predict", "POST"),
+            cors=bool(settings.allowed_origins()),
+        )
     return app
 
 
-def _add_middleware(app: FastAPI, settings: Settings, predictor: Predictor, *, exemplars: bool) -> None:
-    """Added innermost first: security headers > access log > metrics > CORS > error guard > /predict's fast path >
-    routes, so CORS answers (preflights) are counted and logged too, and the fast path's answers go through the
-    same edge as the routes'. The tracing middleware, when on, wraps them all."""
-    app.add_middleware(PredictFastPath, api=app, predictor=predictor, api_key=settings.required_api_key())
+class GridWatchAPI(FastAPI):
+    """FastAPI, which first offers each request to ``POST /predict``'s fast path (``app.serving.edge.fast_path``)."""
+
+    fast_path: PredictFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast_path = self.fast_path
+        if fast_path is not None and fast_path.takes(scope):
+            scope["app"] = self  # as Starlette sets it: the route's code reads app.state
+            await fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _route(app: FastAPI, path: str, method: str) -> APIRoute:
+    return next(
+        route
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ())
+    )
+
+
+def _add_middleware(app: FastAPI, settings: Settings, request_metrics: RequestMetrics) -> None:
+    """Added innermost first: security headers > access log > metrics > CORS > error guard > routes, so CORS
+    answers (preflights) are counted and logged too. The tracing middleware, when on, wraps them all."""
     app.add_middleware(InternalErrorMiddleware)
     if origins := settings.allowed_origins():
         app.add_middleware(
@@ -127,6 +159,6 @@ def _add_middleware(app: FastAPI, settings: Settings, predictor: Predictor, *, e
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    app.add_middleware(HTTPMetricsMiddleware, exemplars=exemplars)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=request_metrics)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -32,7 +32,7 @@ from app.tools.bench.live_profile import (
     profile_under_load,
     summarise,
 )
-from app.tools.bench.render import print_bench, render_markdown, sections
+from app.tools.bench.render import print_bench, render_markdown, scorer_share, sections
 from app.tools.bench.results import BASELINE, GRIDWATCH, BenchConfig, BenchResult, HttpRow, ScorerRow
 from app.tools.bench.server_probes import process_memory
 from app.tools.bench.stream import StreamLatency, StreamResult, StreamRow
@@ -284,6 +284,15 @@ def _http_row(server: str, rows_per_s: float) -> HttpRow:
     )  # fmt: skip
 
 
+def test_the_share_of_the_scorer_needs_the_scorer_measured_at_the_http_batch_size():
+    http = [_http_row(GRIDWATCH, 100_000.0)]
+    at_64 = [ScorerRow(64, 3.7, 0.128, 0.5, 28.9, 7.4)]  # 500,000 readings/s in process
+    assert scorer_share(http, at_64, 64) is not None
+    assert "20.0% of its own scorer's rows/s" in (scorer_share(http, at_64, 64) or "")
+    assert scorer_share(http, at_64, 1_000) is None  # no scorer figure at that batch size: no share
+    assert scorer_share(http, [ScorerRow(64, 3.7, None, 0.5, None, 7.4)], 64) is None  # no compiled scorer
+
+
 def test_the_terminal_and_the_markdown_are_one_rendering():
     """docs/benchmarks.md and the terminal once rendered the results two ways; now both lay out ``sections``."""
     result = BenchResult(
@@ -312,6 +321,9 @@ def test_the_terminal_and_the_markdown_are_one_rendering():
     assert "p99 1,171.5 ms" in terminal
     assert "17.1x the rows/s of the baseline" in markdown
     assert "17.1x the rows/s of the baseline" in terminal
+    share = "serves 2.3% of its own scorer's rows/s (70,120 against 3,047,619 scored in process, batches of 64"
+    assert share in markdown
+    assert share in terminal
     for cell in cells:
         assert cell in markdown, cell
         assert cell in terminal, cell

@@ -30,6 +30,47 @@ from app.serving.telemetry.metrics import (
 logger = logging.getLogger(__name__)
 
 
+NOSNIFF_HEADER = (b"x-content-type-options", b"nosniff")
+"""Sent with every answer (``SecurityHeadersMiddleware``): a browser never second-guesses a JSON or text body."""
+
+
+class RequestMetrics:
+    """Records an HTTP answer in ``requests_total`` and ``request_latency_seconds``: one instance per application,
+    shared by ``HTTPMetricsMiddleware`` and the ``/predict`` fast path, so both count into the same children."""
+
+    def __init__(self, *, exemplars: bool) -> None:
+        self.exemplars = exemplars
+        # Labelled children by label values: a dict lookup per request instead of prometheus-client's labels().
+        # Bounded like the labels themselves (routes x methods x statuses).
+        self._counters: dict[tuple[str, str, str], Counter] = {}
+        self._histograms: dict[tuple[str, str, str], Histogram] = {}
+        for path, method, status in PRECREATED_REQUESTS:
+            self.counter(path, method, status)
+            if status.startswith("2"):
+                self.histogram(path, method, status_class(int(status)))
+
+    def counter(self, path: str, method: str, status: str) -> Counter:
+        key = (path, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REQUESTS.labels(*key)
+        return counter
+
+    def histogram(self, path: str, method: str, klass: str) -> Histogram:
+        key = (path, method, klass)
+        histogram = self._histograms.get(key)
+        if histogram is None:
+            histogram = self._histograms[key] = REQUEST_LATENCY.labels(*key)
+        return histogram
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        status = status_sent(scope, status)
+        path, method = route_label(scope), method_label(scope["method"])
+        self.counter(path, method, str(status)).inc()
+        histogram = self.histogram(path, method, status_class(status))
+        histogram.observe(seconds, trace_exemplar() if self.exemplars else None)
+
+
 class HTTPMetricsMiddleware(HttpMiddleware):
     """Counts every HTTP response exactly once, times it, and tracks requests in flight.
 
@@ -40,38 +81,9 @@ class HTTPMetricsMiddleware(HttpMiddleware):
     the request is recorded as a 500 (or the status already sent).
     """
 
-    def __init__(self, app: ASGIApp, *, exemplars: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: RequestMetrics) -> None:
         super().__init__(app)
-        self.exemplars = exemplars
-        # Labelled children by label values: a dict lookup per request instead of prometheus-client's labels().
-        # Bounded like the labels themselves (routes x methods x statuses).
-        self._counters: dict[tuple[str, str, str], Counter] = {}
-        self._histograms: dict[tuple[str, str, str], Histogram] = {}
-        for path, method, status in PRECREATED_REQUESTS:
-            self._counter(path, method, status)
-            if status.startswith("2"):
-                self._histogram(path, method, status_class(int(status)))
-
-    def _counter(self, path: str, method: str, status: str) -> Counter:
-        key = (path, method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = REQUESTS.labels(*key)
-        return counter
-
-    def _histogram(self, path: str, method: str, klass: str) -> Histogram:
-        key = (path, method, klass)
-        histogram = self._histograms.get(key)
-        if histogram is None:
-            histogram = self._histograms[key] = REQUEST_LATENCY.labels(*key)
-        return histogram
-
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        status = status_sent(scope, status)
-        path, method = route_label(scope), method_label(scope["method"])
-        self._counter(path, method, str(status)).inc()
-        histogram = self._histogram(path, method, status_class(status))
-        histogram.observe(seconds, trace_exemplar() if self.exemplars else None)
+        self.metrics = metrics
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -85,7 +97,7 @@ class HTTPMetricsMiddleware(HttpMiddleware):
                 status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body", False) and not recorded:
                 recorded = True
-                self._record(scope, status, time.perf_counter() - started)
+                self.metrics.record(scope, status, time.perf_counter() - started)
             await send(message)
 
         if in_flight:
@@ -96,7 +108,7 @@ class HTTPMetricsMiddleware(HttpMiddleware):
             if in_flight:
                 REQUESTS_IN_FLIGHT.dec()
             if not recorded:
-                self._record(scope, status, time.perf_counter() - started)
+                self.metrics.record(scope, status, time.perf_counter() - started)
 
 
 class AccessLogMiddleware(HttpMiddleware):
@@ -125,25 +137,30 @@ class AccessLogMiddleware(HttpMiddleware):
         try:
             await self.app(scope, receive, send_and_observe)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            client = scope.get("client")
-            status = status_sent(scope, status)
-            self.logger.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route_label(scope),
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "response_bytes": size,
-                    "client": f"{client[0]}:{client[1]}" if client else None,
-                },
-            )
+            log_access(self.logger, scope, status, started, size)
+
+
+def log_access(logger: logging.Logger, scope: Scope, status: int, started: float, size: int) -> None:
+    """The access log's line for one answer of ``size`` body bytes, started at ``started`` (``perf_counter``)."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    client = scope.get("client")
+    status = status_sent(scope, status)
+    logger.info(
+        "%s %s %d %.1fms",
+        scope["method"],
+        scope["path"],
+        status,
+        duration_ms,
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route_label(scope),
+            "status": status,
+            "duration_ms": duration_ms,
+            "response_bytes": size,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        },
+    )
 
 
 class InternalErrorMiddleware(HttpMiddleware):
@@ -166,11 +183,25 @@ class InternalErrorMiddleware(HttpMiddleware):
         try:
             await self.app(scope, receive, send_and_track)
         except Exception:
-            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if response_started:
+                log_internal_error(scope)
                 raise
-            response = JSONResponse({"detail": "internal server error"}, status_code=500)
-            await response(scope, receive, send)
+            await answer_internal_error(scope, receive, send)
+
+
+def log_internal_error(scope: Scope) -> None:
+    """The traceback of an unexpected exception, named by the request (call while handling it)."""
+    logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+
+
+async def answer_internal_error(scope: Scope, receive: Receive, send: Send) -> None:
+    """Log the exception being handled and answer 500 with a JSON detail (the response has not started)."""
+    log_internal_error(scope)
+    await INTERNAL_ERROR(scope, receive, send)
+
+
+INTERNAL_ERROR = JSONResponse({"detail": "internal server error"}, status_code=500)
+"""The one answer to a bug: the same bytes every time, so made once."""
 
 
 class SecurityHeadersMiddleware(HttpMiddleware):
@@ -180,7 +211,7 @@ class SecurityHeadersMiddleware(HttpMiddleware):
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+                message["headers"] = [*message["headers"], NOSNIFF_HEADER]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -9,6 +9,7 @@ small struct per reading, and a body crafted to expand into millions of objects 
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,5 +80,8 @@ def parse_readings(body: bytes, features: Sequence[str], max_batch: int) -> np.n
     if not readings:
         raise too_short()
     # msgspec refuses numbers beyond a double's range ("1e400"), and JSON has no NaN: every value is finite.
-    X = np.array(list(map(batch.row, readings)), dtype=np.float64)
+    # Filled straight from the readings' values: a list of row tuples first, then np.array of it, took half again.
+    values = map(batch.row, readings)
+    flat = values if batch.width == 1 else itertools.chain.from_iterable(values)
+    X = np.fromiter(flat, dtype=np.float64, count=len(readings) * batch.width)
     return X.reshape(len(readings), batch.width)

@@ -11,6 +11,7 @@ from app.tools.bench.http import http_table
 from app.tools.bench.request_profile import profile_predict
 from app.tools.bench.results import BenchConfig, BenchResult, machine_info
 from app.tools.bench.scorer import scorer_table
+from app.tools.bench.servers import Placement, pinned
 
 
 def run_bench(detector: Detector, config: BenchConfig, model_dir: Path | None = None) -> BenchResult:
@@ -27,7 +28,8 @@ def run_bench(detector: Detector, config: BenchConfig, model_dir: Path | None = 
         },
         config=asdict(config),
     )
-    result.scorer = scorer_table(detector, config)
+    with pinned(Placement.split().server):  # the CPU the servers get below, so the HTTP/scorer share is fair
+        result.scorer = scorer_table(detector, config)
     if config.profile_requests:
         result.request_path = profile_predict(detector, rows=config.batch_size, requests=config.profile_requests)
     if config.http and detector.path is not None:

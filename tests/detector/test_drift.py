@@ -157,3 +157,47 @@ def test_readings_at_the_float_limit_overflow_the_window_and_it_recovers(detecto
     later = drift.update(normal[:40], np.zeros(40, dtype=bool))  # back to incremental sums, still exact
     window = np.concatenate([normal[40:], normal[:40]])
     assert later.means == pytest.approx(dict(zip(FEATURES, window.mean(axis=0).tolist(), strict=True)), rel=1e-12)
+
+
+def test_a_window_added_to_without_statistics_reads_as_one_updated_batch_by_batch(detector: Detector):
+    """``add`` (one process: statistics computed when scraped) and ``update`` (per batch) describe the same window,
+    through wrap-around, a reading beyond the incremental limit and its departure, and switching between them."""
+    rows = GridSimulator(seed=8).batch(400).features()
+    rows[130] = [1e300, 11.0, 50.0]  # summed exactly while it is in the window
+    flags = np.arange(400) % 9 == 0
+    added, updated = monitor(detector, window=100), monitor(detector, window=100)
+    assert added.snapshot() is None  # nothing scored yet
+    position = 0
+    for size in (7, 93, 1, 60, 96, 43, 100):
+        added.add(rows[position : position + size], flags[position : position + size])
+        expected = updated.update(rows[position : position + size], flags[position : position + size])
+        got = added.snapshot()
+        assert got is not None
+        assert (got.readings, got.anomaly_ratio) == (expected.readings, pytest.approx(expected.anomaly_ratio))
+        assert got.means == pytest.approx(expected.means, rel=1e-12)
+        assert got.scores == pytest.approx(expected.scores, rel=1e-12)
+        position += size
+    assert np.isfinite(list(added.snapshot().means.values())).all()  # the huge reading has left both windows
+    mixed = added.update(rows[:10], flags[:10])  # update after add: re-summed first, not off by the added rows
+    assert mixed.means == pytest.approx(updated.update(rows[:10], flags[:10]).means, rel=1e-12)
+
+
+def test_window_gauges_show_the_window_of_the_last_batch_scored_when_scraped(detector: Detector):
+    """One process: the gauges read the window when scraped; after a swap they keep showing the old model's
+    window until the new model scores its first batch, as writing them batch by batch did."""
+    from app.scoring.metrics import DriftGauges
+
+    old, new = monitor(detector), monitor(detector)
+    gauges = DriftGauges(FEATURES)
+    assert gauges.on_scrape
+    gauges.record(old, np.full((10, 3), [230.0, 10.0, 50.0]), np.zeros(10, dtype=bool))
+    assert gauge("feature_window_mean", feature="voltage") == 230.0
+    assert gauge("drift_window_readings") == 10
+    gauges.record(old, np.full((30, 3), [240.0, 10.0, 50.0]), np.ones(30, dtype=bool))
+    assert gauge("feature_window_mean", feature="voltage") == pytest.approx(237.5)  # read now, not at the batch
+    assert gauge("anomaly_ratio_window") == 0.75
+    DriftGauges(FEATURES)  # a swapped-in model's gauges: nothing scored with it yet
+    assert gauge("drift_window_readings") == 40
+    gauges.record(new, np.full((5, 3), [231.0, 10.0, 50.0]), np.zeros(5, dtype=bool))
+    assert gauge("drift_window_readings") == 5
+    assert gauge("feature_window_mean", feature="voltage") == 231.0

@@ -53,12 +53,19 @@ class Predictor:
         self.explainer = BatchExplainer(settings.supply_standard())
 
     async def predict(
-        self, headers: Mapping[str, str], chunks: AsyncIterator[bytes], *, explain: bool, instance: str
+        self,
+        headers: Mapping[str, str],
+        chunks: AsyncIterator[bytes],
+        *,
+        explain: bool,
+        instance: str,
+        arrived: bool = False,
     ) -> dict[str, Any]:
-        """The answer's document for the body ``chunks`` of a request with these ``headers``."""
+        """The answer's document for the body ``chunks`` of a request with these ``headers``; ``arrived``: the
+        server holds the whole body already (``app.serving.edge.asgi.BODY_ARRIVED``)."""
         model = self.holder.get()
         require_json(headers)
-        body = await read_body(headers, chunks, self.max_body_bytes, self.body_timeout, self.buffered)
+        body = await read_body(headers, chunks, self.max_body_bytes, self.body_timeout, self.buffered, arrived=arrived)
         with self.inflight, self.budget.admit(most_readings(body, self.max_batch)):
             batch = (body, model.detector.features, self.max_batch)
             inline = len(body) <= INLINE_PARSE_BYTES

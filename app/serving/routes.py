@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader
 from app.scoring.holder import ModelHolder, ModelState
 from app.scoring.hot_swap import ModelWatcher, SharedCheck
 from app.serving.edge.admission import require_api_key
+from app.serving.edge.asgi import BODY_ARRIVED
 from app.serving.edge.http_errors import JSONResponse, ModelRefusedError
 from app.serving.predict import Predictor
 from app.serving.readiness import ServerReadiness
@@ -110,7 +111,10 @@ def add_routes(
         ),
     ) -> Response:
         instance = request.app.state.instance
-        document = await predictor.predict(request.headers, request.stream(), explain=explain, instance=instance)
+        arrived = BODY_ARRIVED in request.scope
+        document = await predictor.predict(
+            request.headers, request.stream(), explain=explain, instance=instance, arrived=arrived
+        )
         return JSONResponse(document)
 
     @app.get(

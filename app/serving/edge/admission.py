@@ -77,7 +77,13 @@ class BodyBytesBudget:
 
 
 async def read_body(
-    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, timeout: float, buffered: BodyBytesBudget
+    headers: Mapping[str, str],
+    chunks: AsyncIterator[bytes],
+    limit: int,
+    timeout: float,
+    buffered: BodyBytesBudget,
+    *,
+    arrived: bool = False,
 ) -> bytes:
     """The request body from ``chunks`` (``Request.stream()``, or ``receive_chunks`` on the fast path), refused with
     413 as soon as it is known to exceed ``limit`` bytes, 408 if it takes longer than ``timeout`` seconds to arrive,
@@ -85,21 +91,30 @@ async def read_body(
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked or lying body is
     refused as soon as the running total passes the limit, so a huge upload never sits in memory. The timeout
-    bounds a client that trickles its body byte by byte.
+    bounds a client that trickles its body byte by byte; when the server says the whole body has ``arrived``
+    (``BODY_ARRIVED``), reading it cannot wait, and no timer is set (one less per request, docs/performance.md).
     """
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds MAX_BODY_BYTES={limit}")
     received: list[bytes] = []
     size = 0
+
+    async def collect() -> None:
+        nonlocal size
+        async for chunk in chunks:
+            buffered.take(len(chunk), held=size)
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
+            received.append(chunk)
+
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in chunks:
-                buffered.take(len(chunk), held=size)
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
-                received.append(chunk)
+        if arrived:
+            await collect()
+        else:
+            async with asyncio.timeout(timeout):
+                await collect()
     except ClientDisconnect:
         raise ClientClosedError(f"the client closed the connection after {size} bytes of its body") from None
     except TimeoutError:

@@ -25,6 +25,11 @@ SERVER_ANSWERED = "gridwatch.server_answered"
 broken chunked body): the status the client really got, which the metrics and the access log record."""
 
 
+BODY_ARRIVED = "gridwatch.body_arrived"
+"""Scope key set by the connection (``app.serving.edge.connections``) once the request's whole body has been received
+from the socket: reading it from ``receive`` cannot wait any more, so no body timeout is needed."""
+
+
 def status_sent(scope: Scope, status: int) -> int:
     """What the client received for this request: the server's own answer if it gave one, else ``status``."""
     return int(scope.get(SERVER_ANSWERED, status))

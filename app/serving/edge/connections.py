@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
-from app.serving.edge.asgi import SERVER_ANSWERED, UNMATCHED_PATH
+from app.serving.edge.asgi import BODY_ARRIVED, SERVER_ANSWERED, UNMATCHED_PATH
 from app.serving.settings import Settings
 from app.serving.telemetry.metrics import REQUESTS
 
@@ -122,6 +122,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             _write_head_with_body(self.cycle)
             if self._shutting_down:
                 self.cycle.keep_alive = False  # answer this last request with Connection: close
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle is not None and not self.cycle.more_body:
+            self.cycle.scope[BODY_ARRIVED] = True  # type: ignore[literal-required]
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own 400 (a malformed request line or headers, a broken chunked body), counted and logged.

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 
 from app.detector.errors import GridWatchError
 from app.serving.edge.admission import receive_chunks, require_api_key
-from app.serving.edge.asgi import Receive, Scope, Send
+from app.serving.edge.asgi import BODY_ARRIVED, Receive, Scope, Send
 from app.serving.edge.http_errors import error_response
 from app.serving.edge.middleware import (
     INTERNAL_ERROR,
@@ -89,7 +89,11 @@ class PredictFastPath:
             if self.api_key is not None:
                 require_api_key(headers, self.api_key)
             document = await self.predictor.predict(
-                headers, receive_chunks(receive), explain=False, instance=scope["app"].state.instance
+                headers,
+                receive_chunks(receive),
+                explain=False,
+                instance=scope["app"].state.instance,
+                arrived=BODY_ARRIVED in scope,
             )
         except GridWatchError as error:
             response = error_response(error)

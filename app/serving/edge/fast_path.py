@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 
 from app.detector.errors import GridWatchError
 from app.serving.edge.admission import receive_chunks, require_api_key
-from app.serving.edge.asgi import BODY_ARRIVED, Receive, Scope, Send
+from app.serving.edge.asgi import BODY_ARRIVED, SERVER_ANSWERED, Receive, Scope, Send
 from app.serving.edge.http_errors import error_response
 from app.serving.edge.middleware import (
     INTERNAL_ERROR,
@@ -49,6 +49,7 @@ class PredictFastPath:
         self.predictor = predictor
         self.api_key = api_key
         self.metrics = metrics
+        self.record_ok = metrics.recorder(PREDICT_PATH, "POST", 200)
         self.route = route
         self.cors = cors
         self.access_log = logging.getLogger(ACCESS_LOGGER)
@@ -71,7 +72,10 @@ class PredictFastPath:
             status, headers, body = await self._answer(scope, receive)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             recorded = True  # counted before the client holds the answer, as HTTPMetricsMiddleware does
-            self.metrics.record(scope, status, time.perf_counter() - started)
+            if status == 200 and SERVER_ANSWERED not in scope:
+                self.record_ok(time.perf_counter() - started)
+            else:
+                self.metrics.record(scope, status, time.perf_counter() - started)
             size = len(body)
             await send({"type": "http.response.body", "body": body})
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
 
@@ -62,6 +63,17 @@ class RequestMetrics:
         if histogram is None:
             histogram = self._histograms[key] = REQUEST_LATENCY.labels(*key)
         return histogram
+
+    def recorder(self, path: str, method: str, status: int) -> Callable[[float], None]:
+        """``record`` for one route, method and status, its children bound once (the fast path's 200s)."""
+        counter, histogram = self.counter(path, method, str(status)), self.histogram(path, method, status_class(status))
+        exemplars = self.exemplars
+
+        def record(seconds: float) -> None:
+            counter.inc()
+            histogram.observe(seconds, trace_exemplar() if exemplars else None)
+
+        return record
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         status = status_sent(scope, status)

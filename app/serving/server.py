@@ -39,7 +39,7 @@ def worker_app() -> FastAPI:
     from app.serving.edge.connections import BoundedHttpToolsProtocol  # noqa: PLC0415 - imports prometheus-client
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, loop_flushed=True)
     BoundedHttpToolsProtocol.configure(settings)  # before uvicorn builds the first connection's protocol
     return create_app(settings)
 

@@ -134,6 +134,35 @@ def test_idle_and_trickling_connections_are_closed_after_the_header_timeout(mode
         assert requests_total_of(server.url, "408") == 1
 
 
+@pytest.mark.slow
+def test_a_keep_alive_follow_up_that_trickles_its_head_gets_its_own_header_timeout(model_dir: Path):
+    """The head timer of a connection is re-armed for each new head, not cancelled per request: a follow-up whose
+    head never completes is still refused with 408, and only it."""
+    env = {"MODEL_DIR": str(model_dir), "TRAIN_IF_MISSING": "0", "HEADER_TIMEOUT": "1"}
+    with (
+        ServerProcess(env=env) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as keep_alive,
+    ):
+        keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_answer(keep_alive).startswith(b"HTTP/1.1 200 ")
+        keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.")  # and nothing more
+        answer = read_answer(keep_alive)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert requests_total_of(server.url, "408") == 1
+
+
+def test_a_keep_alive_follow_up_head_over_the_limit_is_refused(server: ServerProcess):
+    """A follow-up's head is counted from its first byte, like a first request's (it once went uncounted when it
+    arrived in one read right after an answer)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as keep_alive:
+        keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_answer(keep_alive).startswith(b"HTTP/1.1 200 ")
+        huge = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 60_000 + b"\r\n\r\n"
+        keep_alive.sendall(huge)
+        answer = read_answer(keep_alive)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+
+
 def send_raw(port: int, data: bytes, *, read: bool = True) -> bytes:
     """Bytes exactly as given on a fresh connection; with ``read``, everything the server sends until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:

@@ -76,6 +76,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._one_write = OneWriteTransport(transport)  # one per connection: its cycles answer one at a time
         self._head_bytes = 0
         self._in_head = False
         self._head_started = 0.0
@@ -90,6 +91,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_head and self._idle():  # a keep-alive follow-up's first bytes: its head starts here
+            self._start_head()
         if self._in_head:
             # Counted before parsing, up to the blank line that ends the head: a whole head arriving in one read
             # (100 KB once did) is parsed in one call, and would be accepted before a count taken after it.
@@ -115,11 +118,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._stop_head_timer()
+        self._in_head = False  # the head timer stays armed: when it fires outside a head, it does nothing
         super().on_headers_complete()
         if self.cycle is not None:
-            _write_head_with_body(self.cycle)
+            self.cycle.__class__ = OneWriteCycle  # the same object, its send holding the head for the body
+            self.cycle.transport = self._one_write  # type: ignore[assignment]
             if self._shutting_down:
                 self.cycle.keep_alive = False  # answer this last request with Connection: close
 
@@ -193,11 +196,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self.cycle is None or self.cycle.response_complete
 
     def _start_head(self) -> None:
+        """A head begins: it must be complete within HEADER_TIMEOUT. A timer still armed for an earlier head of this
+        connection is kept and re-armed for this one when it fires (``_head_timed_out``): on a keep-alive
+        connection a timer every HEADER_TIMEOUT seconds, not one armed and cancelled per request."""
         self._in_head = True
         self._head_started = self.loop.time()
         self._head_bytes = 0
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -207,6 +213,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
+            return
+        due = self._head_started + self.head_timeout
+        if (now := self.loop.time()) < due:  # armed for an earlier head: this one still has time
+            self._head_timer = self.loop.call_later(due - now, self._head_timed_out)
             return
         if self._head_bytes == 0:  # an idle connection: nothing to answer, just free the socket
             self.transport.close()
@@ -244,7 +254,7 @@ head as uvicorn does (copying it would cost more than the system call it saves).
 
 
 class OneWriteTransport:
-    """The connection's transport for one request's cycle, which holds the response head (while ``holding``) and
+    """The connection's transport as its request cycles see it: it holds the response head (while ``holding``) and
     writes it together with the first body chunk; every other call goes to the real transport.
 
     If no body follows (the application failed after starting its answer), uvicorn closes the transport: the held
@@ -279,17 +289,16 @@ class OneWriteTransport:
         return getattr(self._transport, name)
 
 
-def _write_head_with_body(cycle: RequestResponseCycle) -> None:
-    """Give ``cycle`` a ``OneWriteTransport``, holding exactly what uvicorn writes for ``http.response.start``."""
-    transport = OneWriteTransport(cycle.transport)
-    cycle.transport = transport  # type: ignore[assignment]
-    send = cycle.send
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, whose ``http.response.start`` is held by the connection's
+    ``OneWriteTransport`` until the body's first chunk. Each cycle the connection builds becomes one
+    (``BoundedHttpToolsProtocol.on_headers_complete``): a class, not a wrapper made per request."""
 
-    async def send_head_with_body(message: ASGISendEvent) -> None:
-        transport.holding = message["type"] == "http.response.start"
+    transport: OneWriteTransport  # type: ignore[assignment]
+
+    async def send(self, message: ASGISendEvent) -> None:
+        self.transport.holding = message["type"] == "http.response.start"
         try:
-            await send(message)
+            await super().send(message)
         finally:
-            transport.holding = False
-
-    cycle.send = send_head_with_body  # type: ignore[method-assign]
+            self.transport.holding = False

@@ -40,6 +40,7 @@ from app.scoring.metrics import READINGS_EXPLAINED
 from app.scoring.shadow import ShadowScorer
 from app.scoring.versions import ModelNotFoundError, OtherVersions
 from app.serving.edge.admission import BodyBytesBudget, InflightLimit, ReadingBudget, read_body, require_json
+from app.serving.edge.asgi import BODY_ARRIVED
 from app.serving.edge.http_errors import InvalidTensorsError, JSONResponse, protocol_error_response
 from app.serving.edge.parsing import INLINE_PARSE_BYTES, most_readings
 from app.serving.edge.tensors import TENSOR_READING_BYTES, InferRequest, output_tensors, parse_infer_request
@@ -164,7 +165,12 @@ class InferenceService:
         detector, served = await self.model_of(model_name, version)
         settings = self.settings
         body = await read_body(
-            request.headers, request.stream(), settings.max_body_bytes, settings.body_timeout, self.buffered
+            request.headers,
+            request.stream(),
+            settings.max_body_bytes,
+            settings.body_timeout,
+            self.buffered,
+            arrived=BODY_ARRIVED in request.scope,
         )
         with self.inflight, self.budget.admit(most_readings(body, settings.max_batch, TENSOR_READING_BYTES)):
             batch = (body, detector.features, settings.max_batch)

@@ -1,5 +1,5 @@
-"""The serving worker's log handler: lines written on the event loop leave together once the loop has done the work at
-hand; warnings, errors and lines from other threads leave at once; nothing is lost or reordered."""
+"""The serving worker's log handler: lines logged on the event loop are formatted and leave together once the loop has
+done the work at hand; warnings, errors and lines from other threads leave at once; nothing is lost or reordered."""
 
 from __future__ import annotations
 
@@ -28,11 +28,25 @@ class RecordingRaw(io.RawIOBase):
         return b"".join(self.calls).decode().splitlines()
 
 
+class CountingFormatter(logging.Formatter):
+    """Counts its calls; a record whose message is "unformattable" fails, as a broken record would."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(message)s")
+        self.calls = 0
+
+    def format(self, record: logging.LogRecord) -> str:
+        self.calls += 1
+        if record.msg == "unformattable":
+            raise ValueError("cannot format this record")
+        return super().format(record)
+
+
 def handler_and_raw() -> tuple[logging.Logger, RecordingRaw]:
     raw = RecordingRaw()
     stream = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=64 * 1024), encoding="utf-8")
     handler = LoopFlushedStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(CountingFormatter())
     logger = logging.getLogger(f"test.loop_flushed.{id(raw)}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -73,3 +87,72 @@ def test_warnings_and_lines_from_other_threads_leave_at_once() -> None:
     thread.start()
     thread.join()
     assert raw.lines()[-1] == "INFO from the model watcher"  # no loop there to flush later: written at once
+
+
+def formatter_of(logger: logging.Logger) -> CountingFormatter:
+    formatter = logger.handlers[0].formatter
+    assert isinstance(formatter, CountingFormatter)
+    return formatter
+
+
+async def loop_moved_on() -> None:
+    """Returns once the callbacks scheduled before it (the handler's flush) have run."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
+def test_lines_on_the_loop_are_formatted_when_the_loop_moves_on_not_during_the_request() -> None:
+    logger, raw = handler_and_raw()
+    formatter = formatter_of(logger)
+
+    async def answer_three_requests() -> tuple[int, int]:
+        for number in range(3):
+            logger.info("request %d", number)
+        during = formatter.calls
+        await loop_moved_on()
+        return during, formatter.calls
+
+    assert asyncio.run(answer_three_requests()) == (0, 3)
+    assert raw.lines() == ["INFO request 0", "INFO request 1", "INFO request 2"]
+
+
+def test_a_line_from_another_thread_follows_the_lines_kept_before_it() -> None:
+    logger, raw = handler_and_raw()
+
+    async def request_then_watcher() -> list[str]:
+        logger.info("request answered")
+        thread = threading.Thread(target=logger.info, args=("new model version found",))
+        thread.start()
+        thread.join()  # the loop has not moved on: the request's line is still kept
+        return raw.lines()
+
+    assert asyncio.run(request_then_watcher()) == ["INFO request answered", "INFO new model version found"]
+
+
+def test_flush_writes_the_kept_lines_as_logging_shutdown_does_at_exit() -> None:
+    logger, raw = handler_and_raw()
+
+    async def request_then_flush() -> list[str]:
+        logger.info("last request")
+        logger.handlers[0].flush()  # what logging.shutdown() calls for every handler
+        return raw.lines()
+
+    assert asyncio.run(request_then_flush()) == ["INFO last request"]
+
+
+def test_a_record_that_cannot_be_formatted_is_reported_and_the_others_are_written(monkeypatch) -> None:
+    logger, raw = handler_and_raw()
+    handler = logger.handlers[0]
+    reported: list[str] = []
+    monkeypatch.setattr(handler, "handleError", lambda record: reported.append(record.msg))
+
+    async def three_requests() -> None:
+        logger.info("before")
+        logger.info("unformattable")
+        logger.info("after")
+        await loop_moved_on()
+
+    asyncio.run(three_requests())
+    assert reported == ["unformattable"]
+    assert raw.lines() == ["INFO before", "INFO after"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from opentelemetry import trace
@@ -24,7 +25,7 @@ class ScoredBatch:
     credits: np.ndarray | None = None
     """Per reading and feature, the forest's isolation credit, when the batch was scored to be explained."""
 
-    @property
+    @cached_property  # counted once, read by the metrics and by the answer
     def anomalies(self) -> int:
         return int(np.count_nonzero(self.flags))
 

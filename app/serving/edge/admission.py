@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 
 from starlette.requests import ClientDisconnect
 
@@ -169,8 +168,12 @@ class ReadingBudget:
         self.limit = limit
         self.current = 0
 
-    @contextmanager
-    def admit(self, readings: int) -> Iterator[None]:
+    def admit(self, readings: int) -> Admission:
+        """The budget's hold on ``readings`` for the ``with`` block: taken on entry (or refused), given back on
+        exit."""
+        return Admission(self, readings)
+
+    def take(self, readings: int) -> None:
         if self.current and self.current + readings > self.limit:
             REQUESTS_SHED.inc()
             raise OverloadedError(
@@ -178,10 +181,23 @@ class ReadingBudget:
                 f"{OVERLOAD_RETRY_AFTER_SECONDS}s"
             )
         self.current += readings
-        try:
-            yield
-        finally:
-            self.current -= readings
+
+
+class Admission:
+    """``ReadingBudget.admit``'s context manager: a class of two slots rather than a ``@contextmanager`` generator,
+    which cost three times as much on every request (docs/performance.md)."""
+
+    __slots__ = ("budget", "readings")
+
+    def __init__(self, budget: ReadingBudget, readings: int) -> None:
+        self.budget = budget
+        self.readings = readings
+
+    def __enter__(self) -> None:
+        self.budget.take(self.readings)
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.current -= self.readings
 
 
 class InflightLimit:

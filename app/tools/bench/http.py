@@ -32,6 +32,11 @@ from app.tools.bench.servers import (
 from app.tools.bench.wrk import ClosedLoopResult, find_wrk, post_script, run_wrk
 from app.tools.loadgen import LoadConfig, LoadReport, run_load
 
+WARM_UP_SHARE = 0.2
+"""Before the throughput run, each server serves the same load for this share of its duration, unmeasured: the run
+then gives the steady state a server keeps up, not its first requests (caches, allocator arenas, the CPU's clock
+ramping up), for every server alike."""
+
 
 def _closed_loop(url: str, body: Path, connections: int, duration: float, batch_size: int) -> ClosedLoopResult:
     """``connections`` clients sending back to back: wrk if installed; else (laptops) this package's generator at
@@ -95,6 +100,7 @@ def measure_server(
     ready = ready_times(spec, workdir, placement, config.ready_starts - 1, dict)
     with started(spec, workdir, placement) as running:
         ready.append(round(running.ready_s, 3))
+        _closed_loop(running.url, body, config.connections, config.http_duration * WARM_UP_SHARE, config.batch_size)
         most = _closed_loop(running.url, body, config.connections, config.http_duration, config.batch_size)
         memory = process_memory(running.pid)  # after serving: what a worker holds once its caches are warm
         cpus = affinity(running.pid), affinity(0)

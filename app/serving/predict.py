@@ -19,6 +19,7 @@ from app.detector.model import Detector
 from app.scoring.batch import BatchScorer
 from app.scoring.explaining import BatchExplainer, explanation_dicts
 from app.scoring.holder import ModelHolder
+from app.scoring.rounds import ScoringRound
 from app.scoring.shadow import ShadowScorer
 from app.serving.edge.admission import BodyBytesBudget, InflightLimit, ReadingBudget, read_body, require_json
 from app.serving.edge.parsing import INLINE_PARSE_BYTES, most_readings, parse_readings
@@ -43,6 +44,9 @@ class Predictor:
     ) -> None:
         self.holder = holder
         self.scorer = scorer
+        self.round = None if scorer.traced else ScoringRound(scorer)
+        """The iteration's batches scored back to back (``app.scoring.rounds``); with tracing on, each request
+        scores its own batch in its own context, where its span finds its parent."""
         self.shadow = shadow
         self.inflight = inflight
         self.budget = budget
@@ -71,7 +75,7 @@ class Predictor:
             inline = len(body) <= INLINE_PARSE_BYTES
             X = parse_readings(*batch) if inline else await run_in_threadpool(parse_readings, *batch)
             if model.scores_inline(X.shape[0]) and not explain:
-                scored = self.scorer.score(model, X)
+                scored = await self.round.score(model, X) if self.round else self.scorer.score(model, X)
             else:
                 scored = await run_in_threadpool(partial(self.scorer.score, model, X, credits=explain))
             predictions = scored.predictions()

@@ -3,10 +3,10 @@ between the others' parsing, answering and logging.
 
 A worker serving many connections takes in several requests per iteration of its event loop, and each ran start to
 end: parse, walk the forest's 2.7 MB of trees, answer, log. The walk evicts the interpreter's working set from the
-CPU's caches and the request's Python work evicts the trees, so in the live worker both ran at about a third
-above their speed in a loop (docs/performance.md). Here a request hands its parsed batch to the round and waits; the
-round scores every batch handed to it during the iteration in one callback, one after the other, with
-``BatchScorer.score`` as before (each batch its own walk, its own metrics, its own drift rows), and each request
+CPU's caches and the request's Python work evicts the trees: in the live worker the walk took a fifth longer than in
+a loop, and the access line twice as long (docs/performance.md). Here a request hands its parsed batch to the round
+and waits; the round scores every batch handed to it during the iteration in one callback, one after the other,
+with ``BatchScorer.score`` as before (each batch its own walk, its own metrics, its own drift rows), and each request
 then answers. A request alone on an idle server waits one loop step more, no longer.
 """
 

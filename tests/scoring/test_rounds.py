@@ -120,6 +120,7 @@ def test_a_new_event_loop_scores_although_an_old_one_stopped_before_its_round(mo
     async def hand_over_and_stop() -> None:
         rounds.score(model, left)
         asyncio.get_running_loop().stop()  # the loop stops at the end of this iteration, before the round
+
     old.run_until_complete(hand_over_and_stop())
     old.close()
 

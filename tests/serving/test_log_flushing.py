@@ -156,3 +156,23 @@ def test_a_record_that_cannot_be_formatted_is_reported_and_the_others_are_writte
     asyncio.run(three_requests())
     assert reported == ["unformattable"]
     assert raw.lines() == ["INFO before", "INFO after"]
+
+
+def test_lines_a_stopped_loop_kept_leave_with_the_next_loop_s_lines() -> None:
+    logger, raw = handler_and_raw()
+    old = asyncio.new_event_loop()
+
+    async def log_and_stop() -> None:
+        logger.info("before the restart")
+        asyncio.get_running_loop().stop()  # the loop stops at the end of this iteration, before its flush
+
+    old.run_until_complete(log_and_stop())
+    old.close()
+    assert raw.lines() == []
+
+    async def after_restart() -> None:
+        logger.info("after the restart")
+        await loop_moved_on()
+
+    asyncio.run(after_restart())
+    assert raw.lines() == ["INFO before the restart", "INFO after the restart"]

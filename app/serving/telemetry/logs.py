@@ -99,6 +99,8 @@ class LoopFlushedStreamHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._kept: list[logging.LogRecord] = []
+        self._flushing_on: asyncio.AbstractEventLoop | None = None
+        """The loop whose callback will write the kept records (a loop that stopped first leaves them to the next)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         """Called with the handler's lock held (``Handler.handle``)."""
@@ -108,9 +110,10 @@ class LoopFlushedStreamHandler(logging.StreamHandler):
             except RuntimeError:  # not on an event loop's thread: nobody would flush later
                 pass
             else:
-                self._kept.append(record)
-                if len(self._kept) == 1:
+                if not self._kept or self._flushing_on is not loop:
+                    self._flushing_on = loop
                     loop.call_soon(self.flush)
+                self._kept.append(record)
                 return
         self._write_kept()
         self._write(record)

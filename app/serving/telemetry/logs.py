@@ -65,7 +65,7 @@ class JsonLinesFormatter(OrjsonFormatter):
         for name in names[_LAST_RECORD_ATTRIBUTE + 1 :]:  # the library's rule for extra fields (merge_record_extra)
             if name in skip or (hasattr(name, "startswith") and name.startswith("_")):
                 continue
-            line[rename.get(name, name) if rename else name] = attributes[name]
+            line[rename.get(name, name)] = attributes[name]
         line["time"] = datetime.fromtimestamp(record.created, tz=UTC)
         return orjson.dumps(line, default=self.json_default, option=orjson.OPT_NON_STR_KEYS).decode("utf8")
 
@@ -115,19 +115,15 @@ class LoopFlushedStreamHandler(logging.StreamHandler):
                     loop.call_soon(self.flush)
                 self._kept.append(record)
                 return
-        self._write_kept()
-        self._write(record)
-        super().flush()
+        self._kept.append(record)  # after the kept ones, then all of them at once
+        self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            self._write_kept()
+            kept, self._kept = self._kept, []
+            for record in kept:
+                self._write(record)
             super().flush()
-
-    def _write_kept(self) -> None:
-        kept, self._kept = self._kept, []
-        for record in kept:
-            self._write(record)
 
     def _write(self, record: logging.LogRecord) -> None:
         try:

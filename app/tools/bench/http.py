@@ -15,7 +15,7 @@ import numpy as np
 
 from app.sim import GridSimulator
 from app.tools.bench.live_profile import LiveProfile, profile_under_load
-from app.tools.bench.results import BenchConfig, HttpRow
+from app.tools.bench.results import WARM_UP_SHARE, BenchConfig, HttpRow
 from app.tools.bench.server_probes import process_memory
 from app.tools.bench.servers import (
     Placement,
@@ -31,11 +31,6 @@ from app.tools.bench.servers import (
 )
 from app.tools.bench.wrk import ClosedLoopResult, find_wrk, post_script, run_wrk
 from app.tools.loadgen import LoadConfig, LoadReport, run_load
-
-WARM_UP_SHARE = 0.2
-"""Before the throughput run, each server serves the same load for this share of its duration, unmeasured: the run
-then gives the steady state a server keeps up, not its first requests (caches, allocator arenas, the CPU's clock
-ramping up), for every server alike."""
 
 
 def _closed_loop(url: str, body: Path, connections: int, duration: float, batch_size: int) -> ClosedLoopResult:

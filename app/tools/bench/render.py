@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from app.tools.bench.live_profile import LiveProfile
 from app.tools.bench.request_profile import RequestProfile
-from app.tools.bench.results import BASELINE, GRIDWATCH, BenchResult, HttpRow, ScorerRow
+from app.tools.bench.results import BASELINE, GRIDWATCH, WARM_UP_SHARE, BenchResult, HttpRow, ScorerRow
 from app.tools.bench.server_probes import READY_POLL_S
 
 if TYPE_CHECKING:
@@ -237,8 +237,8 @@ def _http_section(rows: list[HttpRow], config: dict[str, Any], scorer: list[Scor
         "here), tracing off, metrics on, one worker (WORKERS=1), the model above already trained. The baseline runs "
         "as `app/tools/bench/baseline.py` is written (uvicorn at log level warning, so no access log). Closed loop: "
         f"{config['connections']} connections, then one, sending batches of {config['batch_size']} back to back for "
-        f"{config['http_duration']:.0f} s each, the first after a fifth of that under the same load, unmeasured (wrk, "
-        "or `gridwatch load` without it). Memory: `/proc/<pid>/status` "
+        f"{config['http_duration']:.0f} s each, the first after {config['http_duration'] * WARM_UP_SHARE:g} s of "
+        "the same load, unmeasured (wrk, or `gridwatch load` without it). Memory: `/proc/<pid>/status` "
         "of the serving process right after the throughput run. Ready time: from starting the process to its first "
         f"`/health` 200, probed every {READY_POLL_S * 1000:.0f} ms (the resolution); a fresh pod starts with an "
         "empty `NUMBA_CACHE_DIR`, so it compiles the kernels. Open loop: a fixed rate from `gridwatch load`, "

@@ -28,6 +28,12 @@ GRIDWATCH_SHADOW = "gridwatch, a challenger in the shadow"
 BASELINE = "baseline (FastAPI + pydantic + scikit-learn)"
 
 
+WARM_UP_SHARE = 0.2
+"""Before the throughput run, each server serves the same load for this share of its duration, unmeasured: the run
+then gives the steady state a server keeps up, not its first requests (caches, allocator arenas, the CPU's clock
+ramping up), for every server alike."""
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     sizes: Sequence[int] = (1, 64, 1024, 65536)

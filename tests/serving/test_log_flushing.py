@@ -54,6 +54,19 @@ def handler_and_raw() -> tuple[logging.Logger, RecordingRaw]:
     return logger, raw
 
 
+def formatter_of(logger: logging.Logger) -> CountingFormatter:
+    formatter = logger.handlers[0].formatter
+    assert isinstance(formatter, CountingFormatter)
+    return formatter
+
+
+async def loop_moved_on() -> None:
+    """Returns once the callbacks scheduled before it (the handler's flush) have run."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
 def test_lines_logged_on_the_loop_leave_in_one_write_once_the_loop_moves_on() -> None:
     logger, raw = handler_and_raw()
 
@@ -61,10 +74,7 @@ def test_lines_logged_on_the_loop_leave_in_one_write_once_the_loop_moves_on() ->
         for number in range(3):
             logger.info("request %d", number)
         before = list(raw.calls)
-        after_flush = asyncio.get_running_loop().create_future()
-        # Scheduled after the handler's flush callback, so it runs once the loop has flushed.
-        asyncio.get_running_loop().call_soon(after_flush.set_result, None)
-        await after_flush
+        await loop_moved_on()
         return before, raw.lines()
 
     before, after = asyncio.run(answer_three_requests())
@@ -87,19 +97,6 @@ def test_warnings_and_lines_from_other_threads_leave_at_once() -> None:
     thread.start()
     thread.join()
     assert raw.lines()[-1] == "INFO from the model watcher"  # no loop there to flush later: written at once
-
-
-def formatter_of(logger: logging.Logger) -> CountingFormatter:
-    formatter = logger.handlers[0].formatter
-    assert isinstance(formatter, CountingFormatter)
-    return formatter
-
-
-async def loop_moved_on() -> None:
-    """Returns once the callbacks scheduled before it (the handler's flush) have run."""
-    done = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(done.set_result, None)
-    await done
 
 
 def test_lines_on_the_loop_are_formatted_when_the_loop_moves_on_not_during_the_request() -> None:
